@@ -1,0 +1,116 @@
+"""Plain records passed between the meter, the ledger and the reports.
+
+These are the contract between layers: the meter produces them, the ledger stores them, and
+``read_ledger`` gives them back as DataFrame rows. Units are in the field names; times are
+timezone-aware UTC ``datetime`` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["DeviceEnergy", "SpanRecord", "RunRecord", "SampleRecord", "DeviceTotals"]
+
+PHASES = ("training", "inference", "other")
+RUN_STATUSES = ("running", "finished", "interrupted", "failed")
+
+
+@dataclass
+class DeviceEnergy:
+    """Energy attributed to one span on one device, and the method behind it."""
+
+    device: str
+    energy_j: float
+    method: str
+    gap_s: float = 0.0  # seconds of the span during which the device could not be read
+
+
+@dataclass
+class SpanRecord:
+    """One finished span: what ran, when, on which devices, and the energy attributed to it.
+
+    ``energy_j`` is the span's attributed energy summed over devices (for a parent: its subtree's).
+    ``tenant`` is already pseudonymised when it reaches the ledger.
+    """
+
+    span_id: str
+    run_id: str
+    name: str
+    start: datetime
+    end: datetime
+    duration_s: float
+    parent_id: str | None = None
+    kind: str = "span"  # span, request, batch, forward, step, epoch
+    model: str | None = None
+    phase: str | None = None
+    request_id: str | None = None
+    tenant: str | None = None
+    weight: float = 1.0
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    items: int | None = None
+    status: str = "ok"  # ok, error
+    attrs: dict[str, Any] = field(default_factory=dict)
+    devices: list[DeviceEnergy] = field(default_factory=list)
+
+    @property
+    def energy_j(self) -> float:
+        return sum(d.energy_j for d in self.devices)
+
+    @property
+    def method(self) -> str:
+        """The weakest method among devices (estimate < power < counter)."""
+        from .sources.base import COUNTER, ESTIMATE, POWER, REPLAY, UNMEASURABLE
+
+        order = [UNMEASURABLE, ESTIMATE, POWER, REPLAY, COUNTER]
+        methods = {d.method for d in self.devices}
+        for m in order:
+            if m in methods:
+                return m
+        return UNMEASURABLE
+
+
+@dataclass
+class RunRecord:
+    """A process session: every span of one Meter's life."""
+
+    run_id: str
+    host: str
+    pid: int
+    start: datetime
+    end: datetime | None = None
+    status: str = "running"
+    config: dict[str, Any] = field(default_factory=dict)
+    devices: list[dict[str, Any]] = field(default_factory=list)  # id, kind, name, method, uuid, note
+
+
+@dataclass
+class SampleRecord:
+    """One point of a device's cumulative-energy curve as stored in the ledger."""
+
+    run_id: str
+    device: str
+    t: datetime
+    energy_j: float  # cumulative since the run started
+    power_w: float | None
+    method: str
+
+
+@dataclass
+class DeviceTotals:
+    """Per run and device: what the device consumed, what spans got, and idle.
+
+    ``total_j == attributed_j + idle_j`` (the conservation invariant).
+    """
+
+    run_id: str
+    device: str
+    method: str
+    total_j: float
+    attributed_j: float
+    idle_j: float
+    gap_s: float = 0.0
+    start: datetime | None = None
+    end: datetime | None = None

@@ -1,0 +1,320 @@
+"""Per-device cumulative-energy timelines.
+
+A :class:`Timeline` takes the raw reads of one device (cumulative counter, instantaneous power or
+both, each stamped with monotonic seconds) and answers "how many joules did this device consume
+between t0 and t1". Internally it builds a piecewise-linear cumulative-energy curve:
+
+* **counter only** — the counter values, corrected for wraparound (``max_energy_j``) and resets
+  (a value that goes backwards is a driver reload: the new value is energy since the reload,
+  never a negative delta). When the counter is seen to step (it repeats the same value across
+  reads, as NVML's does every ~100 ms), each change is re-timed to the middle of the gap between
+  the two reads that saw it change: that is when the update happened, give or take half a
+  sampling period.
+* **power only** — power integrated sample to sample (trapezoid between consecutive reads; every
+  read is kept, so no trapezoid spans a held value), never across a gap where the device failed.
+* **counter and power** — the counter fixes the totals between re-timed change points and the
+  power samples give the shape in between. This is what resolves 10–50 ms windows when the
+  counter itself steps every ~100 ms.
+
+The curve is rebuilt lazily after new reads and cached; appends are O(1) and thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from array import array
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from ..sources.base import COUNTER, ESTIMATE, POWER, REPLAY, Reading
+
+__all__ = ["Timeline", "Gap"]
+
+_NAN = float("nan")
+
+#: A counter that repeats its previous value on at least this share of reads is treated as
+#: stepping (slower than the sampler), and its changes are re-timed to the middle of the gap.
+STEPPING_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An interval where a device could not be read, with the reason (energy there is unknown
+    for power-only devices; for counter devices the counter spans it and the total is known)."""
+
+    start: float
+    end: float | None
+    reason: str
+
+
+class Timeline:
+    """Cumulative energy of one device over monotonic time.
+
+    ``method`` is what the figures rest on: ``counter``, ``power``, ``estimate`` or ``replay``.
+    """
+
+    def __init__(self, device_id: str, method: str = COUNTER) -> None:
+        self.device_id = device_id
+        self.method = method
+        self._lock = threading.Lock()
+        self._t = array("d")
+        self._counter = array("d")  # corrected cumulative J, NaN where the read had none
+        self._power = array("d")  # W, NaN where the read had none
+        self._raw_last: float | None = None  # last raw counter value, for wrap/reset
+        self._counter_offset = 0.0
+        self._gaps: list[Gap] = []
+        self._open_gap: Gap | None = None
+        self._resets = 0
+        self._version = 0
+        self._cache_version = -1
+        self._cache: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
+        # Energy before the first retained read, after trim(); keeps cumulative values stable.
+        self._base_j = 0.0
+
+    # ------------------------------------------------------------------ recording
+
+    def append(self, t: float, reading: Reading) -> None:
+        """Record one read taken at monotonic time ``t`` (seconds)."""
+        energy = reading.energy_j
+        power = reading.power_w
+        if energy is None and power is None:
+            return
+        with self._lock:
+            if self._t and t <= self._t[-1]:
+                return  # a read stamped no later than the last one carries no new information
+            if self._open_gap is not None:
+                self._gaps.append(Gap(self._open_gap.start, t, self._open_gap.reason))
+                self._open_gap = None
+            corrected = _NAN
+            if energy is not None and math.isfinite(energy):
+                corrected = self._correct_counter(float(energy), reading.max_energy_j)
+            p = _NAN
+            if power is not None and math.isfinite(power) and power >= 0:
+                p = float(power)
+            self._t.append(t)
+            self._counter.append(corrected)
+            self._power.append(p)
+            self._version += 1
+
+    def _correct_counter(self, raw: float, max_energy_j: float | None) -> float:
+        last = self._raw_last
+        self._raw_last = raw
+        if last is None:
+            self._counter_offset = -raw  # cumulative starts at 0 on the first read
+            return 0.0
+        if raw < last:
+            if max_energy_j and max_energy_j > last:
+                # RAPL wraparound: the counter went past max_energy_range and restarted.
+                self._counter_offset += max_energy_j
+            else:
+                # Driver reload: the counter restarted from 0; raw is energy since then.
+                self._counter_offset += last
+                self._resets += 1
+        return raw + self._counter_offset
+
+    def mark_failed(self, t: float, reason: str) -> None:
+        """The device stopped answering at ``t``. The gap closes at the next successful read."""
+        with self._lock:
+            if self._open_gap is None:
+                self._open_gap = Gap(t, None, reason)
+                self._version += 1
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def gaps(self) -> list[Gap]:
+        with self._lock:
+            return list(self._gaps) + ([self._open_gap] if self._open_gap else [])
+
+    @property
+    def resets(self) -> int:
+        """How many times the hardware counter restarted (driver reloads)."""
+        return self._resets
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    @property
+    def t_first(self) -> float | None:
+        return self._t[0] if self._t else None
+
+    @property
+    def t_last(self) -> float | None:
+        return self._t[-1] if self._t else None
+
+    def covers(self, t: float) -> bool:
+        """Whether the timeline has a read at or after ``t`` (so energy up to ``t`` is known)."""
+        return bool(self._t) and self._t[-1] >= t
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The piecewise-linear cumulative energy curve: (times in s, cumulative J)."""
+        with self._lock:
+            if self._cache_version != self._version:
+                t = np.frombuffer(self._t, dtype=np.float64).copy()
+                c = np.frombuffer(self._counter, dtype=np.float64).copy()
+                p = np.frombuffer(self._power, dtype=np.float64).copy()
+                gaps = list(self._gaps)
+                ts, es = build_curve(t, c, p, gaps)
+                self._cache = (ts, es + self._base_j)
+                self._cache_version = self._version
+            return self._cache
+
+    def energy_at(self, ts: np.ndarray | Iterable[float]) -> np.ndarray:
+        """Cumulative J at each time, clamped to the covered range."""
+        xs, es = self.curve()
+        q = np.asarray(ts, dtype=np.float64)
+        if xs.size == 0:
+            return np.zeros_like(q)
+        return np.interp(q, xs, es)
+
+    def energy_between(self, t0: float, t1: float) -> float:
+        """Joules consumed between ``t0`` and ``t1`` (clamped to what has been read)."""
+        if t1 <= t0:
+            return 0.0
+        e0, e1 = self.energy_at([t0, t1])
+        return max(0.0, float(e1 - e0))
+
+    @property
+    def total_j(self) -> float:
+        xs, es = self.curve()
+        return float(es[-1] - es[0]) if xs.size else 0.0
+
+    def power_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raw (t, W) power samples, for reports and the ledger."""
+        with self._lock:
+            t = np.frombuffer(self._t, dtype=np.float64).copy()
+            p = np.frombuffer(self._power, dtype=np.float64).copy()
+        ok = ~np.isnan(p)
+        return t[ok], p[ok]
+
+    def trim(self, before: float) -> None:
+        """Forget reads before ``before`` (keeping one at or before it), so long runs stay small.
+        Cumulative values after the cut are unchanged."""
+        with self._lock:
+            i = bisect_right(self._t, before) - 1
+            if i <= 0:
+                return
+        xs, es = self.curve()
+        with self._lock:
+            keep_from = i
+            t_keep = self._t[keep_from]
+            base = float(np.interp(t_keep, xs, es)) if xs.size else 0.0
+            c0 = self._counter[keep_from]
+            self._t = self._t[keep_from:]
+            self._counter = array("d", (x - c0 if not math.isnan(x) else x for x in self._counter[keep_from:]))
+            if not math.isnan(c0):
+                self._counter_offset -= c0
+            self._power = self._power[keep_from:]
+            self._gaps = [g for g in self._gaps if g.end is None or g.end > t_keep]
+            self._base_j = base
+            self._version += 1
+
+
+# ---------------------------------------------------------------------- curve construction
+
+
+def build_curve(
+    t: np.ndarray, counter: np.ndarray, power: np.ndarray, gaps: list[Gap] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Build a cumulative-energy curve (times, J from 0) from raw reads.
+
+    ``counter`` holds corrected cumulative joules (NaN where a read had none), ``power`` watts
+    (NaN where none). Pure function of its inputs; exposed for offline re-attribution.
+    """
+    n = t.size
+    if n == 0:
+        return np.empty(0), np.empty(0)
+    has_c = ~np.isnan(counter)
+    has_p = ~np.isnan(power)
+    if has_c.sum() >= 2:
+        tc, vc = t[has_c], counter[has_c]
+        kt, kv = _counter_knots(tc, vc)
+        if has_p.sum() >= 2:
+            return _shape_by_power(kt, kv, t[has_p], power[has_p], gaps or [])
+        return kt, kv - kv[0]
+    if has_p.sum() >= 1:
+        return _integrate_power(t[has_p], power[has_p], gaps or [])
+    return t[:1].copy(), np.zeros(1)
+
+
+def _counter_knots(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points on the true cumulative curve from counter reads, re-timing stepped changes."""
+    dv = np.diff(v)
+    repeats = np.count_nonzero(dv == 0)
+    if v.size < 3 or repeats < STEPPING_SHARE * dv.size:
+        return t.copy(), v.copy()
+    # Stepping counter: keep the first read, each change re-timed to the middle of the gap
+    # between the read before it and the read that saw it, and the last read (a lower bound
+    # of the energy at that time; the next update moves it).
+    changed = np.nonzero(dv != 0)[0] + 1
+    kt = [t[0]]
+    kv = [v[0]]
+    kt.extend(((t[changed - 1] + t[changed]) / 2.0).tolist())
+    kv.extend(v[changed].tolist())
+    if t[-1] > kt[-1]:
+        kt.append(t[-1])
+        kv.append(v[-1])
+    return np.asarray(kt), np.asarray(kv)
+
+
+def _trapezoid_cumulative(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> np.ndarray:
+    seg = (p[1:] + p[:-1]) * 0.5 * np.diff(t)
+    if gaps:
+        # No integration across an interval where the device was failing.
+        for g in gaps:
+            end = g.end if g.end is not None else math.inf
+            inside = (t[:-1] < end) & (t[1:] > g.start)
+            seg[inside] = 0.0
+    out = np.empty(t.size)
+    out[0] = 0.0
+    np.cumsum(seg, out=out[1:])
+    return out
+
+
+def _integrate_power(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> tuple[np.ndarray, np.ndarray]:
+    if t.size == 1:
+        return t.copy(), np.zeros(1)
+    return t.copy(), _trapezoid_cumulative(t, p, gaps)
+
+
+def _shape_by_power(
+    kt: np.ndarray, kv: np.ndarray, pt: np.ndarray, pw: np.ndarray, gaps: list[Gap]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spread each counter step between knots in proportion to integrated power."""
+    ip = _trapezoid_cumulative(pt, pw, gaps)
+    # Power integral at the knots (clamped: outside the power samples the shape is flat).
+    ipk = np.interp(kt, pt, ip)
+    inner = (pt > kt[0]) & (pt < kt[-1])
+    st = pt[inner]
+    sip = ip[inner]
+    seg = np.searchsorted(kt, st, side="right") - 1  # knot segment of each inner sample
+    dv = kv[seg + 1] - kv[seg]
+    dip = ipk[seg + 1] - ipk[seg]
+    frac = np.where(dip > 0, (sip - ipk[seg]) / np.where(dip > 0, dip, 1.0), (st - kt[seg]) / (kt[seg + 1] - kt[seg]))
+    frac = np.clip(frac, 0.0, 1.0)
+    sv = kv[seg] + dv * frac
+    ts = np.concatenate([kt, st])
+    vs = np.concatenate([kv, sv])
+    order = np.argsort(ts, kind="stable")
+    ts, vs = ts[order], vs[order]
+    # Equal times (a sample exactly on a knot) would make np.interp ambiguous: keep the knot.
+    keep = np.concatenate([[True], np.diff(ts) > 0])
+    ts, vs = ts[keep], vs[keep]
+    vs = np.maximum.accumulate(vs)  # guard against rounding: cumulative energy never decreases
+    return ts, vs - vs[0]
+
+
+def method_of(has_counter: bool, has_power: bool, estimate: bool = False, replay: bool = False) -> str:
+    if replay:
+        return REPLAY
+    if estimate:
+        return ESTIMATE
+    if has_counter:
+        return COUNTER
+    if has_power:
+        return POWER
+    raise ValueError("a timeline needs a counter or power")

@@ -1,0 +1,121 @@
+"""The energy source interface.
+
+A source lists its devices and reads them. A reading is cumulative energy in joules, instantaneous
+power in watts, or both, plus the method that produced it. The sampler stamps each reading with
+its own monotonic clock right after the read returns, so sources need no clock of their own
+(the replay source is the exception: it answers "what was the value at time t").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+__all__ = [
+    "COUNTER",
+    "POWER",
+    "ESTIMATE",
+    "REPLAY",
+    "UNMEASURABLE",
+    "METHODS",
+    "Device",
+    "Reading",
+    "Source",
+    "Unused",
+    "Detection",
+    "METHOD_UNCERTAINTY",
+]
+
+#: A hardware cumulative energy counter (NVML total energy, RAPL energy_uj).
+COUNTER = "counter"
+#: Instantaneous power samples integrated over time.
+POWER = "power"
+#: A model, not a measurement (e.g. CPU TDP scaled by utilisation).
+ESTIMATE = "estimate"
+#: Values replayed from a recorded trace.
+REPLAY = "replay"
+#: The device exists but nothing about its energy can be read. Never reported as 0 J.
+UNMEASURABLE = "unmeasurable"
+
+METHODS = (COUNTER, POWER, ESTIMATE, REPLAY, UNMEASURABLE)
+
+#: Relative uncertainty we state for each method, for reports and model cards. Counter and power
+#: figures follow the published NVML studies summarised in FIELD.md; the estimate is a TDP model.
+METHOD_UNCERTAINTY = {
+    COUNTER: 0.05,
+    POWER: 0.10,
+    ESTIMATE: 0.50,
+    REPLAY: None,
+    UNMEASURABLE: None,
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """One measurable device.
+
+    ``id`` is stable within a host: ``gpu:0`` (index as the process sees it, after
+    ``CUDA_VISIBLE_DEVICES``), ``cpu:0`` (RAPL package 0), ``dram:0``.
+    """
+
+    id: str
+    kind: str  # "gpu", "cpu", "dram"
+    name: str
+    method: str
+    uuid: str | None = None
+    note: str | None = None  # e.g. "MIG instance: measuring parent GPU GPU-..."
+    tdp_w: float | None = None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one read of one device returned. Either field may be None, not both."""
+
+    energy_j: float | None = None  # cumulative, raw (may wrap or reset; the timeline handles it)
+    power_w: float | None = None
+    max_energy_j: float | None = None  # counter wraps past this value (RAPL max_energy_range_uj)
+
+
+@dataclass(frozen=True)
+class Unused:
+    """A method that was considered and not used, with the reason (for ``greenmaas devices``)."""
+
+    source: str
+    reason: str
+
+
+class Source:
+    """Base class for energy sources.
+
+    Subclasses set ``name`` and implement :meth:`devices` and :meth:`read`. ``read`` raises
+    :class:`~greenmaas.errors.DeviceReadError` for a device that fails; the sampler records the
+    failure and keeps reading the others. ``close`` releases handles and is safe to call twice.
+    """
+
+    name: str = "source"
+
+    def devices(self) -> Sequence[Device]:
+        raise NotImplementedError
+
+    def read(self, device_id: str) -> Reading:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Detection:
+    """What auto-detection found: the sources to use, and each method not used with why."""
+
+    sources: list[Source] = field(default_factory=list)
+    unused: list[Unused] = field(default_factory=list)
+
+    def devices(self) -> list[Device]:
+        return [d for s in self.sources for d in s.devices()]

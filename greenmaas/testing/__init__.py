@@ -1,0 +1,35 @@
+"""Public fakes for testing code that measures energy, with no GPU and no sysfs.
+
+* :class:`FakeClock` — monotonic time you advance by hand.
+* :class:`FakeNVML` — an object with the ``pynvml`` functions the NVML source calls, driven by
+  plain Python functions of time (counters, power, architectures, errors, visible devices).
+* :class:`ReplaySource` — an energy source that replays a trace CSV against a clock.
+* :func:`make_rapl_tree` — writes a powercap sysfs tree into a temporary directory.
+* :class:`StaticSource` — a source whose devices read from functions you give it.
+"""
+
+from __future__ import annotations
+
+from .clock import FakeClock
+
+__all__ = ["FakeClock", "FakeNVML", "FakeGPU", "ReplaySource", "make_rapl_tree", "StaticSource"]
+
+
+def __getattr__(name: str):
+    if name in ("FakeNVML", "FakeGPU"):
+        from . import nvml
+
+        return getattr(nvml, name)
+    if name == "make_rapl_tree":
+        from .rapl import make_rapl_tree
+
+        return make_rapl_tree
+    if name == "ReplaySource":
+        from ..sources.replay import ReplaySource
+
+        return ReplaySource
+    if name == "StaticSource":
+        from .static import StaticSource
+
+        return StaticSource
+    raise AttributeError(name)

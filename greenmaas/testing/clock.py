@@ -1,0 +1,46 @@
+"""A clock you advance by hand."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+__all__ = ["FakeClock"]
+
+
+class FakeClock:
+    """Monotonic time that moves only when told to.
+
+    ``sleep(s)`` advances the clock by ``s`` (so code under test that sleeps runs instantly);
+    ``advance(s)`` does the same from the test. ``to_utc`` maps monotonic 0 to ``utc0``.
+    """
+
+    def __init__(self, start: float = 0.0, utc0: datetime | None = None) -> None:
+        self._t = float(start)
+        self._utc0 = utc0 or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._start = float(start)
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._t
+
+    def advance(self, seconds: float) -> float:
+        if seconds < 0:
+            raise ValueError("a clock does not go backwards")
+        with self._lock:
+            self._t += seconds
+            return self._t
+
+    def set(self, t: float) -> None:
+        with self._lock:
+            if t < self._t:
+                raise ValueError("a clock does not go backwards")
+            self._t = float(t)
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.advance(seconds)
+
+    def to_utc(self, t: float) -> datetime:
+        return self._utc0 + timedelta(seconds=t - self._start)
