@@ -22,8 +22,9 @@ class DeviceEnergy:
     """Energy attributed to one span on one device, and the method behind it."""
 
     device: str
-    energy_j: float
+    energy_j: float  # attributed to the span and its descendants (inclusive)
     method: str
+    self_j: float = 0.0  # attributed to the span alone, excluding children (sums without double counting)
     gap_s: float = 0.0  # seconds of the span during which the device could not be read
 
 
@@ -55,9 +56,18 @@ class SpanRecord:
     attrs: dict[str, Any] = field(default_factory=dict)
     devices: list[DeviceEnergy] = field(default_factory=list)
 
+    carbon_g: float | None = None  # location-based, as configured when recorded
+    carbon_market_g: float | None = None  # market-based, only where configured
+    cost: float | None = None  # electricity + hardware share, in ``currency``
+    currency: str | None = None
+
     @property
     def energy_j(self) -> float:
         return sum(d.energy_j for d in self.devices)
+
+    @property
+    def self_energy_j(self) -> float:
+        return sum(d.self_j for d in self.devices)
 
     @property
     def method(self) -> str:

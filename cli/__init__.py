@@ -1,0 +1,1 @@
+"""The greenmaas command line."""
