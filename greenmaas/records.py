@@ -72,14 +72,9 @@ class SpanRecord:
     @property
     def method(self) -> str:
         """The weakest method among devices (estimate < power < counter)."""
-        from .sources.base import COUNTER, ESTIMATE, POWER, REPLAY, UNMEASURABLE
+        from .sources.base import weakest_method
 
-        order = [UNMEASURABLE, ESTIMATE, POWER, REPLAY, COUNTER]
-        methods = {d.method for d in self.devices}
-        for m in order:
-            if m in methods:
-                return m
-        return UNMEASURABLE
+        return weakest_method(d.method for d in self.devices)
 
 
 @dataclass

@@ -24,6 +24,7 @@ __all__ = [
     "Unused",
     "Detection",
     "METHOD_UNCERTAINTY",
+    "weakest_method",
 ]
 
 #: A hardware cumulative energy counter (NVML total energy, RAPL energy_uj).
@@ -38,6 +39,18 @@ REPLAY = "replay"
 UNMEASURABLE = "unmeasurable"
 
 METHODS = (COUNTER, POWER, ESTIMATE, REPLAY, UNMEASURABLE)
+
+#: Weakest first. A figure that combines devices carries the weakest of their methods.
+_STRENGTH = (UNMEASURABLE, ESTIMATE, POWER, REPLAY, COUNTER)
+
+
+def weakest_method(methods) -> str:
+    """The weakest of ``methods`` (``unmeasurable`` when there are none)."""
+    ms = set(methods)
+    for m in _STRENGTH:
+        if m in ms:
+            return m
+    return UNMEASURABLE
 
 #: Relative uncertainty we state for each method, for reports and model cards. Counter and power
 #: figures follow the published NVML studies summarised in FIELD.md; the estimate is a TDP model.

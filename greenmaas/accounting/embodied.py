@@ -1,0 +1,67 @@
+"""Embodied (manufacturing) carbon of hardware, amortised over the time and share a job reserves.
+
+Following the Green Software Foundation's SCI v1.1::
+
+    M = TE × (TiR / EL) × (RR / ToR)
+
+with TE the device's total embodied emissions, TiR the time reserved, EL its expected lifetime,
+and RR / ToR the share of the device's resources reserved. A year here is 365.25 days. Example:
+1,000 kg over a 4-year life, one hour reserved in full: 1e6 g × 3600 s / 126,230,400 s ≈ 28.5 g.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import AccountingError
+
+__all__ = ["Embodied", "SECONDS_PER_YEAR"]
+
+#: Seconds in a Julian year (365.25 days).
+SECONDS_PER_YEAR = 365.25 * 86400.0
+
+
+@dataclass(frozen=True)
+class Embodied:
+    """Total embodied emissions of one device (``kg_co2e``) and its lifetime in years."""
+
+    kg_co2e: float
+    lifetime_years: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.kg_co2e) and self.kg_co2e >= 0):
+            raise AccountingError(f"embodied emissions {self.kg_co2e!r} kgCO2e must be a finite number >= 0")
+        if not (math.isfinite(self.lifetime_years) and self.lifetime_years > 0):
+            raise AccountingError(f"device lifetime {self.lifetime_years!r} years must be a finite number > 0")
+
+    def amortised_g(self, reserved_s: Any, share: Any = 1.0) -> Any:
+        """Embodied gCO2e charged to ``reserved_s`` seconds holding ``share`` (0..1) of the device.
+
+        Both may be arrays (one entry per span); returns a float for scalars.
+        """
+        seconds = np.asarray(reserved_s, dtype=np.float64)
+        fraction = np.asarray(share, dtype=np.float64)
+        if (seconds < 0).any():
+            raise AccountingError("reserved time must not be negative")
+        if ((fraction < 0) | (fraction > 1)).any():
+            raise AccountingError(f"resource share {share!r} must lie between 0 and 1")
+        out = self.kg_co2e * 1000.0 * (seconds / (self.lifetime_years * SECONDS_PER_YEAR)) * fraction
+        return float(out) if out.ndim == 0 else out
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | "Embodied") -> "Embodied":
+        if isinstance(data, Embodied):
+            return data
+        try:
+            return cls(float(data["kg_co2e"]), float(data["lifetime_years"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AccountingError(
+                f"malformed embodied figure {data!r}: expected {{'kg_co2e': ..., 'lifetime_years': ...}}"
+            ) from exc

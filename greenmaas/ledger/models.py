@@ -1,0 +1,190 @@
+"""The ledger schema: every table greenmaas stores, in one place.
+
+SQLAlchemy 2.0 declarative models. The same schema serves SQLite (the default, one file) and
+PostgreSQL. Times are timezone-aware UTC ``datetime`` objects in Python; SQLite, which has no
+time zones, stores them as naive UTC text and :class:`UTCDateTime` puts the zone back on read.
+Units are in the column names (``energy_j``, ``duration_s``, ``power_w``, ``carbon_g``).
+
+Bump :data:`SCHEMA_VERSION` whenever a table or column changes; a ledger written by a newer
+greenmaas is refused rather than half-understood.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "APPLICATION",
+    "UTCDateTime",
+    "Base",
+    "Meta",
+    "Run",
+    "Span",
+    "SpanDevice",
+    "Sample",
+    "DeviceTotal",
+]
+
+#: Version of the tables below. Ledgers with a higher version are refused.
+SCHEMA_VERSION = 1
+#: Value of ``meta.application``; tells a greenmaas ledger from another app's ``meta`` table.
+APPLICATION = "greenmaas"
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    Naive values are taken to be UTC already (the meter only produces aware ones).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            # SQLite keeps text; naive UTC sorts and compares correctly as text.
+            value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    """Key/value facts about the ledger: application, schema_version, created_at, tenant_salt."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Run(Base):
+    """One process session of a Meter (see :class:`greenmaas.records.RunRecord`)."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    start: Mapped[datetime]
+    end: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    devices: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    greenmaas_version: Mapped[str | None] = mapped_column(String(32))
+
+
+class Span(Base):
+    """One finished span (see :class:`greenmaas.records.SpanRecord`).
+
+    ``energy_j`` includes the span's descendants; ``self_energy_j`` excludes them, so summing
+    ``self_energy_j`` over any set of spans never double counts. Both are NULL when no device
+    of the span could be measured (never reported as 0 J).
+    """
+
+    __tablename__ = "spans"
+
+    span_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(String(64))  # no FK: children finish first
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str | None] = mapped_column(String(255))
+    phase: Mapped[str | None] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(255))
+    tenant: Mapped[str | None] = mapped_column(String(64))  # pseudonym, never the raw identity
+    start: Mapped[datetime] = mapped_column(index=True)
+    end: Mapped[datetime] = mapped_column(index=True)
+    duration_s: Mapped[float] = mapped_column(Float)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    items: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    self_energy_j: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(16))
+    carbon_g: Mapped[float | None] = mapped_column(Float)
+    carbon_market_g: Mapped[float | None] = mapped_column(Float)
+    cost: Mapped[float | None] = mapped_column(Float)
+    currency: Mapped[str | None] = mapped_column(String(8))
+
+
+class SpanDevice(Base):
+    """Energy of one span on one device (see :class:`greenmaas.records.DeviceEnergy`)."""
+
+    __tablename__ = "span_devices"
+
+    span_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("spans.span_id", ondelete="CASCADE"), primary_key=True
+    )
+    device: Mapped[str] = mapped_column(String(64), primary_key=True)
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    self_j: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(16))
+    gap_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Sample(Base):
+    """One point of a device's cumulative-energy curve (see :class:`SampleRecord`)."""
+
+    __tablename__ = "samples"
+    __table_args__ = (Index("ix_samples_run_device_t", "run_id", "device", "t"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"))
+    device: Mapped[str] = mapped_column(String(64))
+    t: Mapped[datetime]
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    power_w: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(16))
+
+
+class DeviceTotal(Base):
+    """Per run, device and attribution window: consumed, attributed to spans, and idle.
+
+    A run may have several rows per device (one per window); reports sum them.
+    """
+
+    __tablename__ = "device_totals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)
+    device: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))
+    start: Mapped[datetime | None]
+    end: Mapped[datetime | None]
+    total_j: Mapped[float | None] = mapped_column(Float)
+    attributed_j: Mapped[float | None] = mapped_column(Float)
+    idle_j: Mapped[float | None] = mapped_column(Float)
+    gap_s: Mapped[float] = mapped_column(Float, default=0.0)

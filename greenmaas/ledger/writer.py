@@ -1,0 +1,287 @@
+"""A background writer so that measuring never waits on the disk.
+
+The meter hands records to :meth:`LedgerWriter.submit`, which only appends to an in-memory queue.
+A daemon thread writes them in batches, each batch in one transaction. A batch that fails is
+retried a few times (the database may be locked by another process, the disk briefly full); after
+that it is dropped, the error kept in :attr:`LedgerWriter.errors` and logged as a warning on the
+``greenmaas`` logger. Nothing the writer does ever raises into, or blocks, the caller's thread.
+
+The writer is closed (queue flushed, thread stopped) by :meth:`close`, by ``with``, when it is
+garbage collected, or at interpreter exit, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+from ..records import DeviceTotals, RunRecord, SampleRecord, SpanRecord
+
+__all__ = ["LedgerWriter"]
+
+logger = logging.getLogger("greenmaas")
+
+_ACCEPTED = (SpanRecord, SampleRecord, DeviceTotals, RunRecord)
+_MAX_ERRORS = 100
+
+
+class _State:
+    """Everything the thread needs, kept apart from :class:`LedgerWriter` so the writer object
+    itself can be garbage collected (and its finalizer run) while the thread is alive."""
+
+    def __init__(self, ledger, flush_interval_s, max_batch, max_retries, retry_delay_s, max_queue):
+        self.ledger = ledger
+        self.flush_interval_s = flush_interval_s
+        self.max_batch = max_batch
+        self.max_retries = max_retries
+        self.retry_delay_s = retry_delay_s
+        self.max_queue = max_queue
+        self.cond = threading.Condition()
+        self.pending: deque = deque()
+        self.first_at = 0.0  # monotonic time the oldest pending record arrived
+        self.submitted = 0
+        self.done = 0  # written or dropped
+        self.written = 0
+        self.dropped = 0
+        self.flush_wanted = 0  # flush() waits until ``done`` reaches this
+        self.stopping = False
+        self.stopped = False
+        self.overflowing = False
+        self.errors: list[tuple[datetime, str]] = []
+        self.thread: threading.Thread | None = None
+
+    # -- caller side ---------------------------------------------------------------------
+
+    def submit(self, record: Any) -> bool:
+        with self.cond:
+            if self.stopping:
+                self._error_locked(f"record submitted after close was dropped: {type(record).__name__}")
+                return False
+            if len(self.pending) >= self.max_queue:
+                if not self.overflowing:
+                    self.overflowing = True
+                    self._error_locked(
+                        f"writer queue full ({self.max_queue} records); dropping new records"
+                    )
+                self.dropped += 1
+                return False
+            self.pending.append(record)
+            self.submitted += 1
+            if len(self.pending) == 1:
+                self.first_at = time.monotonic()
+                self.cond.notify_all()
+            elif len(self.pending) == self.max_batch:
+                self.cond.notify_all()
+            return True
+
+    def flush(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            target = self.submitted
+            self.flush_wanted = max(self.flush_wanted, target)
+            self.cond.notify_all()
+            while self.done < target:
+                if self.stopped:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.cond.wait(remaining)
+            return True
+
+    def close(self, timeout: float | None = None) -> None:
+        with self.cond:
+            if self.stopping:
+                thread = None if self.stopped else self.thread
+            else:
+                self.stopping = True
+                self.cond.notify_all()
+                thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- thread side ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._write(batch)
+                with self.cond:
+                    self.done += len(batch)
+                    self.cond.notify_all()
+        except BaseException as exc:  # never die silently; flush() must not wait forever
+            self._error(f"writer thread stopped: {exc!r}")
+        finally:
+            with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+
+    def _next_batch(self) -> list | None:
+        with self.cond:
+            while not self.pending:
+                if self.stopping:
+                    return None
+                self.cond.wait()
+            # Let a batch build up, unless someone is waiting for it or it is full already.
+            while (
+                len(self.pending) < self.max_batch
+                and not self.stopping
+                and self.flush_wanted <= self.done
+            ):
+                remaining = self.first_at + self.flush_interval_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.cond.wait(remaining)
+            n = min(len(self.pending), self.max_batch)
+            batch = [self.pending.popleft() for _ in range(n)]
+            if self.pending:
+                self.first_at = time.monotonic()
+            self.overflowing = False
+            return batch
+
+    def _write(self, batch: list) -> None:
+        delay = self.retry_delay_s
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self.ledger.write(batch)
+            except Exception as exc:
+                last = exc
+                if _is_record_error(exc):
+                    if len(batch) > 1:
+                        # One bad record (duplicate id, unknown run) must not sink its batch.
+                        for rec in batch:
+                            self._write([rec])
+                        return
+                    break
+                if attempts > self.max_retries:
+                    break
+                with self.cond:  # wait before retrying, but wake at once when closing
+                    if not self.stopping:
+                        self.cond.wait(delay)
+                delay *= 2
+                continue
+            with self.cond:
+                self.written += len(batch)
+            return
+        with self.cond:
+            self.dropped += len(batch)
+        self._error(f"dropped {len(batch)} record(s) after {attempts} attempt(s): {last}")
+
+    def _error(self, message: str) -> None:
+        with self.cond:
+            self._error_locked(message)
+
+    def _error_locked(self, message: str) -> None:
+        self.errors.append((datetime.now(timezone.utc), message))
+        del self.errors[:-_MAX_ERRORS]
+        logger.warning("greenmaas ledger writer: %s", message)
+
+
+def _is_record_error(exc: BaseException) -> bool:
+    """True when the records themselves are at fault (retrying cannot help), not the database."""
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    from ..errors import ConfigError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (IntegrityError, DataError, ConfigError, TypeError, ValueError)):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
+
+
+class LedgerWriter:
+    """Writes records to a :class:`~greenmaas.ledger.Ledger` from a background thread.
+
+    ``submit(record)`` takes a :class:`SpanRecord`, :class:`SampleRecord`, :class:`DeviceTotals`,
+    :class:`RunRecord` (start of a run) or a callable ``fn(ledger)`` (e.g. to end a run), returns
+    at once and never raises. Records are written in submission order, at most ``max_batch`` per
+    transaction, at least every ``flush_interval_s`` seconds. A failing batch is retried
+    ``max_retries`` times, ``retry_delay_s`` apart (doubling), then dropped and noted in
+    :attr:`errors`. At most ``max_queue`` records wait in memory; beyond that new ones are dropped.
+    """
+
+    def __init__(
+        self,
+        ledger,
+        *,
+        flush_interval_s: float = 0.5,
+        max_batch: int = 1000,
+        max_retries: int = 3,
+        retry_delay_s: float = 0.1,
+        max_queue: int = 1_000_000,
+    ):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.ledger = ledger
+        self._state = _State(
+            ledger, flush_interval_s, max_batch, max_retries, retry_delay_s, max_queue
+        )
+        thread = threading.Thread(
+            target=self._state.run, name="greenmaas-ledger-writer", daemon=True
+        )
+        self._state.thread = thread
+        thread.start()
+        # Runs at close(), garbage collection or interpreter exit: queued records are not lost.
+        self._finalizer = weakref.finalize(self, self._state.close)
+
+    def submit(self, record: Any) -> bool:
+        """Queue a record for writing. Returns False (and never raises) if it was refused."""
+        try:
+            if not (isinstance(record, _ACCEPTED) or callable(record)):
+                self._state._error(f"cannot write a {type(record).__name__}; record dropped")
+                return False
+            return self._state.submit(record)
+        except Exception:  # pragma: no cover - a bug here must still not reach the caller
+            logger.exception("greenmaas ledger writer: submit failed")
+            return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is written (or dropped). False on timeout."""
+        return self._state.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and stop the thread. Safe to call twice. Does not close the ledger."""
+        self._finalizer.detach()
+        self._state.close(timeout)
+
+    @property
+    def errors(self) -> list[tuple[datetime, str]]:
+        """(UTC time, message) of each failure, most recent last (the last 100 are kept)."""
+        return list(self._state.errors)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of records submitted, written, dropped, and still pending."""
+        s = self._state
+        with s.cond:
+            return {
+                "submitted": s.submitted,
+                "written": s.written,
+                "dropped": s.dropped,
+                "pending": s.submitted - s.done,
+            }
+
+    @property
+    def closed(self) -> bool:
+        return self._state.stopping
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LedgerWriter {self.stats}>"

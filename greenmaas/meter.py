@@ -1,0 +1,673 @@
+"""The meter: sources, sampler, spans, attribution and ledger, tied together.
+
+::
+
+    meter = greenmaas.Meter()                    # auto-detects devices, ledger ./greenmaas.db
+    with meter:                                  # a run: starts sampling, ends the run on exit
+        with meter.measure("epoch-1", model="resnet50", phase="training"):
+            train_one_epoch()
+
+Everything is passed in (``Meter(sources=..., ledger=..., clock=...)``); auto-detection only
+happens when nothing is. ``greenmaas.measure(...)`` outside any meter uses a process default
+created on first use (never at import) and stopped at interpreter exit.
+
+Failure policy: measuring never crashes or stalls the user's code. Background errors (a device
+failing, the ledger unwritable) are logged to ``logging.getLogger("greenmaas")``, kept in
+``meter.errors`` and ``meter.sampler.failures``, and show in results as gaps.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import itertools
+import logging
+import os
+import socket
+import sys
+import threading
+import uuid
+import weakref
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from .attribution.engine import POLICIES
+from .attribution.live import LiveAttributor, WindowTotals, gap_seconds
+from .clock import Clock, SystemClock
+from .errors import ConfigError, GreenmaasError
+from .records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
+from .sampling.sampler import Sampler
+from .sources.base import Source, weakest_method
+from .spans import Span, SpanResult
+
+__all__ = ["Meter", "get_meter", "measure", "request", "batch"]
+
+log = logging.getLogger("greenmaas")
+
+_current_meter: contextvars.ContextVar["Meter | None"] = contextvars.ContextVar("greenmaas_meter", default=None)
+_default_meter: "Meter | None" = None
+_default_lock = threading.Lock()
+
+
+class Meter:
+    """Measures device energy and attributes it to spans.
+
+    Parameters (all keyword-only):
+
+    ``sources``
+        Energy sources; default: :func:`greenmaas.sources.detect.detect`.
+    ``ledger``
+        A :class:`~greenmaas.ledger.Ledger`, a path or SQLAlchemy URL, ``None`` for the default
+        (``GREENMAAS_LEDGER`` or ``./greenmaas.db``), or ``False`` for no ledger.
+    ``clock``
+        Default :class:`~greenmaas.clock.SystemClock`; tests pass a ``FakeClock`` and
+        ``background=False``, then drive time with :meth:`tick`.
+    ``period_s``
+        Sampling period for every source (default: each source's own — 20 ms for NVML).
+    ``policy``
+        ``"time"`` (default) or ``"weighted"``; see :mod:`greenmaas.attribution`.
+    ``accounting``
+        An :class:`~greenmaas.accounting.AccountingConfig` for carbon and cost at record time;
+        default from the environment (``GREENMAAS_LOCATION``, ``GREENMAAS_PRICE``, …).
+    ``sample_interval_s``
+        Spacing of the cumulative-energy points written to the ledger's samples table.
+    """
+
+    def __init__(
+        self,
+        *,
+        sources: Sequence[Source] | None = None,
+        ledger: Any = None,
+        clock: Clock | None = None,
+        period_s: float | None = None,
+        policy: str = "time",
+        accounting: Any = None,
+        background: bool = True,
+        flush_interval_s: float = 0.5,
+        sample_interval_s: float = 1.0,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
+        self.clock = clock or SystemClock()
+        self.policy = policy
+        self.background = background
+        self.flush_interval_s = flush_interval_s
+        self.sample_interval_s = sample_interval_s
+        self.unused: list = []
+        if sources is None:
+            from .sources.detect import detect
+
+            found = detect()
+            sources = found.sources
+            self.unused = list(found.unused)
+        self.sources = list(sources)
+        self.sampler = Sampler(self.sources, clock=self.clock, period_s=period_s)
+        self._ledger_arg = ledger
+        self.ledger = None
+        self._writer = None
+        self._accounting_arg = accounting
+        self.accounting = None
+        self.run_id = uuid.uuid4().hex
+        self._ids = itertools.count(1)
+        self._id_prefix = self.run_id[:12]
+        self._attr: LiveAttributor | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._stopped = False
+        self._t_start: float | None = None
+        self._sample_next: dict[str, float] = {}
+        self.errors: list[tuple[datetime, str]] = []
+        self.totals: dict[str, dict[str, float]] = {}
+        self.run: RunRecord | None = None
+        self._config = dict(config or {})
+        self._finalizer = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Meter":
+        """Open the run and start sampling. Safe to call twice."""
+        if self._started:
+            return self
+        self._started = True
+        self._open_ledger()
+        self._load_accounting()
+        self.sampler.sample_now()
+        self._t_start = self.clock.monotonic()
+        self._attr = LiveAttributor(self.policy, self._t_start)
+        devices = [
+            {"id": d.id, "kind": d.kind, "name": d.name, "method": d.method, "uuid": d.uuid, "note": d.note}
+            for d in list(self.sampler.devices) + list(self.sampler.unmeasurable)
+        ]
+        config = {
+            "policy": self.policy,
+            "periods_s": {c.device.id: c.period_s for c in self.sampler._channels},
+            "unused": [{"source": u.source, "reason": u.reason} for u in self.unused],
+            **self._config,
+        }
+        if self.accounting is not None:
+            try:
+                config["accounting"] = self.accounting.to_dict()
+            except Exception as exc:  # accounting must not stop measuring
+                self._error(f"accounting config not recorded: {exc}")
+        self.run = RunRecord(
+            run_id=self.run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            start=self.clock.to_utc(self._t_start),
+            status="running",
+            config=config,
+            devices=devices,
+        )
+        self._submit(self.run)
+        if self.background:
+            self.sampler.start()
+            self._thread = threading.Thread(target=self._flush_loop, name="greenmaas-flush", daemon=True)
+            self._thread.start()
+        self._finalizer = weakref.finalize(self, _at_exit_stop, weakref.ref(self))
+        self._finalizer.atexit = True
+        return self
+
+    def stop(self, status: str = "finished") -> None:
+        """Close open spans, attribute everything, write it, end the run. Safe to call twice."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.sampler.stop()
+        self.sampler.sample_now()
+        now = self.clock.monotonic()
+        with self._lock:
+            for s in [s for s in list(self._attr._spans.values()) if s.end is None]:  # type: ignore[union-attr]
+                s.end = now
+                s.status = "interrupted"
+            self._flush(now, force=True)
+        if self.run is not None:
+            self.run.end = self.clock.to_utc(now)
+            self.run.status = status
+            self._submit(_RunEnd(self.run_id, self.run.end, status))
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception as exc:
+                self._error(f"ledger writer did not close cleanly: {exc}")
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    def __enter__(self) -> "Meter":
+        self.start()
+        self._token = _current_meter.set(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            _current_meter.reset(self._token)
+        except (ValueError, AttributeError):
+            pass
+        if exc_type is None:
+            self.stop("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.stop("interrupted")
+        else:
+            self.stop("failed")
+
+    # ------------------------------------------------------------------ spans
+
+    def measure(self, name: str, **tags: Any) -> Span:
+        """A span on this meter: a context manager or decorator. Tags: model, phase
+        (training/inference/other), request_id, tenant, weight, devices, attrs, …"""
+        return Span(name, meter=self, **tags)
+
+    def request(
+        self,
+        request_id: str,
+        *,
+        tenant: str | None = None,
+        model: str | None = None,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        name: str = "request",
+        **tags: Any,
+    ) -> Span:
+        """A span for one request. Its weight defaults to ``tokens_out`` (or 1)."""
+        weight = tags.pop("weight", None)
+        if weight is None:
+            weight = float(tokens_out) if tokens_out else 1.0
+        return Span(
+            name,
+            meter=self,
+            kind="request",
+            request_id=request_id,
+            tenant=tenant,
+            model=model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            weight=weight,
+            phase=tags.pop("phase", "inference"),
+            **tags,
+        )
+
+    def batch(
+        self,
+        requests: Iterable[Any],
+        *,
+        weights: Sequence[float] | None = None,
+        name: str = "batch",
+        model: str | None = None,
+        **tags: Any,
+    ) -> "Batch":
+        """Mark one forward pass that serves several requests.
+
+        ``requests`` holds request spans (from :meth:`request`, possibly still open in their
+        handlers), request ids, or mappings with ``request_id`` and optionally ``tenant``,
+        ``tokens_out``, ``items``. Each member gets a share of the batch's energy in proportion
+        to its weight: ``weights`` if given, else its output tokens, else its items, else 1.
+        """
+        return Batch(self, list(requests), weights=weights, name=name, model=model, **tags)
+
+    def _open_span(self, span: Span) -> None:
+        if not self._started:
+            self.start()
+        span.span_id = f"{self._id_prefix}-{next(self._ids):x}"
+        span.run_id = self.run_id
+        span.start = self.clock.monotonic()
+        if self._attr is not None:
+            self._attr.add(span)
+
+    def _close_span(self, span: Span) -> None:
+        span.end = self.clock.monotonic()
+
+    def _resolve(self, span: Span) -> None:
+        """Bring a closed span's result up to date (reads the devices once if needed)."""
+        if span.finalized:
+            return
+        try:
+            with self._lock:
+                if not span.finalized:
+                    cov = self.sampler.coverage()
+                    if cov is None or cov < span.end:  # type: ignore[operator]
+                        self.sampler.sample_now()
+                    self._flush(self.clock.monotonic())
+        except Exception as exc:  # a result is never worth crashing the caller
+            self._error(f"result of {span.name!r}: {exc}")
+        if not span.finalized:
+            span._result = self._result_of(span, final=False)
+
+    # ------------------------------------------------------------------ background work
+
+    def tick(self) -> None:
+        """Read due devices and attribute what can be attributed (for ``background=False``)."""
+        self.sampler.tick()
+        with self._lock:
+            self._flush(self.clock.monotonic())
+
+    def flush(self, timeout: float | None = 10.0) -> None:
+        """Attribute everything measurable so far and wait until the ledger has it."""
+        self.sampler.sample_now()
+        with self._lock:
+            self._flush(self.clock.monotonic())
+        if self._writer is not None:
+            self._writer.flush(timeout)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                with self._lock:
+                    self._flush(self.clock.monotonic())
+            except Exception as exc:
+                self._error(f"attribution failed: {exc}")
+
+    def _flush(self, now: float, force: bool = False) -> None:
+        attr = self._attr
+        if attr is None:
+            return
+        cov = self.sampler.coverage()
+        timelines = self.sampler.timelines
+        t = now if force else (cov if cov is not None else attr.watermark)
+        if not timelines:
+            t = now
+        done, totals = attr.advance(min(t, now), timelines, force=force)
+        if totals:
+            self._record_totals(totals)
+        if done:
+            records = [self._record_of(s) for s in done]
+            self._price(records, done)
+            for r in records:
+                self._submit(r)
+        self._record_samples(attr.watermark)
+        if not force:
+            for tl in timelines.values():
+                tl.trim(attr.watermark - 5.0)
+
+    def _record_of(self, s: Span) -> SpanRecord:
+        timelines = self.sampler.timelines
+        inc = s.acc.inclusive()
+        devs = []
+        for dev, tl in timelines.items():
+            if s.devices is not None and dev not in s.devices:
+                continue
+            devs.append(
+                DeviceEnergy(
+                    device=dev,
+                    energy_j=inc.get(dev, 0.0),
+                    self_j=s.acc.self_j.get(dev, 0.0),
+                    method=tl.method,
+                    gap_s=gap_seconds(tl, s.start, s.end),  # type: ignore[arg-type]
+                )
+            )
+        s._result = self._result_of(s, final=True, devices=devs)
+        tenant = s.tenant
+        if tenant is not None and self.ledger is not None:
+            tenant = self.ledger.pseudonymise(tenant)
+        return SpanRecord(
+            span_id=s.span_id,  # type: ignore[arg-type]
+            run_id=self.run_id,
+            name=s.name,
+            start=self.clock.to_utc(s.start),  # type: ignore[arg-type]
+            end=self.clock.to_utc(s.end),  # type: ignore[arg-type]
+            duration_s=s.end - s.start,  # type: ignore[operator]
+            parent_id=s.parent.span_id if s.parent is not None else None,
+            kind=s.kind,
+            model=s.model,
+            phase=s.phase,
+            request_id=s.request_id,
+            tenant=tenant,
+            weight=s.weight if s.weight is not None else 1.0,
+            tokens_in=s.tokens_in,
+            tokens_out=s.tokens_out,
+            items=s.items,
+            status=s.status,
+            attrs=s.attrs,
+            devices=devs,
+        )
+
+    def _result_of(self, s: Span, *, final: bool, devices: list[DeviceEnergy] | None = None) -> SpanResult:
+        if devices is None:
+            inc = s.acc.inclusive() if s.acc is not None else {}
+            methods = {d: tl.method for d, tl in self.sampler.timelines.items()}
+            by_dev = {d: inc.get(d, 0.0) for d in methods if s.devices is None or d in s.devices}
+            self_j = sum(s.acc.self_j.values()) if s.acc is not None else 0.0
+            gap = 0.0
+        else:
+            by_dev = {d.device: d.energy_j for d in devices}
+            methods = {d.device: d.method for d in devices}
+            self_j = sum(d.self_j for d in devices)
+            gap = max((d.gap_s for d in devices), default=0.0)
+        method = weakest_method(methods[d] for d in by_dev)
+        end = s.end if s.end is not None else self.clock.monotonic()
+        return SpanResult(
+            duration_s=end - s.start,  # type: ignore[operator]
+            energy_j=sum(by_dev.values()),
+            by_device_j=by_dev,
+            self_energy_j=self_j,
+            method=method,
+            methods={d: methods[d] for d in by_dev},
+            gap_s=gap,
+            final=final,
+        )
+
+    def _record_totals(self, totals: list[WindowTotals]) -> None:
+        for w in totals:
+            agg = self.totals.setdefault(w.device, {"total_j": 0.0, "attributed_j": 0.0, "idle_j": 0.0})
+            agg["total_j"] += w.total_j
+            agg["attributed_j"] += w.attributed_j
+            agg["idle_j"] += w.idle_j
+            tl = self.sampler.timelines.get(w.device)
+            self._submit(
+                DeviceTotals(
+                    run_id=self.run_id,
+                    device=w.device,
+                    method=w.method,
+                    total_j=w.total_j,
+                    attributed_j=w.attributed_j,
+                    idle_j=w.idle_j,
+                    gap_s=gap_seconds(tl, w.t0, w.t1) if tl is not None else 0.0,
+                    start=self.clock.to_utc(w.t0),
+                    end=self.clock.to_utc(w.t1),
+                )
+            )
+
+    def _record_samples(self, upto: float) -> None:
+        if self._writer is None or self.sample_interval_s <= 0:
+            return
+        import numpy as np
+
+        for dev, tl in self.sampler.timelines.items():
+            first = tl.t_first
+            if first is None:
+                continue
+            nxt = self._sample_next.get(dev, max(first, self._t_start or first))
+            if nxt > upto:
+                continue
+            grid = np.arange(nxt, upto + 1e-12, self.sample_interval_s)
+            if grid.size == 0:
+                continue
+            e = tl.energy_at(grid) - float(tl.energy_at([self._t_start or first])[0])
+            pt, pw = tl.power_samples()
+            if pt.size:
+                idx = np.clip(np.searchsorted(pt, grid, side="right") - 1, 0, pt.size - 1)
+                p = pw[idx]
+            else:
+                p = None
+            for i, g in enumerate(grid):
+                self._submit(
+                    SampleRecord(
+                        run_id=self.run_id,
+                        device=dev,
+                        t=self.clock.to_utc(float(g)),
+                        energy_j=float(e[i]),
+                        power_w=float(p[i]) if p is not None else None,
+                        method=tl.method,
+                    )
+                )
+            self._sample_next[dev] = float(grid[-1]) + self.sample_interval_s
+
+    def _price(self, records: list[SpanRecord], spans: list[Span]) -> None:
+        """Carbon and cost at record time, with the accounting configured now."""
+        if self.accounting is None or not records:
+            return
+        try:
+            from .accounting.pricing import price_records
+
+            price_records(records, self.accounting)
+            for s, r in zip(spans, records):
+                if s._result is not None:
+                    s._result.carbon_g = r.carbon_g
+                    s._result.cost = r.cost
+                    s._result.currency = r.currency
+        except Exception as exc:
+            self._error(f"carbon/cost not computed: {exc}")
+
+    # ------------------------------------------------------------------ ledger plumbing
+
+    def _open_ledger(self) -> None:
+        arg = self._ledger_arg
+        if arg is False:
+            return
+        try:
+            from .ledger.store import Ledger
+            from .ledger.writer import LedgerWriter
+
+            self.ledger = arg if isinstance(arg, Ledger) else Ledger.open(arg)
+            self._writer = LedgerWriter(self.ledger)
+        except GreenmaasError as exc:
+            # The ledger is where results go; a ledger that cannot be opened is the user's to fix,
+            # so say so at once rather than measure into nothing.
+            raise exc
+
+    def _load_accounting(self) -> None:
+        arg = self._accounting_arg
+        if arg is False:
+            return
+        if arg is not None:
+            self.accounting = arg
+            return
+        try:
+            from .accounting.config import AccountingConfig
+
+            self.accounting = AccountingConfig.from_env()
+        except GreenmaasError:
+            raise
+        except Exception as exc:
+            self._error(f"accounting unavailable: {exc}")
+
+    def _submit(self, record: Any) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.submit(record)
+        except Exception as exc:
+            self._error(f"ledger submit failed: {exc}")
+
+    def _error(self, message: str) -> None:
+        self.errors.append((datetime.now(timezone.utc), message))
+        log.warning("greenmaas: %s", message)
+
+
+class _RunEnd:
+    """A run-end record for the ledger writer."""
+
+    __slots__ = ("run_id", "end", "status")
+
+    def __init__(self, run_id: str, end: datetime, status: str):
+        self.run_id, self.end, self.status = run_id, end, status
+
+    def __call__(self, ledger) -> None:
+        ledger.end_run(self.run_id, self.end, self.status)
+
+
+class Batch:
+    """One forward pass over several requests; see :meth:`Meter.batch`."""
+
+    def __init__(self, meter: Meter, requests: list, *, weights=None, name="batch", model=None, **tags):
+        if weights is not None and len(weights) != len(requests):
+            raise ConfigError(f"batch of {len(requests)} requests got {len(weights)} weights")
+        self.meter = meter
+        self.span = Span(name, meter=meter, kind="batch", model=model, phase=tags.pop("phase", "inference"), **tags)
+        self.members: list[Span] = []
+        for i, r in enumerate(requests):
+            link = r if isinstance(r, Span) else None
+            info: Mapping[str, Any] = r if isinstance(r, Mapping) else {}
+            rid = link.request_id if link else (info.get("request_id") if info else str(r))
+            tokens_out = link.tokens_out if link else info.get("tokens_out")
+            items = link.items if link else info.get("items")
+            if weights is not None:
+                w = float(weights[i])
+            elif tokens_out:
+                w = float(tokens_out)
+            elif items:
+                w = float(items)
+            else:
+                w = 1.0
+            m = Span(
+                f"{name}-share",
+                meter=meter,
+                kind="share",
+                model=model or (link.model if link else info.get("model")),
+                request_id=rid,
+                tenant=link.tenant if link else info.get("tenant"),
+                tokens_out=tokens_out,
+                items=items,
+                weight=w,
+            )
+            m.link = link
+            self.members.append(m)
+        total = sum(m.weight or 0.0 for m in self.members)
+        for m in self.members:
+            m.rate_override = (m.weight or 0.0) / total if total > 0 else 0.0
+
+    def __enter__(self) -> "Batch":
+        from .spans import _current
+
+        # A batch is never inside one of its own requests (a test or a simple server may open
+        # it from a request's context): nest it under the nearest span that is not a member.
+        links = {id(m.link) for m in self.members if m.link is not None}
+        outer = _current.get()
+        while outer is not None and id(outer) in links:
+            outer = outer.parent
+        token = _current.set(outer)
+        try:
+            self.span.__enter__()
+        finally:
+            self.span._token = token  # exiting the batch restores the caller's context
+        for m in self.members:
+            if m.link is not None:
+                m.link.has_children = True
+            m.__enter__()
+            # Members sit side by side under the batch, not inside each other.
+            _current.set(self.span)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        now = self.meter.clock.monotonic()
+        for m in self.members:
+            m.end = now
+            if exc_type is not None:
+                m.status = "error"
+            m._token = None
+        self.span.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> "Batch":
+        return self.__enter__()
+
+    async def __aexit__(self, *exc) -> None:
+        self.__exit__(*exc)
+
+    @property
+    def result(self) -> SpanResult:
+        return self.span.result
+
+
+def _at_exit_stop(ref) -> None:
+    meter = ref()
+    if meter is None or meter._stopped:
+        return
+    status = "finished"
+    last = getattr(sys, "last_type", None)
+    if last is not None:
+        status = "interrupted" if issubclass(last, KeyboardInterrupt) else "failed"
+    try:
+        meter.stop(status)
+    except Exception:  # interpreter exit: nothing left to tell
+        pass
+
+
+# ---------------------------------------------------------------------- process-level helpers
+
+
+def get_meter() -> Meter:
+    """The meter of the current context (``with meter:``), else the process default, created and
+    started on first use with auto-detected sources and the default ledger."""
+    m = _current_meter.get()
+    if m is not None:
+        return m
+    global _default_meter
+    with _default_lock:
+        if _default_meter is None or _default_meter._stopped:
+            _default_meter = Meter().start()
+        return _default_meter
+
+
+def measure(name: str, **tags: Any) -> Span:
+    """A span on the current meter: ``with greenmaas.measure("epoch-3", model="resnet50",
+    phase="training"):`` or ``@greenmaas.measure("step")``. The meter is looked up when the span
+    opens, so decorating at import time starts nothing."""
+    return Span(name, **tags)
+
+
+def request(request_id: str, **tags: Any) -> Span:
+    """A request span on the current meter; see :meth:`Meter.request`."""
+    meter = _current_meter.get()
+    if meter is not None:
+        return meter.request(request_id, **tags)
+    span = get_meter().request(request_id, **tags)
+    return span
+
+
+def batch(requests: Iterable[Any], **kwargs: Any) -> Batch:
+    """A batch on the current meter; see :meth:`Meter.batch`."""
+    return get_meter().batch(requests, **kwargs)

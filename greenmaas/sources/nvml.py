@@ -1,0 +1,414 @@
+"""NVIDIA GPU energy through NVML (the ``nvidia-ml-py`` package, imported as ``pynvml``).
+
+:class:`NvmlSource` lists the GPUs this process can see (``CUDA_VISIBLE_DEVICES`` honoured, mapped
+by UUID) and reads, per GPU, the best figure NVML offers:
+
+* ``counter`` — ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since the driver loaded; Volta and
+  newer), read together with instantaneous power so the timeline can shape the energy inside the
+  counter's ~100 ms steps;
+* ``power`` — no counter: the ``NVML_FI_DEV_POWER_INSTANT`` field, else ``nvmlDeviceGetPowerUsage``
+  (which averages over ~1 s on Ampere and newer), integrated by the timeline;
+* ``unmeasurable`` — neither works (some virtual GPUs, old cards). Such a GPU is listed so reports
+  can say so, and every read of it raises :class:`~greenmaas.errors.DeviceReadError`: it is never
+  reported as 0 J.
+
+NVML errors become greenmaas errors in one place, :func:`_translate`, re-raised ``from`` the
+original. ``pynvml`` is imported when a source is built, never when greenmaas is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from ..errors import DeviceReadError, SourceError, SourceUnavailable
+from .base import COUNTER, POWER, UNMEASURABLE, Device, Reading, Source
+
+__all__ = ["NvmlSource"]
+
+# pynvml's codes, used only where the module under use lacks the constant.
+_CODES = {
+    "NVML_SUCCESS": 0,
+    "NVML_ERROR_NO_PERMISSION": 4,
+    "NVML_ERROR_DRIVER_NOT_LOADED": 9,
+    "NVML_ERROR_LIBRARY_NOT_FOUND": 12,
+    "NVML_ERROR_LIB_RM_VERSION_MISMATCH": 18,
+    "NVML_DEVICE_ARCH_VOLTA": 5,
+    "NVML_FI_DEV_POWER_INSTANT": 186,
+    "NVML_DEVICE_MIG_ENABLE": 1,
+}
+
+# c_nvmlFieldValue_t.value is a union; valueType says which member holds the number.
+_VALUE_MEMBERS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+_INSTANT = "instant"  # power from the NVML_FI_DEV_POWER_INSTANT field
+_USAGE = "usage"  # power from nvmlDeviceGetPowerUsage
+
+
+def _const(nvml: Any, name: str) -> int:
+    return getattr(nvml, name, _CODES[name])
+
+
+def _describe(exc: BaseException) -> str:
+    """NVML's text for an error; pynvml's ``str()`` can itself call into the library."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a description must never raise
+        text = ""
+    code = getattr(exc, "value", None)
+    return text or f"NVML error {code}"
+
+
+@contextmanager
+def _translate(nvml: Any, error: type[SourceError], what: str) -> Iterator[None]:
+    """The boundary where NVML errors become ``error(f"{what}: <NVML's text>")``."""
+    try:
+        yield
+    except nvml.NVMLError as exc:
+        raise error(f"{what}: {_describe(exc)}") from exc
+
+
+def _init_reason(nvml: Any, exc: BaseException) -> str:
+    """A short, actionable reason for an nvmlInit failure."""
+    code = getattr(exc, "value", None)
+    if code == _const(nvml, "NVML_ERROR_LIBRARY_NOT_FOUND"):
+        return "NVML library not found (libnvidia-ml.so.1)"
+    if code == _const(nvml, "NVML_ERROR_DRIVER_NOT_LOADED"):
+        return "NVML: driver not loaded"
+    if code == _const(nvml, "NVML_ERROR_NO_PERMISSION"):
+        return "NVML: insufficient permissions to initialise"
+    if code == _const(nvml, "NVML_ERROR_LIB_RM_VERSION_MISMATCH"):
+        return "NVML: library and kernel driver versions differ (reload the driver or reboot)"
+    return f"NVML: initialisation failed ({_describe(exc)})"
+
+
+def _shutdown(nvml: Any) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except nvml.NVMLError:
+        pass  # nothing useful to do about a failing shutdown
+
+
+@dataclass
+class _HostGpu:
+    """One GPU as NVML indexes it on the host."""
+
+    index: int
+    handle: Any = None
+    uuid: str | None = None
+    error: str | None = None  # why NVML could not open it
+
+
+@dataclass
+class _Choice:
+    """One visible device: a host GPU, or a MIG instance measured through its parent."""
+
+    host: _HostGpu
+    mig_uuid: str | None = None
+
+
+@dataclass
+class _Plan:
+    """How one visible device is read."""
+
+    device: Device
+    handle: Any
+    power: str | None = None  # _INSTANT, _USAGE or None
+
+
+def _as_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NvmlSource(Source):
+    """Energy of the NVIDIA GPUs visible to this process.
+
+    ``nvml`` is a module-like object with pynvml's functions and constants (default: ``pynvml``,
+    imported here; tests pass :class:`greenmaas.testing.FakeNVML`). ``visible_devices`` has the
+    syntax of ``CUDA_VISIBLE_DEVICES`` and defaults to it: unset means every GPU; a comma-separated
+    list of indices, ``GPU-<uuid>`` (full or a unique prefix) or ``MIG-<uuid>``; an empty string
+    or ``-1`` means none; as in CUDA, the first invalid or repeated entry ends the list. Device ids
+    are ``gpu:<i>`` with ``i`` the position in that list, i.e. the index CUDA gives the process.
+
+    Indices are NVML's (PCI bus order); CUDA numbers GPUs the same way under
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and, on hosts with identical GPUs, by default too.
+
+    NVML is initialised once per source and shut down by :meth:`close` (safe to call twice, and
+    run at garbage collection if forgotten). Raises :class:`SourceUnavailable` when NVML cannot be
+    loaded or initialised.
+    """
+
+    name = "nvml"
+    #: 20 ms: fine enough to re-time the ~100 ms counter steps (see sampling/timeline.py).
+    default_period_s = 0.02
+
+    def __init__(self, nvml: Any = None, visible_devices: str | Sequence[str] | None = None) -> None:
+        if nvml is None:
+            try:
+                import pynvml as nvml  # noqa: PLC0415 - lazily: importing greenmaas stays cheap
+            except ImportError as exc:
+                raise SourceUnavailable("NVML: the nvidia-ml-py package (pynvml) is not installed") from exc
+        if visible_devices is None:
+            visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        elif not isinstance(visible_devices, str):
+            visible_devices = ",".join(visible_devices)
+        self._nvml = nvml
+        self.visible_devices = visible_devices
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            raise SourceUnavailable(_init_reason(nvml, exc)) from exc
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, nvml)
+        try:
+            self._plans = self._plan(visible_devices)
+        except BaseException:
+            self.close()
+            raise
+        self._devices = [p.device for p in self._plans.values()]
+
+    # ------------------------------------------------------------------ Source interface
+
+    def devices(self) -> list[Device]:
+        return list(self._devices)
+
+    def read(self, device_id: str) -> Reading:
+        """Cumulative energy (J) and/or instantaneous power (W) of one GPU.
+
+        Raises :class:`DeviceReadError` naming the device and NVML's error when the read fails,
+        and always for an ``unmeasurable`` GPU.
+        """
+        plan = self._plans.get(device_id)
+        if plan is None:
+            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
+        if self._closed:
+            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        dev = plan.device
+        label = f"{device_id} ({dev.name}, {dev.uuid})"
+        if dev.method == COUNTER:
+            with _translate(self._nvml, DeviceReadError, f"{label}: energy counter read failed"):
+                energy_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(plan.handle)
+            power_w = None
+            if plan.power is not None:
+                try:
+                    power_w = self._power_w(plan)
+                except self._nvml.NVMLError:
+                    power_w = None  # the counter alone still measures the energy
+            return Reading(energy_j=energy_mj / 1000.0, power_w=power_w)
+        if dev.method == POWER:
+            with _translate(self._nvml, DeviceReadError, f"{label}: power read failed"):
+                power_w = self._power_w(plan)
+            if power_w is None:
+                raise DeviceReadError(f"{label}: power read failed: NVML returned no valid value")
+            return Reading(power_w=power_w)
+        raise DeviceReadError(f"{label} has neither an energy counter nor a power reading")
+
+    def close(self) -> None:
+        """Shut NVML down (once; later calls do nothing)."""
+        self._closed = True
+        self._finalizer()
+
+    # ------------------------------------------------------------------ reading power
+
+    def _instant_power_w(self, handle: Any) -> float | None:
+        """The NVML_FI_DEV_POWER_INSTANT field in W, or None when the driver gives no valid value.
+        Raises NVMLError when the call itself fails."""
+        nvml = self._nvml
+        fv = nvml.nvmlDeviceGetFieldValues(handle, [_const(nvml, "NVML_FI_DEV_POWER_INSTANT")])[0]
+        if fv.nvmlReturn != _const(nvml, "NVML_SUCCESS"):
+            return None
+        member = _VALUE_MEMBERS.get(int(fv.valueType))
+        if member is None:
+            return None
+        mw = float(getattr(fv.value, member))
+        if not math.isfinite(mw) or mw < 0:
+            return None
+        return mw / 1000.0
+
+    def _power_w(self, plan: _Plan) -> float | None:
+        """Power in W by the plan's method; the field falls back to nvmlDeviceGetPowerUsage."""
+        if plan.power == _INSTANT:
+            try:
+                w = self._instant_power_w(plan.handle)
+            except self._nvml.NVMLError:
+                w = None
+            if w is not None:
+                return w
+        return self._nvml.nvmlDeviceGetPowerUsage(plan.handle) / 1000.0
+
+    # ------------------------------------------------------------------ construction
+
+    def _plan(self, visible: str | None) -> dict[str, _Plan]:
+        nvml = self._nvml
+        with _translate(nvml, SourceUnavailable, "NVML: cannot count GPUs"):
+            count = int(nvml.nvmlDeviceGetCount())
+        hosts = [self._open(i) for i in range(count)]
+        if visible is None:
+            choices = [_Choice(h) for h in hosts]
+        else:
+            choices = self._choose(visible, hosts)
+        plans: dict[str, _Plan] = {}
+        for i, choice in enumerate(choices):
+            dev_id = f"gpu:{i}"
+            plans[dev_id] = self._probe(dev_id, choice)
+        return plans
+
+    def _open(self, index: int) -> _HostGpu:
+        nvml = self._nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _as_str(nvml.nvmlDeviceGetUUID(handle))
+        except nvml.NVMLError as exc:
+            # Kept in place (not dropped) so the indices of the GPUs after it do not shift.
+            return _HostGpu(index, error=_describe(exc))
+        return _HostGpu(index, handle=handle, uuid=uuid)
+
+    def _choose(self, visible: str, hosts: list[_HostGpu]) -> list[_Choice]:
+        """Apply CUDA's rules for CUDA_VISIBLE_DEVICES to the host's GPUs."""
+        chosen: list[_Choice] = []
+        seen: set[str] = set()
+        migs: list[tuple[_HostGpu, str]] | None = None
+        for raw in visible.split(","):
+            entry = raw.strip()
+            choice: _Choice | None = None
+            if entry.isdigit():
+                i = int(entry)
+                choice = _Choice(hosts[i]) if i < len(hosts) else None
+            elif entry[:4].upper() == "GPU-" and len(entry) > 4:
+                found = _unique_prefix(entry, [(h, h.uuid) for h in hosts if h.uuid])
+                choice = _Choice(found[0]) if found else None
+            elif entry[:4].upper() == "MIG-" and len(entry) > 4:
+                if migs is None:
+                    migs = self._mig_instances(hosts)
+                choice = self._find_mig(entry, hosts, migs)
+            if choice is None:
+                break  # CUDA ignores an invalid entry and every entry after it
+            key = choice.mig_uuid or choice.host.uuid or f"index {choice.host.index}"
+            if key in seen:
+                break  # a repeated device is invalid too
+            seen.add(key)
+            chosen.append(choice)
+        return chosen
+
+    def _mig_instances(self, hosts: list[_HostGpu]) -> list[tuple[_HostGpu, str]]:
+        """Every MIG instance on the host as (parent, MIG UUID)."""
+        nvml = self._nvml
+        out: list[tuple[_HostGpu, str]] = []
+        for host in hosts:
+            if host.handle is None:
+                continue
+            try:
+                current, _pending = nvml.nvmlDeviceGetMigMode(host.handle)
+                if current != _const(nvml, "NVML_DEVICE_MIG_ENABLE"):
+                    continue
+                slots = int(nvml.nvmlDeviceGetMaxMigDeviceCount(host.handle))
+            except nvml.NVMLError:
+                continue  # no MIG on this GPU
+            for slot in range(slots):
+                try:
+                    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(host.handle, slot)
+                    out.append((host, _as_str(nvml.nvmlDeviceGetUUID(mig))))
+                except nvml.NVMLError:
+                    continue  # empty slot
+        return out
+
+    def _find_mig(
+        self, entry: str, hosts: list[_HostGpu], migs: list[tuple[_HostGpu, str]]
+    ) -> _Choice | None:
+        nvml = self._nvml
+        if entry.upper().startswith("MIG-GPU-") and "/" in entry:
+            # Legacy form MIG-GPU-<parent uuid>/<gpu instance>/<compute instance>.
+            parent_uuid = entry[4:].split("/", 1)[0].lower()
+            for host in hosts:
+                if host.uuid and host.uuid.lower() == parent_uuid:
+                    return _Choice(host, mig_uuid=entry)
+            return None
+        found = _unique_prefix(entry, migs)
+        if found is not None:
+            return _Choice(found[0], mig_uuid=found[1])
+        try:
+            mig = nvml.nvmlDeviceGetHandleByUUID(entry)
+            parent = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig)
+            parent_uuid = _as_str(nvml.nvmlDeviceGetUUID(parent))
+        except nvml.NVMLError:
+            return None
+        for host in hosts:
+            if host.uuid == parent_uuid:
+                return _Choice(host, mig_uuid=entry)
+        return None
+
+    def _probe(self, dev_id: str, choice: _Choice) -> _Plan:
+        """Decide how a device is read: counter, power or unmeasurable."""
+        nvml = self._nvml
+        host = choice.host
+        notes: list[str] = []
+        if choice.mig_uuid:
+            notes.append(
+                f"MIG instance {choice.mig_uuid}: energy is the parent GPU {host.uuid}, "
+                "shared with other instances"
+            )
+        if host.handle is None:
+            notes.append(f"NVML could not open GPU {host.index}: {host.error}")
+            device = Device(dev_id, "gpu", f"GPU {host.index}", UNMEASURABLE, note="; ".join(notes))
+            return _Plan(device, None)
+        h = host.handle
+        try:
+            name = _as_str(nvml.nvmlDeviceGetName(h))
+        except nvml.NVMLError:
+            name = f"GPU {host.index}"
+
+        has_counter = False
+        try:
+            arch = int(nvml.nvmlDeviceGetArchitecture(h))
+        except nvml.NVMLError:
+            arch = None  # unknown: let the counter call decide
+        if arch is None or arch >= _const(nvml, "NVML_DEVICE_ARCH_VOLTA"):
+            try:
+                nvml.nvmlDeviceGetTotalEnergyConsumption(h)
+                has_counter = True
+            except nvml.NVMLError:
+                pass
+
+        power: str | None = None
+        try:
+            w = self._instant_power_w(h)
+        except nvml.NVMLError:
+            w = None
+        # A GPU that answers 0 W is not drawing nothing: treat 0 as "no valid value".
+        if w is not None and w > 0:
+            power = _INSTANT
+        else:
+            try:
+                if nvml.nvmlDeviceGetPowerUsage(h) > 0:
+                    power = _USAGE
+            except nvml.NVMLError:
+                pass
+
+        if has_counter:
+            method = COUNTER
+        elif power is not None:
+            method = POWER
+            notes.append(
+                "no energy counter: energy integrates "
+                + ("instantaneous power samples" if power == _INSTANT else "nvmlDeviceGetPowerUsage, which "
+                   "averages over about 1 s on Ampere and newer")
+            )
+        else:
+            method = UNMEASURABLE
+            notes.append("neither an energy counter nor a power reading")
+        device = Device(dev_id, "gpu", name, method, uuid=host.uuid, note="; ".join(notes) or None)
+        return _Plan(device, h, power=power)
+
+
+def _unique_prefix(entry: str, candidates: list[tuple[_HostGpu, str]]) -> tuple[_HostGpu, str] | None:
+    """The one (host, UUID) whose UUID equals or starts with ``entry`` (case-insensitive)."""
+    key = entry.lower()
+    for host, uuid in candidates:
+        if uuid.lower() == key:
+            return host, uuid
+    matches = [(h, u) for h, u in candidates if u.lower().startswith(key)]
+    return matches[0] if len(matches) == 1 else None

@@ -1,0 +1,258 @@
+"""Spans: mark what ran when.
+
+One class, :class:`Span`, serves as a context manager and as a decorator on plain and async
+functions. Spans nest through a context variable, so nesting follows asyncio tasks and
+``contextvars.copy_context().run`` (``asyncio.to_thread``) into worker threads. Tags not given
+(model, phase, request_id, tenant) are inherited from the enclosing span.
+
+Opening and closing a span takes a clock read, a context-variable set and a dict insert: no
+locks, no I/O. Energy is attributed later by the meter's background flush; ``span.result`` asks
+for it and waits (briefly) only when read.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .meter import Meter
+
+__all__ = ["Span", "SpanResult", "current_span"]
+
+PHASES = ("training", "inference", "other")
+
+_current: contextvars.ContextVar["Span | None"] = contextvars.ContextVar("greenmaas_span", default=None)
+
+#: Span kinds whose own time does not compete once they have children: a request waiting in a
+#: queue for its batch consumes nothing; its batch shares do.
+CONTAINER_KINDS = frozenset({"request", "batch"})
+
+
+def current_span() -> "Span | None":
+    """The innermost open span in this context, or None."""
+    return _current.get()
+
+
+@dataclass
+class SpanResult:
+    """What a span consumed. ``energy_j`` sums devices; ``by_device_j`` per device id.
+
+    ``final`` is False when other spans that share its devices were still open, so its share
+    could still change (only with the ``weighted`` policy); ``method`` is the weakest method
+    among its devices; ``gap_s`` is time when some device could not be read.
+    """
+
+    duration_s: float
+    energy_j: float
+    by_device_j: dict[str, float]
+    self_energy_j: float
+    method: str
+    methods: dict[str, str] = field(default_factory=dict)
+    gap_s: float = 0.0
+    final: bool = True
+    carbon_g: float | None = None
+    cost: float | None = None
+    currency: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SpanResult(duration_s={self.duration_s:.4f}, energy_j={self.energy_j:.4f}, "
+            f"method={self.method!r}, final={self.final})"
+        )
+
+
+class Span:
+    """A named interval of work, with tags.
+
+    Use through :func:`greenmaas.measure`, :meth:`Meter.measure`, :meth:`Meter.request` or
+    :meth:`Meter.batch`. As a decorator, each call of the function is a new span with the same
+    name and tags.
+    """
+
+    __slots__ = (
+        "_meter",
+        "name",
+        "kind",
+        "model",
+        "phase",
+        "request_id",
+        "tenant",
+        "weight",
+        "tokens_in",
+        "tokens_out",
+        "items",
+        "attrs",
+        "devices",
+        "span_id",
+        "parent",
+        "start",
+        "end",
+        "status",
+        "has_children",
+        "link",
+        "_token",
+        "_result",
+        "acc",
+        "rate_override",
+        "finalized",
+        "run_id",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        meter: "Meter | None" = None,
+        kind: str = "span",
+        model: str | None = None,
+        phase: str | None = None,
+        request_id: str | None = None,
+        tenant: str | None = None,
+        weight: float | None = None,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        items: int | None = None,
+        devices: Sequence[str] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if phase is not None and phase not in PHASES:
+            raise ConfigError(f"phase must be one of {', '.join(PHASES)}, not {phase!r}")
+        if weight is not None and not (weight >= 0):
+            raise ConfigError(f"weight must be a non-negative number, not {weight!r}")
+        self._meter = meter
+        self.name = str(name)
+        self.kind = kind
+        self.model = model
+        self.phase = phase
+        self.request_id = None if request_id is None else str(request_id)
+        self.tenant = None if tenant is None else str(tenant)
+        self.weight = weight
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.items = items
+        self.attrs = dict(attrs) if attrs else {}
+        self.devices = tuple(devices) if devices is not None else None
+        self.span_id: str | None = None
+        self.parent: Span | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self.status = "ok"
+        self.has_children = False
+        self.link: Span | None = None  # a batch share's request span
+        self._token = None
+        self._result: SpanResult | None = None
+        self.acc = None  # the attributor's accumulators
+        self.rate_override: float | None = None
+        self.finalized = False
+        self.run_id: str | None = None
+
+    # ------------------------------------------------------------------ context manager
+
+    def _copy(self) -> "Span":
+        return Span(
+            self.name,
+            meter=self._meter,
+            kind=self.kind,
+            model=self.model,
+            phase=self.phase,
+            request_id=self.request_id,
+            tenant=self.tenant,
+            weight=self.weight,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            items=self.items,
+            devices=self.devices,
+            attrs=self.attrs,
+        )
+
+    def __enter__(self) -> "Span":
+        if self.start is not None:
+            raise ConfigError(f"span {self.name!r} was already entered; use a new span (or the decorator)")
+        meter = self._meter
+        if meter is None:
+            from .meter import get_meter
+
+            meter = self._meter = get_meter()
+        parent = _current.get()
+        if parent is not None and parent._meter is not meter:
+            parent = None
+        if parent is not None:
+            self.parent = parent
+            parent.has_children = True
+            if self.model is None:
+                self.model = parent.model
+            if self.phase is None:
+                self.phase = parent.phase
+            if self.request_id is None:
+                self.request_id = parent.request_id
+            if self.tenant is None:
+                self.tenant = parent.tenant
+        self._token = _current.set(self)
+        meter._open_span(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.status = "error"
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                _current.reset(token)
+            except ValueError:  # exited in another context (e.g. a generator); restore parent
+                _current.set(self.parent)
+        self._meter._close_span(self)  # type: ignore[union-attr]
+
+    async def __aenter__(self) -> "Span":
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # ------------------------------------------------------------------ decorator
+
+    def __call__(self, fn: Callable) -> Callable:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args, **kwargs):
+                with self._copy():
+                    return await fn(*args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self._copy():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    # ------------------------------------------------------------------ results
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return self.end - self.start
+
+    @property
+    def result(self) -> SpanResult:
+        """The span's energy. Reading it before the span has closed raises; afterwards it waits
+        for the sampler to read past the span's end (at most one read of each device)."""
+        if self._result is not None and self._result.final:
+            return self._result
+        if self.end is None:
+            raise ConfigError(f"span {self.name!r} is still open: its result exists after it exits")
+        self._meter._resolve(self)  # type: ignore[union-attr]
+        assert self._result is not None
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"Span({self.name!r}, kind={self.kind!r}, id={self.span_id!r})"
