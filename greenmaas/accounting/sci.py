@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import AccountingError
 from .timeseries import J_PER_KWH
 
-__all__ = ["SCIResult", "sci"]
+__all__ = ["SCIResult", "sci_score"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class SCIResult:
         return out
 
 
-def sci(
+def sci_score(
     *,
     energy_j: float,
     intensity_g_per_kwh: float,

@@ -241,18 +241,18 @@ class Tariff:
 
     def __init__(self, rules: Iterable[TariffRule], timezone: str = "UTC", *, spec: str | None = None) -> None:
         self.rules = tuple(rules)
-        what = repr(spec) if spec else "tariff"
+        what = f"tariff {spec!r}" if spec else "tariff"
         if not self.rules:
-            raise AccountingError(f"malformed tariff {what}: no price; expected e.g. {_EXAMPLE}")
+            raise AccountingError(f"malformed {what}: no price; expected e.g. {_EXAMPLE}")
         for n, rule in enumerate(self.rules[:-1], start=1):
             if rule.unconditional:
                 raise AccountingError(
-                    f"malformed tariff {what}: rule {n} ({rule.to_string()}) has no conditions, so the rules "
+                    f"malformed {what}: rule {n} ({rule.to_string()}) has no conditions, so the rules "
                     "after it never apply; put the default last"
                 )
         if not self.rules[-1].unconditional:
             raise AccountingError(
-                f"malformed tariff {what}: the last rule must have no conditions (it is the default price); "
+                f"malformed {what}: the last rule must have no conditions (it is the default price); "
                 f"expected e.g. {_EXAMPLE}"
             )
         self.currency: str = common_currency(*((f"tariff rule {n}", r.price.currency)
@@ -408,7 +408,9 @@ def _parse_tariff_string(text: str) -> Tariff:
         try:
             energy_price = parse_energy_price(price)
         except AccountingError as exc:
-            raise AccountingError(f"malformed tariff {text!r}: {exc}") from None
+            if price == text:
+                raise
+            raise AccountingError(f"{exc} (in tariff {text!r})") from None
         hours = days = None
         for cond in conditions:
             where = f"tariff {text!r}"

@@ -109,10 +109,8 @@ class LiveAttributor:
         """Attribute ``[watermark, t]`` (limited by :meth:`limit` unless ``force``) and return
         the spans finalised and the per-device totals of the window."""
         t0 = self.watermark
-        t1 = t if force else self.limit(t)
-        if t1 <= t0:
-            return [], []
-        spans = [s for s in list(self._spans.values()) if s.start is not None and s.start < t1]
+        t1 = max(t0, t if force else self.limit(t))
+        spans = [s for s in list(self._spans.values()) if s.start is not None and s.start <= t1]
         kids: dict[int, list[Span]] = {}
         for s in spans:
             if s.parent is not None:
@@ -145,7 +143,7 @@ class LiveAttributor:
         en = np.asarray(ends, dtype=np.float64)
         rt = np.asarray(rates, dtype=np.float64)
         ow = np.asarray(owner_of, dtype=np.int64)
-        for dev, tl in timelines.items():
+        for dev, tl in timelines.items() if t1 > t0 else ():
             on_dev = np.array(
                 [owners[i].devices is None or dev in owners[i].devices for i in range(len(owners))], dtype=bool
             )

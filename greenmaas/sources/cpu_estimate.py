@@ -118,8 +118,9 @@ def match_cpu_model(model: str, table: tuple[tuple[str, float], ...]) -> tuple[s
 
     Names are normalised (case, punctuation, ``(R)``, ``(TM)``, ``CPU``, ``Processor``,
     ``@ 2.20GHz``, ``64-Core``) and split into tokens. A row qualifies only if every token of its
-    name that contains a digit (model number, series) is among the model's tokens and one such
-    token has at least 3 characters, and if it names a vendor that vendor matches: a Xeon Gold
+    name that contains a digit (model number, series) is among the model's tokens, one such token
+    has at least 2 characters (the lone "9" of "Ryzen 9" is no model number), and any vendor it
+    names is the model's vendor: a Xeon Gold
     6248R is never given the TDP of a 6248. Among qualifying rows, the most shared model-number
     tokens win, then token overlap, then string similarity. None when nothing qualifies.
     """

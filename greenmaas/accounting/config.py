@@ -1,0 +1,371 @@
+"""Accounting settings, and pricing spans in carbon and money with them.
+
+:class:`AccountingConfig` gathers what turns joules into grams and money: the location (and so
+the location-based grid intensity), an optional time-varying intensity series, an optional
+market-based intensity (reported beside the location-based figure, never instead of it), a
+tariff, the PUE, hardware rental prices and embodied carbon per device kind, and the currency.
+
+Environment variables read by :meth:`AccountingConfig.from_env`::
+
+    GREENMAAS_LOCATION          FR, US-CA, USA/virginia, gcp:europe-west1, aws:us-east-1, 420
+    GREENMAAS_INTENSITY_CSV     path to a timestamp,gco2_per_kwh CSV (time-varying intensity)
+    GREENMAAS_MARKET_INTENSITY  market-based intensity in g/kWh (contracts, certificates)
+    GREENMAAS_PRICE             tariff: 0.25EUR/kWh, or 0.30EUR/kWh@08-20@mon-fri,0.18EUR/kWh
+    GREENMAAS_PUE               power usage effectiveness, >= 1.0 (default 1.0)
+    GREENMAAS_HARDWARE_PRICE    gpu=2.50USD/h[,cpu=0.10USD/h]
+
+:func:`price` is the vectorised function reports call on a DataFrame of spans; :func:`describe`
+gives the facts a report prints beside its figures; :meth:`AccountingConfig.to_dict` is what a
+ledger stores as the configuration used at the time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from ..errors import AccountingError, ConfigError
+from .embodied import Embodied
+from .locations import Location, resolve_location
+from .sci import SCIResult, sci_score
+from .tariff import HourlyPrice, Tariff, common_currency, parse_hardware_prices, parse_tariff
+from .timeseries import J_PER_KWH, IntensitySeries, to_epoch_ns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["AccountingConfig", "price", "describe", "ENV_VARS", "PRICE_COLUMNS"]
+
+#: Field name -> environment variable read by ``from_env``.
+ENV_VARS = {
+    "location": "GREENMAAS_LOCATION",
+    "series": "GREENMAAS_INTENSITY_CSV",
+    "market_intensity_g_per_kwh": "GREENMAAS_MARKET_INTENSITY",
+    "tariff": "GREENMAAS_PRICE",
+    "pue": "GREENMAAS_PUE",
+    "hardware_prices": "GREENMAAS_HARDWARE_PRICE",
+}
+
+#: Columns :func:`price` adds.
+PRICE_COLUMNS = (
+    "carbon_g",
+    "carbon_market_g",
+    "energy_cost",
+    "hardware_cost",
+    "cost",
+    "currency",
+    "intensity_g_per_kwh",
+    "intensity_source",
+)
+
+
+def _check_pue(value: Any) -> float:
+    try:
+        pue = float(value)
+    except (TypeError, ValueError):
+        raise AccountingError(f"PUE {value!r} is not a number; expected a number >= 1.0 such as 1.2") from None
+    if not math.isfinite(pue) or pue < 1.0:
+        raise AccountingError(f"PUE {value!r} must be a finite number >= 1.0 (facility energy / IT energy)")
+    return pue
+
+
+def _check_intensity(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AccountingError(f"{what} {value!r} is not a number of g/kWh") from None
+    if not math.isfinite(number) or number < 0:
+        raise AccountingError(f"{what} {value!r} must be a finite number >= 0 g/kWh")
+    return number
+
+
+@dataclass(frozen=True)
+class AccountingConfig:
+    """How energy is turned into carbon and cost. Strings are parsed on construction.
+
+    ``location``: a :class:`Location` or any spec :func:`resolve_location` accepts; left out
+    (with no ``series``) it is the world average, with a warning. ``series``: an
+    :class:`IntensitySeries` or a CSV path; when given it prices carbon instead of the location's
+    single figure. ``market_intensity_g_per_kwh``: market-based g/kWh, reported beside.
+    ``tariff``: a :class:`Tariff` or tariff spec. ``pue``: >= 1.0, multiplies energy before both
+    carbon and cost. ``hardware_prices``: per device kind (``{"gpu": "2.50USD/h"}`` or
+    ``"gpu=2.50USD/h"``). ``embodied``: :class:`Embodied` per device kind. ``currency``: the
+    currency of every price (derived from them when left out; a mismatch raises).
+    """
+
+    location: Location | None = None
+    series: IntensitySeries | None = None
+    market_intensity_g_per_kwh: float | None = None
+    tariff: Tariff | None = None
+    pue: float = 1.0
+    hardware_prices: Mapping[str, HourlyPrice] = field(default_factory=dict)
+    embodied: Mapping[str, Embodied] = field(default_factory=dict)
+    currency: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.series is not None and not isinstance(self.series, IntensitySeries):
+            set_(self, "series", IntensitySeries.from_csv(self.series))
+        if self.location is not None or self.series is None:
+            set_(self, "location", resolve_location(self.location))
+        if self.market_intensity_g_per_kwh is not None:
+            set_(self, "market_intensity_g_per_kwh",
+                 _check_intensity(self.market_intensity_g_per_kwh, "market-based intensity"))
+        if self.tariff is not None:
+            set_(self, "tariff", parse_tariff(self.tariff))
+        set_(self, "pue", _check_pue(self.pue))
+        set_(self, "hardware_prices", parse_hardware_prices(self.hardware_prices))
+        set_(self, "embodied", {str(k).lower(): Embodied.from_dict(v) for k, v in dict(self.embodied or {}).items()})
+        explicit = self.currency.strip().upper() if isinstance(self.currency, str) and self.currency.strip() else None
+        currency = common_currency(
+            ("currency setting", explicit),
+            ("tariff", self.tariff.currency if self.tariff else None),
+            *((f"{kind} hardware price", p.currency) for kind, p in self.hardware_prices.items()),
+        )
+        set_(self, "currency", currency)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_env(cls, *, environ: Mapping[str, str] | None = None, **overrides: Any) -> "AccountingConfig":
+        """Settings from ``GREENMAAS_*`` variables (see the module doc), overridden by keywords.
+
+        Keywords are the field names; one given (not None) wins over its variable. A location
+        from a keyword is marked ``configured``, from the variable ``env``, neither ``default``.
+        ``environ`` replaces ``os.environ`` (for tests). Bad variables raise :class:`ConfigError`
+        naming the variable.
+        """
+        unknown = set(overrides) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(
+                f"unknown accounting setting(s) {', '.join(sorted(unknown))}; expected {', '.join(cls.__dataclass_fields__)}"
+            )
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        for name, var in ENV_VARS.items():
+            if name in values:
+                continue
+            raw = (env.get(var) or "").strip()
+            if not raw:
+                continue
+            try:
+                if name == "location":
+                    values[name] = resolve_location(raw, source="env")
+                elif name == "series":
+                    values[name] = IntensitySeries.from_csv(raw)
+                elif name == "market_intensity_g_per_kwh":
+                    values[name] = _check_intensity(raw.removesuffix("g/kWh").strip(), "market-based intensity")
+                elif name == "tariff":
+                    values[name] = parse_tariff(raw)
+                elif name == "pue":
+                    values[name] = _check_pue(raw)
+                elif name == "hardware_prices":
+                    values[name] = parse_hardware_prices(raw)
+            except AccountingError as exc:
+                raise ConfigError(f"{var}: {exc}") from exc
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as used, JSON-ready, for a ledger's run config."""
+        from .intensity import codecarbon_version
+
+        loc = self.location
+        return {
+            "location": loc.to_dict() if loc else None,
+            "intensity_series": self.series.summary() if self.series else None,
+            "market_intensity_g_per_kwh": self.market_intensity_g_per_kwh,
+            "price": self.tariff.to_string() if self.tariff else None,
+            "tariff": self.tariff.to_dict() if self.tariff else None,
+            "currency": self.currency,
+            "pue": self.pue,
+            "hardware_prices": {k: str(v) for k, v in self.hardware_prices.items()},
+            "embodied": {k: e.to_dict() for k, e in self.embodied.items()},
+            "codecarbon_version": (loc.codecarbon_version if loc and loc.codecarbon_version else _safe(codecarbon_version)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, load_series: bool = True) -> "AccountingConfig":
+        """Rebuild a stored configuration without looking anything up again.
+
+        The stored location keeps its stored figure. A stored intensity series is re-read from
+        its path when ``load_series`` (AccountingError if the file is gone); otherwise it is left
+        out and the stored location (if any) is used.
+        """
+        if not isinstance(data, Mapping):
+            raise AccountingError(f"stored accounting config {data!r} is not a dict")
+        loc = data.get("location")
+        series = None
+        summary = data.get("intensity_series")
+        if summary and load_series:
+            path = Path(summary["source"])
+            if not path.is_file():
+                raise AccountingError(
+                    f"stored config uses intensity series {path}, which no longer exists; pass load_series=False"
+                )
+            series = IntensitySeries.from_csv(path, hold_before_first=bool(summary.get("hold_before_first")))
+        tariff = data.get("tariff") or data.get("price")
+        return cls(
+            location=Location.from_dict(loc) if loc else None,
+            series=series,
+            market_intensity_g_per_kwh=data.get("market_intensity_g_per_kwh"),
+            tariff=tariff,
+            pue=data.get("pue", 1.0),
+            hardware_prices=data.get("hardware_prices") or {},
+            embodied=data.get("embodied") or {},
+            currency=data.get("currency"),
+        )
+
+    # ------------------------------------------------------------------ facts and SCI
+
+    @property
+    def intensity_source(self) -> str:
+        """The data behind carbon figures: the series' file, or the location's data set."""
+        if self.series is not None:
+            return f"intensity series {self.series.source}"
+        assert self.location is not None
+        return self.location.source
+
+    def embodied_g(self, device_kind: str, reserved_s: Any, share: Any = 1.0) -> Any:
+        """Embodied gCO2e of ``reserved_s`` seconds holding ``share`` of a ``device_kind`` device."""
+        emb = self.embodied.get(device_kind.lower())
+        if emb is None:
+            raise AccountingError(
+                f"no embodied carbon configured for device kind {device_kind!r} "
+                f"(configured: {', '.join(self.embodied) or 'none'})"
+            )
+        return emb.amortised_g(reserved_s, share)
+
+    def sci(
+        self,
+        *,
+        energy_j: float,
+        functional_units: float,
+        unit: str = "request",
+        start: Any = None,
+        end: Any = None,
+        embodied_g: float = 0.0,
+    ) -> SCIResult:
+        """SCI v1.1 for energy measured over ``[start, end)`` with this config's PUE and intensity.
+
+        With a series, ``start`` and ``end`` are needed (I is the series' mean over the span);
+        otherwise I is the location's figure. ``embodied_g`` is M (see :meth:`embodied_g`).
+        """
+        if self.series is not None:
+            if start is None or end is None:
+                raise AccountingError("SCI with a time-varying intensity needs the span's start and end")
+            intensity = float(self.series.mean_intensity_g_per_kwh(start, end)[0])
+        else:
+            assert self.location is not None
+            intensity = self.location.intensity_g_per_kwh
+        return sci_score(energy_j=energy_j, intensity_g_per_kwh=intensity, functional_units=functional_units,
+                         embodied_g=embodied_g, pue=self.pue, unit=unit)
+
+
+def _safe(fn: Any) -> Any:
+    try:
+        return fn()
+    except AccountingError:
+        return None
+
+
+def describe(config: AccountingConfig) -> dict[str, Any]:
+    """Human-readable facts for a report: where, how intense, from what data, at what price."""
+    loc = config.location
+    series = config.series.summary() if config.series else None
+    if series is not None:
+        label = f"time-varying intensity from {config.series.source}"  # type: ignore[union-attr]
+        intensity = series["mean_g_per_kwh"]
+    else:
+        assert loc is not None
+        label, intensity = loc.label, loc.intensity_g_per_kwh
+    return {
+        "location": label,
+        "location_spec": loc.spec if loc else None,
+        "location_source": loc.location_source if loc else "configured",
+        "intensity_g_per_kwh": intensity,
+        "intensity_source": config.intensity_source,
+        "intensity_year": loc.year if (loc and series is None) else None,
+        "intensity_series": series,
+        "market_intensity_g_per_kwh": config.market_intensity_g_per_kwh,
+        "pue": config.pue,
+        "price": config.tariff.to_string() if config.tariff else None,
+        "tariff_timezone": config.tariff.timezone if config.tariff else None,
+        "currency": config.currency,
+        "hardware_prices": {k: str(v) for k, v in config.hardware_prices.items()},
+        "embodied": {k: e.to_dict() for k, e in config.embodied.items()},
+        "codecarbon_version": loc.codecarbon_version if loc else None,
+    }
+
+
+def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
+    """Carbon and cost of each span; returns a copy of ``df`` with :data:`PRICE_COLUMNS` added.
+
+    ``df`` needs ``energy_j`` (IT energy, J), ``start`` and ``end`` (UTC timestamps; naive means
+    UTC); optionally ``device_kind`` and ``device_seconds`` (device time, for the hardware share).
+    Energy is multiplied by the PUE, spread uniformly over ``[start, end)`` and priced interval by
+    interval (intensity series, tariff periods). Added columns: ``carbon_g`` (location-based),
+    ``carbon_market_g`` (NaN unless a market intensity is set), ``energy_cost`` (NaN without a
+    tariff), ``hardware_cost`` (NaN without a price for the row's device kind), ``cost`` (their
+    sum, NaN when both are), ``currency``, ``intensity_g_per_kwh`` (effective over the span) and
+    ``intensity_source``. NaN energy gives NaN figures.
+    """
+    import pandas as pd
+
+    missing = [c for c in ("energy_j", "start", "end") if c not in df.columns]
+    if missing:
+        raise AccountingError(f"cannot price spans: missing column(s) {', '.join(missing)}")
+    out = df.copy()
+    n = len(out)
+    energy = pd.to_numeric(out["energy_j"], errors="coerce").to_numpy(dtype=np.float64)
+    if (energy < 0).any():
+        row = out.index[int(np.argmax(energy < 0))]
+        raise AccountingError(f"cannot price spans: row {row!r} has negative energy_j {energy[energy < 0][0]!r}")
+    kwh = energy * config.pue / J_PER_KWH
+    if n:
+        start_ns, end_ns = to_epoch_ns(out["start"]), to_epoch_ns(out["end"])
+        bad = end_ns < start_ns
+        if bad.any():
+            row = out.index[int(np.argmax(bad))]
+            raise AccountingError(f"cannot price spans: row {row!r} ends before it starts")
+    else:
+        start_ns = end_ns = np.empty(0, dtype=np.int64)
+
+    if config.series is not None:
+        intensity = config.series.mean_intensity_g_per_kwh(start_ns, end_ns) if n else np.empty(0)
+    else:
+        assert config.location is not None
+        intensity = np.full(n, config.location.intensity_g_per_kwh)
+    nan = np.full(n, np.nan)
+    market = kwh * config.market_intensity_g_per_kwh if config.market_intensity_g_per_kwh is not None else nan
+    energy_cost = kwh * config.tariff.mean_price_per_kwh(start_ns, end_ns) if (config.tariff and n) else nan
+
+    hardware_cost = nan
+    if config.hardware_prices and n and "device_seconds" in out.columns and "device_kind" in out.columns:
+        seconds = pd.to_numeric(out["device_seconds"], errors="coerce").to_numpy(dtype=np.float64)
+        if (seconds < 0).any():
+            row = out.index[int(np.argmax(seconds < 0))]
+            raise AccountingError(f"cannot price spans: row {row!r} has negative device_seconds")
+        rates = {k: p.per_hour for k, p in config.hardware_prices.items()}
+        per_hour = out["device_kind"].map(lambda k: rates.get(str(k).lower(), np.nan) if isinstance(k, str) else np.nan)
+        hardware_cost = seconds / 3600.0 * per_hour.to_numpy(dtype=np.float64)
+
+    cost = np.where(np.isnan(energy_cost) & np.isnan(hardware_cost), np.nan,
+                    np.nan_to_num(energy_cost) + np.nan_to_num(hardware_cost))
+    if n:
+        # Unknown energy means unknown energy cost, not a cost of zero.
+        cost = np.where(np.isnan(energy) & (config.tariff is not None), np.nan, cost)
+
+    out["carbon_g"] = kwh * intensity
+    out["carbon_market_g"] = market
+    out["energy_cost"] = energy_cost
+    out["hardware_cost"] = hardware_cost
+    out["cost"] = cost
+    out["currency"] = pd.Series([config.currency] * n, index=out.index, dtype=object)
+    out["intensity_g_per_kwh"] = intensity
+    out["intensity_source"] = pd.Series([config.intensity_source] * n, index=out.index, dtype=object)
+    return out

@@ -1,0 +1,110 @@
+"""Read a ledger into pandas for your own analysis.
+
+>>> from greenmaas.analysis import read_ledger
+>>> spans = read_ledger("greenmaas.db")                 # one row per span
+>>> spans.groupby("model")["self_energy_j"].sum()       # self energy: sums without double counting
+
+Times come back as timezone-aware UTC pandas timestamps; units are in the column names.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pandas is imported where first used: `import greenmaas` stays cheap
+    import pandas as pd
+
+    from .ledger import Ledger
+
+__all__ = ["read_ledger", "TABLES"]
+
+#: Table name accepted by :func:`read_ledger` → (ledger table, columns in order).
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "spans": (
+        "spans",
+        (
+            "run_id", "span_id", "parent_id", "kind", "name", "model", "phase", "request_id",
+            "tenant", "start", "end", "duration_s", "energy_j", "self_energy_j", "method",
+            "weight", "tokens_in", "tokens_out", "items", "status", "carbon_g",
+            "carbon_market_g", "cost", "currency", "attrs",
+        ),
+    ),
+    "runs": (
+        "runs",
+        ("run_id", "host", "pid", "start", "end", "status", "config", "devices", "greenmaas_version"),
+    ),
+    "samples": ("samples", ("run_id", "device", "t", "energy_j", "power_w", "method")),
+    "devices": (
+        "device_totals",
+        ("run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s"),
+    ),
+    "span_devices": ("span_devices", ("span_id", "device", "energy_j", "self_j", "method", "gap_s")),
+}
+
+
+@contextmanager
+def opened(ledger_or_url: "Ledger | str | os.PathLike | None") -> Iterator["Ledger"]:
+    """A ledger to read from: the one given, or one opened read-only (and closed afterwards)."""
+    from .ledger import Ledger
+
+    if isinstance(ledger_or_url, Ledger):
+        yield ledger_or_url
+        return
+    ledger = Ledger.open(ledger_or_url, readonly=True)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def read_ledger(
+    path_or_url: "Ledger | str | os.PathLike | None" = None, table: str = "spans"
+) -> "pd.DataFrame":
+    """One ledger table as a DataFrame.
+
+    ``table`` is ``spans`` (default), ``runs``, ``samples``, ``devices`` (per-device totals:
+    consumed, attributed to spans, idle) or ``span_devices`` (per-span, per-device energy).
+    ``path_or_url`` is a path, a SQLAlchemy URL, an open :class:`~greenmaas.ledger.Ledger`, or
+    None for ``$GREENMAAS_LEDGER`` / ``./greenmaas.db``. The ledger is opened read-only.
+    An empty ledger gives an empty DataFrame with the same columns.
+    """
+    if table not in TABLES:
+        raise ConfigError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    from sqlalchemy import select
+
+    from .ledger.models import Base
+
+    name, columns = TABLES[table]
+    sql_table = Base.metadata.tables[name]
+    query = select(*(sql_table.c[c] for c in columns))
+    if table == "samples":
+        query = query.order_by(sql_table.c.run_id, sql_table.c.device, sql_table.c.t)
+    elif "start" in columns:
+        query = query.order_by(sql_table.c.start)
+    with opened(path_or_url) as ledger, ledger.read() as conn:
+        rows = conn.execute(query).all()
+    return _frame(rows, sql_table, columns)
+
+
+def _frame(rows, sql_table, columns) -> "pd.DataFrame":
+    import pandas as pd
+    from sqlalchemy import Float, Integer
+
+    from .ledger.models import UTCDateTime
+
+    df = pd.DataFrame.from_records(rows, columns=list(columns))
+    for c in columns:
+        col_type = sql_table.c[c].type
+        if isinstance(col_type, UTCDateTime):
+            df[c] = pd.to_datetime(df[c], utc=True)
+        elif isinstance(col_type, Float):
+            df[c] = df[c].astype("float64")
+        elif isinstance(col_type, Integer):
+            df[c] = df[c].astype("Int64")
+        else:
+            df[c] = df[c].astype(object)
+    return df

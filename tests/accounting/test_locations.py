@@ -1,0 +1,187 @@
+"""Locations resolve to the figures codecarbon's own data files give."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from greenmaas.accounting import intensity, locations
+from greenmaas.accounting.locations import Location, NoLocationWarning, resolve_location
+from greenmaas.errors import AccountingError, GreenmaasError
+
+DATA = Path(importlib.util.find_spec("codecarbon").submodule_search_locations[0]) / "data"
+
+
+def _mix(iso3: str) -> dict:
+    return json.loads((DATA / "private_infra/global_energy_mix.json").read_text())[iso3]
+
+
+def _state_lbs_per_mwh(name: str) -> float:
+    return json.loads((DATA / "private_infra/2023/usa_emissions.json").read_text())[name]["emissions"]
+
+
+def _gcp(region: str) -> float:
+    with open(DATA / "cloud/impact.csv", encoding="utf-8-sig") as fh:
+        return next(float(r["impact"]) for r in csv.DictReader(fh) if r["region"] == region)
+
+
+@pytest.mark.parametrize("spec, iso3", [("FRA", "FRA"), ("DEU", "DEU"), ("USA", "USA"), ("FR", "FRA"),
+                                        ("de", "DEU"), ("fra", "FRA"), ("JP", "JPN"), ("UK", "GBR")])
+def test_countries_match_codecarbon_file(spec, iso3):
+    loc = resolve_location(spec)
+    row = _mix(iso3)
+    assert loc.spec == iso3
+    assert loc.intensity_g_per_kwh == row["carbon_intensity"]
+    assert loc.year == row["year"]
+    assert loc.country == iso3
+    assert loc.location_source == "configured"
+    assert "global_energy_mix.json" in loc.source and loc.codecarbon_version in loc.source
+
+
+def test_published_examples():
+    assert resolve_location("USA").intensity_g_per_kwh == 369.473
+    assert resolve_location("FRA").intensity_g_per_kwh == 56.039
+    assert resolve_location("DEU").intensity_g_per_kwh == 380.95
+    assert resolve_location("gcp:us-central1").intensity_g_per_kwh == 430
+    assert resolve_location("USA/virginia").intensity_g_per_kwh == pytest.approx(244.758, abs=5e-4)
+
+
+@pytest.mark.parametrize("spec", ["US-VA", "us-va", "USA/virginia", "usa/Virginia", "USA/va"])
+def test_us_state_converted_from_lbs_per_mwh(spec):
+    loc = resolve_location(spec)
+    assert loc.spec == "US-VA"
+    assert loc.intensity_g_per_kwh == pytest.approx(_state_lbs_per_mwh("virginia") * 0.45359237)
+    assert loc.year == 2023 and "eGRID" in loc.source
+
+
+def test_multi_word_state():
+    assert resolve_location("USA/new york").spec == "US-NY"
+    assert resolve_location("US-DC").intensity_g_per_kwh == pytest.approx(
+        _state_lbs_per_mwh("district of columbia") * 0.45359237
+    )
+
+
+@pytest.mark.parametrize("region", ["us-central1", "europe-west1", "europe-west9", "asia-northeast1"])
+def test_gcp_regions(region):
+    loc = resolve_location(f"gcp:{region}")
+    assert loc.intensity_g_per_kwh == _gcp(region)
+    assert loc.spec == f"gcp:{region}" and "impact.csv" in loc.source
+
+
+def test_gcp_region_misspelt_in_codecarbon_is_reachable_by_its_real_name():
+    assert resolve_location("gcp:me-central1").intensity_g_per_kwh == _gcp("me-cenrtal1")
+
+
+@pytest.mark.parametrize(
+    "spec, grid",
+    [("aws:us-east-1", "US-VA"), ("aws:us-west-2", "US-OR"), ("aws:eu-west-3", "FRA"), ("aws:eu-central-1", "DEU"),
+     ("AWS:EU-NORTH-1", "SWE"), ("azure:eastus", "US-VA"), ("azure:westus2", "US-WA"), ("azure:centralus", "US-IA"),
+     ("azure:westeurope", "NLD"), ("azure:uksouth", "GBR"), ("azure:japaneast", "JPN")],
+)
+def test_aws_and_azure_regions_use_their_grid(spec, grid):
+    loc = resolve_location(spec)
+    ref = resolve_location(grid)
+    assert loc.intensity_g_per_kwh == ref.intensity_g_per_kwh
+    assert loc.year == ref.year
+    assert loc.spec == spec.lower()
+    assert "cloud_regions.csv" in loc.source
+
+
+def test_every_cloud_region_row_resolves():
+    rows = locations.cloud_regions()
+    assert len(rows) >= 31
+    for (provider, region), row in rows.items():
+        assert row.source.startswith("https://")
+        loc = resolve_location(f"{provider}:{region}")
+        assert loc.intensity_g_per_kwh > 0
+
+
+@pytest.mark.parametrize("spec, value", [("420", 420.0), (420, 420.0), (12.5, 12.5), ("420 g/kWh", 420.0),
+                                         ("0", 0.0)])
+def test_fixed_numbers(spec, value):
+    loc = resolve_location(spec)
+    assert loc.intensity_g_per_kwh == value
+    assert loc.source == "fixed" and loc.year is None
+
+
+def test_location_source_recorded():
+    assert resolve_location("FR", source="env").location_source == "env"
+    with pytest.raises(AccountingError):
+        resolve_location("FR", source="guessed")
+
+
+def test_location_passes_through_and_round_trips():
+    loc = resolve_location("aws:us-east-1")
+    assert resolve_location(loc) is loc
+    assert Location.from_dict(loc.to_dict()) == loc
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("FRR", "unknown location 'FRR': did you mean FRA, FRO"),
+        ("US-XX", "did you mean US-"),
+        ("USA/virgina", "did you mean USA/virginia"),
+        ("aws:us-east-7", "did you mean aws:us-east-1"),
+        ("gcp:europe-west99", "did you mean gcp:europe-west"),
+        ("France", "did you mean FRA"),
+        ("us-east-1", "aws:us-east-1"),
+    ],
+)
+def test_unknown_locations_name_close_matches(spec, expected):
+    with pytest.raises(AccountingError, match=None) as info:
+        resolve_location(spec)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("spec", ["ZZ", "nowhere at all", "oci:us-ashburn-1", "-3", "nan", True, [1]])
+def test_bad_specs_raise_one_line_errors(spec):
+    with pytest.raises(AccountingError) as info:
+        resolve_location(spec)
+    assert isinstance(info.value, GreenmaasError) and "\n" not in str(info.value)
+
+
+def test_country_without_data_says_so():
+    with pytest.raises(AccountingError, match="no carbon intensity for 'AQ'"):
+        resolve_location("AQ")
+
+
+def test_default_is_world_average_and_warns_once(fresh_caches):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = resolve_location(None)
+        second = resolve_location("")
+    assert first.location_source == second.location_source == "default"
+    assert first.intensity_g_per_kwh == json.loads((DATA / "private_infra/carbon_intensity_per_source.json").read_text())[
+        "world_average"
+    ]
+    ours = [w for w in caught if issubclass(w.category, NoLocationWarning)]
+    assert len(ours) == 1
+    text = str(ours[0].message)
+    assert "GREENMAAS_LOCATION" in text and "default" in text
+    assert ours[0].filename == __file__  # points at the caller, not at greenmaas
+
+
+def test_codecarbon_missing_gives_install_hint(fresh_caches, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "codecarbon" else real(name, *a))
+    with pytest.raises(AccountingError, match="pip install"):
+        resolve_location("FR")
+    # A fixed number needs no data files.
+    assert resolve_location(300).intensity_g_per_kwh == 300
+
+
+def test_codecarbon_is_never_imported():
+    import sys
+
+    resolve_location("FR")
+    resolve_location("gcp:us-central1")
+    assert "codecarbon" not in sys.modules
+    assert intensity.codecarbon_version() != "unknown"

@@ -1,0 +1,41 @@
+"""Skip ``@pytest.mark.gpu`` tests unless NVML initialises and finds a GPU here.
+
+The marker itself is declared in pyproject.toml. The probe runs once, and only when a gpu test
+was collected, so machines without NVML pay nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _gpu_unavailable_reason() -> str | None:
+    """None when a real NVML GPU answers; otherwise why not."""
+    try:
+        import pynvml
+    except ImportError:
+        return "pynvml (nvidia-ml-py) is not installed"
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no GPU to test on
+        return f"NVML does not initialise: {exc}"
+    try:
+        if pynvml.nvmlDeviceGetCount() < 1:
+            return "NVML initialises but finds no GPU"
+    except Exception as exc:  # noqa: BLE001
+        return f"NVML cannot count GPUs: {exc}"
+    finally:
+        pynvml.nvmlShutdown()
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _gpu_unavailable_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs a real NVIDIA GPU: {reason}")
+    for item in gpu_items:
+        item.add_marker(skip)
