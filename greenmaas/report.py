@@ -43,6 +43,7 @@ __all__ = [
     "totals",
     "list_runs",
     "to_utc",
+    "parse_date",
 ]
 
 #: What ``summarize(by=...)`` accepts.
@@ -111,22 +112,30 @@ _SPAN_COLUMNS = (
 _WINDOW_COLUMNS = ("run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s")
 
 
+def parse_date(text: str) -> date | datetime:
+    """``YYYY-MM-DD`` as a ``date``, or an ISO 8601 time (``2024-05-01T12:00Z``) as a ``datetime``.
+
+    Raises :class:`ConfigError` naming the text when it is neither.
+    """
+    text = text.strip()
+    try:
+        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid date {text!r}; use YYYY-MM-DD or an ISO 8601 time like 2024-05-01T12:00Z"
+        ) from None
+
+
 def to_utc(value: date | datetime | str | None, *, upper: bool = False) -> datetime | None:
     """A bound for ``since``/``until`` as an aware UTC datetime.
 
-    Accepts a ``date`` or ``datetime`` (naive means UTC) or an ISO 8601 string. A bare date used as
-    an upper bound (``upper=True``) includes that whole day.
+    Accepts a ``date`` or ``datetime`` (naive means UTC) or a string for :func:`parse_date`. A bare
+    date used as an upper bound (``upper=True``) includes that whole day.
     """
     if value is None:
         return None
     if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
-        except ValueError:
-            raise ConfigError(
-                f"invalid date {text!r}; use YYYY-MM-DD or an ISO 8601 time like 2024-05-01T12:00Z"
-            ) from None
+        value = parse_date(value)
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
@@ -134,7 +143,7 @@ def to_utc(value: date | datetime | str | None, *, upper: bool = False) -> datet
     if isinstance(value, date):
         start = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
         return start + timedelta(days=1) if upper else start
-    raise ConfigError(f"invalid date {value!r}")
+    raise ConfigError(f"invalid date {value!r}; expected a date, a datetime or an ISO 8601 string")
 
 
 def _frame(rows, columns) -> "pd.DataFrame":

@@ -179,9 +179,14 @@ def test_codecarbon_missing_gives_install_hint(fresh_caches, monkeypatch):
 
 
 def test_codecarbon_is_never_imported():
+    # In a fresh interpreter, so that no other test's imports can hide or fake the result.
+    import subprocess
     import sys
 
-    resolve_location("FR")
-    resolve_location("gcp:us-central1")
-    assert "codecarbon" not in sys.modules
+    code = (
+        "import sys; from greenmaas.accounting import resolve_location as r; "
+        "r('FR'); r('gcp:us-central1'); r('US-CA'); r('aws:us-east-1'); "
+        "assert 'codecarbon' not in sys.modules, 'codecarbon was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
     assert intensity.codecarbon_version() != "unknown"

@@ -1,0 +1,48 @@
+"""``greenmaas attribute``: re-attribute a recorded trace to spans, offline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from greenmaas.errors import GreenmaasError, InputError
+
+
+@click.command("attribute")
+@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Trace CSV: t,device,energy_j,power_w.")
+@click.option("--spans", "spans_path", required=True, type=click.Path(dir_okay=False), help="Spans CSV: id,start,end,devices[,weight,model,request_id,tenant].")
+@click.option("--policy", type=click.Choice(["time", "weighted"]), default="time", show_default=True, help="How concurrent spans share a device.")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True, help="Output format.")
+def attribute(trace_path: str, spans_path: str, policy: str, fmt: str) -> None:
+    """Divide the measured energy of TRACE among the spans of SPANS, plus idle.
+
+    For every device, the energy of the spans plus idle equals what the trace says the device
+    consumed (total_j).
+    """
+    from greenmaas.attribution.offline import attribute_trace
+
+    try:
+        result = attribute_trace(trace_path, spans_path, policy=policy)
+    except InputError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except GreenmaasError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if fmt == "json":
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    devices = sorted(result.by_device)
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["id", "model", "request_id", "tenant", "energy_j", *[f"{d} energy_j" for d in devices]])
+    energy = result.span_energy_j()
+    t = result.spans
+    for i, sid in enumerate(t.ids):
+        out.writerow(
+            [sid, t.model[i] or "", t.request_id[i] or "", t.tenant[i] or "", repr(float(energy[i]))]
+            + [repr(float(result.by_device[d][i])) for d in devices]
+        )
+    out.writerow(["(idle)", "", "", "", repr(sum(result.idle_j.values()))] + [repr(result.idle_j[d]) for d in devices])
+    out.writerow(["(total)", "", "", "", repr(sum(result.total_j.values()))] + [repr(result.total_j[d]) for d in devices])

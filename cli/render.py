@@ -1,0 +1,139 @@
+"""Turn rows (lists of dicts) into a rich table, CSV, JSON or a GitHub markdown table.
+
+Machine formats (CSV, JSON) keep raw values and the row keys (units are in the names:
+``energy_j``); human formats (table, markdown) use each column's header, with its unit, and end
+with a total line for the columns that add up.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Callable, Sequence
+
+import click
+
+__all__ = ["Column", "render", "format_value"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One output column.
+
+    ``key`` is the row key (and the CSV/JSON name); ``header`` the table label, unit included.
+    ``kind`` is ``str``, ``int``, ``float`` or ``time``. ``total`` adds the column up in the total
+    line. ``value`` derives a display-only column from the row (e.g. kWh); such columns are left
+    out of CSV and JSON, which carry the raw keys only.
+    """
+
+    key: str
+    header: str
+    kind: str = "str"
+    digits: int = 1
+    total: bool = False
+    value: Callable[[dict], Any] | None = None
+
+    def get(self, row: dict) -> Any:
+        return self.value(row) if self.value is not None else row.get(self.key)
+
+
+def format_value(value: Any, column: Column) -> str:
+    if value is None:
+        return ""
+    if column.kind == "float":
+        return f"{float(value):,.{column.digits}f}"
+    if column.kind == "int":
+        return f"{int(value):,}"
+    if column.kind == "time" and isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return str(value)
+
+
+def _total_row(rows: Sequence[dict], columns: Sequence[Column], label: str) -> dict:
+    total: dict[str, Any] = {}
+    for c in columns:
+        if c.total:
+            values = [c.get(r) for r in rows if c.get(r) is not None]
+            total[c.key] = sum(values) if values else None
+    total[columns[0].key] = label
+    return total
+
+
+def render(
+    rows: Sequence[dict],
+    columns: Sequence[Column],
+    fmt: str,
+    *,
+    title: str | None = None,
+    total_label: str | None = "Total",
+) -> None:
+    """Write ``rows`` to stdout in ``fmt`` (``table``, ``csv``, ``json`` or ``markdown``)."""
+    out = click.get_text_stream("stdout")
+    raw = [c for c in columns if c.value is None]
+    if fmt == "json":
+        data = [{c.key: r.get(c.key) for c in raw} for r in rows]
+        out.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+        return
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([c.key for c in raw])
+        for r in rows:
+            writer.writerow(
+                ["" if r.get(c.key) is None else _csv_value(r.get(c.key)) for c in raw]
+            )
+        return
+
+    shown = list(rows)
+    has_total = total_label is not None and rows and any(c.total for c in columns)
+    total = _total_row(rows, columns, total_label) if has_total else None
+    if fmt == "markdown":
+        right = {"int", "float"}
+        lines = [
+            "| " + " | ".join(c.header for c in columns) + " |",
+            "|" + "|".join("---:" if c.kind in right else "---" for c in columns) + "|",
+        ]
+        for r in shown:
+            lines.append("| " + " | ".join(_md(format_value(c.get(r), c)) for c in columns) + " |")
+        if total is not None:
+            cells = [format_value(total.get(c.key), c) for c in columns]
+            lines.append("| " + " | ".join(f"**{_md(x)}**" if x else "" for x in cells) + " |")
+        if title:
+            out.write(f"**{_md(title)}**\n\n")
+        out.write("\n".join(lines) + "\n")
+        return
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text  # plain text: a model called "x[1]" is not rich markup
+
+        table = Table(title=title, show_footer=total is not None)
+        for c in columns:
+            footer = format_value(total.get(c.key), c) if total is not None else ""
+            justify = "right" if c.kind in ("int", "float") else "left"
+            table.add_column(Text(c.header), footer=Text(footer), justify=justify)
+        for r in shown:
+            table.add_row(*(Text(format_value(c.get(r), c)) for c in columns))
+        Console(file=out, width=None if out.isatty() else 160).print(table)
+        return
+    raise click.UsageError(f"unknown format {fmt!r}")
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
