@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import click
 
-from greenmaas.report import GROUPS, IDLE, ExtraColumn, summarize
+from greenmaas.report import GROUPS, ExtraColumn, summarize
 
 from .options import DateParam, format_option, ledger_option
 from .render import Column, render
@@ -116,5 +116,3 @@ def report(ledger, by, since, until, model, fmt, **options):
     title = f"Energy by {by}" + (f" (model {model})" if model else "")
     render(rows, columns, fmt, title=title, total_label="Total")
 
-
-assert IDLE  # re-exported name used by renderers of the idle row

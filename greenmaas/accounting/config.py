@@ -120,8 +120,11 @@ class AccountingConfig:
             set_(self, "tariff", parse_tariff(self.tariff))
         set_(self, "pue", _check_pue(self.pue))
         set_(self, "hardware_prices", parse_hardware_prices(self.hardware_prices))
-        set_(self, "embodied", {str(k).lower(): Embodied.from_dict(v) for k, v in dict(self.embodied or {}).items()})
-        explicit = self.currency.strip().upper() if isinstance(self.currency, str) and self.currency.strip() else None
+        embodied = {str(k).lower(): Embodied.from_dict(v) for k, v in dict(self.embodied or {}).items()}
+        set_(self, "embodied", embodied)
+        explicit = (self.currency.strip().upper() or None) if isinstance(self.currency, str) else self.currency
+        if explicit is not None and not (isinstance(explicit, str) and len(explicit) == 3 and explicit.isalpha()):
+            raise AccountingError(f"currency {self.currency!r} is not an ISO-4217 code such as EUR or USD")
         currency = common_currency(
             ("currency setting", explicit),
             ("tariff", self.tariff.currency if self.tariff else None),
@@ -143,7 +146,8 @@ class AccountingConfig:
         unknown = set(overrides) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(
-                f"unknown accounting setting(s) {', '.join(sorted(unknown))}; expected {', '.join(cls.__dataclass_fields__)}"
+                f"unknown accounting setting(s) {', '.join(sorted(unknown))}; "
+                f"expected {', '.join(cls.__dataclass_fields__)}"
             )
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
@@ -185,7 +189,8 @@ class AccountingConfig:
             "pue": self.pue,
             "hardware_prices": {k: str(v) for k, v in self.hardware_prices.items()},
             "embodied": {k: e.to_dict() for k, e in self.embodied.items()},
-            "codecarbon_version": (loc.codecarbon_version if loc and loc.codecarbon_version else _safe(codecarbon_version)),
+            "codecarbon_version": (loc.codecarbon_version if loc and loc.codecarbon_version
+                                   else _safe(codecarbon_version)),
         }
 
     @classmethod
@@ -351,7 +356,7 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
             row = out.index[int(np.argmax(seconds < 0))]
             raise AccountingError(f"cannot price spans: row {row!r} has negative device_seconds")
         rates = {k: p.per_hour for k, p in config.hardware_prices.items()}
-        per_hour = out["device_kind"].map(lambda k: rates.get(str(k).lower(), np.nan) if isinstance(k, str) else np.nan)
+        per_hour = out["device_kind"].map(lambda k: rates.get(k.lower(), np.nan) if isinstance(k, str) else np.nan)
         hardware_cost = seconds / 3600.0 * per_hour.to_numpy(dtype=np.float64)
 
     cost = np.where(np.isnan(energy_cost) & np.isnan(hardware_cost), np.nan,

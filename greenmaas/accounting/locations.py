@@ -23,8 +23,10 @@ import importlib.resources
 import io
 import math
 import re
+import sys
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import AccountingError
@@ -238,7 +240,9 @@ def _country(text: str, iso3: str, source: str) -> Location:
     fig = _data.country_intensities().get(iso3)
     if fig is None:
         if iso3 in ALPHA2_TO_ALPHA3.values():
-            raise AccountingError(f"codecarbon's global_energy_mix.json has no carbon intensity for {text!r} ({iso3})")
+            raise AccountingError(
+                f"codecarbon's global_energy_mix.json has no carbon intensity for {text!r} ({iso3})"
+            )
         raise _unknown(text)
     return _location(iso3, f"{fig.name} ({iso3})", fig, source)
 
@@ -260,7 +264,8 @@ def _cloud(text: str, source: str) -> Location:
     provider, region = provider.lower(), region.lower()
     if provider not in _PROVIDERS:
         raise AccountingError(
-            f"unknown cloud provider {provider!r} in location {text!r}: use gcp:<region>, aws:<region> or azure:<region>"
+            f"unknown cloud provider {provider!r} in location {text!r}: "
+            "use gcp:<region>, aws:<region> or azure:<region>"
         )
     if provider == "gcp":
         regions = _data.gcp_region_intensities()
@@ -306,8 +311,23 @@ def _warn_no_location(value: float) -> None:
         "set GREENMAAS_LOCATION (e.g. FR, US-CA, gcp:europe-west1, aws:us-east-1 or a number in g/kWh) "
         "or pass location=",
         NoLocationWarning,
-        stacklevel=4,
+        stacklevel=_outside_greenmaas(),
     )
+
+
+def _outside_greenmaas() -> int:
+    """The stacklevel of the first caller outside greenmaas, so the warning points at user code."""
+    package_dir = str(Path(__file__).resolve().parents[1])
+    frame = sys._getframe(1)  # the frame calling warnings.warn is stacklevel 1
+    level = 1
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        # "<string>" frames are dataclass-generated __init__ methods.
+        if not (filename.startswith(package_dir) or filename == "<string>"):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 1
 
 
 # ---------------------------------------------------------------------------------- suggestions

@@ -57,12 +57,14 @@ def sci_score(
     (>= 1) to give E. ``intensity_g_per_kwh`` must be location-based. ``embodied_g`` is M, already
     amortised (``Embodied.amortised_g``). ``functional_units`` is R (> 0), counted in ``unit``.
     """
-    for name, value in (("energy_j", energy_j), ("intensity_g_per_kwh", intensity_g_per_kwh), ("embodied_g", embodied_g)):
+    named = (("energy_j", energy_j), ("intensity_g_per_kwh", intensity_g_per_kwh), ("embodied_g", embodied_g))
+    for name, value in named:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise AccountingError(f"SCI needs {name} as a finite number >= 0, got {value!r}")
     if not (isinstance(pue, (int, float)) and math.isfinite(pue) and pue >= 1.0):
         raise AccountingError(f"PUE {pue!r} must be a number >= 1.0")
-    if not (isinstance(functional_units, (int, float)) and math.isfinite(functional_units) and functional_units > 0):
+    r = functional_units
+    if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
         raise AccountingError(f"SCI needs a functional unit count R > 0, got {functional_units!r}")
     energy_kwh = energy_j * pue / J_PER_KWH
     operational = energy_kwh * intensity_g_per_kwh

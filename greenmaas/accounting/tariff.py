@@ -145,7 +145,8 @@ def parse_hardware_prices(spec: str | Mapping[str, Any] | None) -> dict[str, Hou
             kind, sep, price = part.partition("=")
             if not sep or not kind.strip():
                 raise AccountingError(
-                    f"malformed hardware price {part.strip()!r} in {spec!r}: expected <kind>=<price>, e.g. gpu=2.50USD/h"
+                    f"malformed hardware price {part.strip()!r} in {spec!r}: "
+                    "expected <kind>=<price>, e.g. gpu=2.50USD/h"
                 )
             items.append((kind, price))
     out = {str(kind).strip().lower(): parse_hourly_price(price) for kind, price in items}
@@ -255,8 +256,12 @@ class Tariff:
                 f"malformed {what}: the last rule must have no conditions (it is the default price); "
                 f"expected e.g. {_EXAMPLE}"
             )
-        self.currency: str = common_currency(*((f"tariff rule {n}", r.price.currency)
-                                               for n, r in enumerate(self.rules, start=1)))  # type: ignore[assignment]
+        try:
+            named = ((f"rule {n}", r.price.currency) for n, r in enumerate(self.rules, start=1))
+            currency = common_currency(*named)
+        except AccountingError as exc:
+            raise AccountingError(f"malformed {what}: {exc}") from None
+        self.currency: str = currency  # type: ignore[assignment]
         self.timezone = _check_zone(timezone, what)
         # Price per (weekday, local hour); earlier rules overwrite later ones, so the first wins.
         week = np.empty((7, 24), dtype=np.float64)
@@ -279,7 +284,8 @@ class Tariff:
         if not isinstance(data, Mapping) or not isinstance(data.get("rules"), list):
             raise AccountingError(
                 f"malformed tariff {_short(data)}: expected a dict with a 'rules' list, e.g. "
-                '{"rules": [{"price": "0.30EUR/kWh", "hours": "08-20", "days": "mon-fri"}, {"price": "0.18EUR/kWh"}]}'
+                '{"rules": [{"price": "0.30EUR/kWh", "hours": "08-20", "days": "mon-fri"}, '
+                '{"price": "0.18EUR/kWh"}]}'
             )
         rules = []
         for n, item in enumerate(data["rules"], start=1):
@@ -287,7 +293,9 @@ class Tariff:
                 raise AccountingError(f"malformed tariff rule {n} {_short(item)}: expected a dict with a 'price'")
             unknown = set(item) - {"price", "hours", "days"}
             if unknown:
-                raise AccountingError(f"malformed tariff rule {n}: unknown keys {sorted(unknown)}; expected price, hours, days")
+                raise AccountingError(
+                    f"malformed tariff rule {n}: unknown keys {sorted(unknown)}; expected price, hours, days"
+                )
             hours = item.get("hours")
             days = item.get("days")
             rules.append(TariffRule(
@@ -362,7 +370,7 @@ class Tariff:
         hi = (int(np.max(e)) // _GRID_NS + 1) * _GRID_NS
         grid = np.arange(lo, hi + 1, _GRID_NS, dtype=np.int64)
         local = pd.DatetimeIndex(grid.view("datetime64[ns]"), tz="UTC").tz_convert(self.timezone)
-        prices = self._week_per_kwh[np.asarray(local.weekday), np.asarray(local.hour)]
+        prices = self._week_per_kwh[np.asarray(local.day_of_week), np.asarray(local.hour)]
         keep = np.concatenate(([True], prices[1:] != prices[:-1]))
         return StepFunction(grid[keep], prices[keep], name="tariff")
 
@@ -491,7 +499,9 @@ def _check_zone(zone: str, what: str) -> str:
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise AccountingError(f"malformed {what}: unknown time zone {zone!r}; expected an IANA name such as Europe/Paris") from None
+        raise AccountingError(
+            f"malformed {what}: unknown time zone {zone!r}; expected an IANA name such as Europe/Paris"
+        ) from None
     return zone
 
 

@@ -205,7 +205,8 @@ class IntensitySeries:
         for col in _COLUMNS:
             if col not in columns:
                 raise InputError(
-                    f"missing column {col!r}; the header must name timestamp,gco2_per_kwh (found {','.join(columns)})",
+                    f"missing column {col!r}; the header must name timestamp,gco2_per_kwh "
+                    f"(found {','.join(columns)})",
                     path=name, line=header_line,
                 )
         it, iv = columns.index("timestamp"), columns.index("gco2_per_kwh")
@@ -219,7 +220,8 @@ class IntensitySeries:
                 t_ns = _datetime_ns(parse_timestamp(raw_t))
             except ValueError:
                 raise InputError(
-                    f"bad timestamp {raw_t!r}; expected ISO-8601 such as 2024-05-01T13:00:00Z", path=name, line=line
+                    f"bad timestamp {raw_t!r}; expected ISO-8601 such as 2024-05-01T13:00:00Z",
+                    path=name, line=line,
                 ) from None
             try:
                 value = float(raw_v)
@@ -229,7 +231,8 @@ class IntensitySeries:
                 raise InputError(f"gco2_per_kwh {raw_v!r} must be a finite number >= 0", path=name, line=line)
             if times and t_ns <= times[-1]:
                 raise InputError(
-                    f"timestamp {raw_t!r} is not after the previous one ({_iso(times[-1])}); timestamps must increase",
+                    f"timestamp {raw_t!r} is not after the previous one ({_iso(times[-1])}); "
+                    "timestamps must increase",
                     path=name, line=line,
                 )
             times.append(t_ns)
@@ -244,7 +247,8 @@ class IntensitySeries:
         return len(self._fn)
 
     def __repr__(self) -> str:
-        return f"IntensitySeries({self.source!r}, {len(self)} points, {self.start.isoformat()}..{self.end.isoformat()})"
+        span = f"{self.start.isoformat()}..{self.end.isoformat()}"
+        return f"IntensitySeries({self.source!r}, {len(self)} points, {span})"
 
     @property
     def hold_before_first(self) -> bool:

@@ -10,8 +10,9 @@ between t0 and t1". Internally it builds a piecewise-linear cumulative-energy cu
   reads, as NVML's does every ~100 ms), each change is re-timed to the middle of the gap between
   the two reads that saw it change: that is when the update happened, give or take half a
   sampling period.
-* **power only** — power integrated sample to sample (trapezoid between consecutive reads; every
-  read is kept, so no trapezoid spans a held value), never across a gap where the device failed.
+* **power only** — power integrated sample to sample, each read holding for the half-intervals
+  on either side of it (every read is kept, so no value is held past its neighbours), never
+  across a gap where the device failed.
 * **counter and power** — the counter fixes the totals between re-timed change points and the
   power samples give the shape in between. This is what resolves 10–50 ms windows when the
   counter itself steps every ~100 ms.
@@ -261,31 +262,41 @@ def _counter_knots(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.asarray(kt), np.asarray(kv)
 
 
-def _trapezoid_cumulative(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> np.ndarray:
-    seg = (p[1:] + p[:-1]) * 0.5 * np.diff(t)
+def _power_curve(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative energy of power samples, each read holding for the half-intervals on either
+    side of it (a centred hold). GPU power is close to piecewise constant at these scales, and a
+    hold keeps a burst's energy inside the burst, where a trapezoid would smear half of it into
+    the neighbouring intervals. Nothing is integrated across an interval where the device was
+    failing. Returns knots at the read times and at the midpoints between reads."""
+    if t.size == 1:
+        return t.copy(), np.zeros(1)
+    mid = (t[1:] + t[:-1]) * 0.5
+    # segments: [t0, m0] at p0, then [m_{i-1}, t_i] and [t_i, m_i] at p_i, last [m_{n-2}, t_{n-1}]
+    knots = np.empty(2 * t.size - 1)
+    knots[0::2] = t
+    knots[1::2] = mid
+    seg_p = np.repeat(p, 2)[1:-1]
+    seg = seg_p * np.diff(knots)
     if gaps:
-        # No integration across an interval where the device was failing.
         for g in gaps:
             end = g.end if g.end is not None else math.inf
-            inside = (t[:-1] < end) & (t[1:] > g.start)
+            inside = (np.repeat(t[:-1], 2) < end) & (np.repeat(t[1:], 2) > g.start)
             seg[inside] = 0.0
-    out = np.empty(t.size)
+    out = np.empty(knots.size)
     out[0] = 0.0
     np.cumsum(seg, out=out[1:])
-    return out
+    return knots, out
 
 
 def _integrate_power(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> tuple[np.ndarray, np.ndarray]:
-    if t.size == 1:
-        return t.copy(), np.zeros(1)
-    return t.copy(), _trapezoid_cumulative(t, p, gaps)
+    return _power_curve(t, p, gaps)
 
 
 def _shape_by_power(
     kt: np.ndarray, kv: np.ndarray, pt: np.ndarray, pw: np.ndarray, gaps: list[Gap]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spread each counter step between knots in proportion to integrated power."""
-    ip = _trapezoid_cumulative(pt, pw, gaps)
+    pt, ip = _power_curve(pt, pw, gaps)
     # Power integral at the knots (clamped: outside the power samples the shape is flat).
     ipk = np.interp(kt, pt, ip)
     inner = (pt > kt[0]) & (pt < kt[-1])

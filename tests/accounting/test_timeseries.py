@@ -48,8 +48,9 @@ def test_span_straddling_two_intervals_splits_energy(series):
 
 
 def test_not_total_times_average_of_values(series):
-    # Average of the values touched (100, 300) would give 200; the energy-weighted figure is 150.
-    assert series.carbon_g(KWH, at(0.0), at(1.333333333333333)) != pytest.approx(200)
+    # 1 kWh over 00:00-01:20: three quarters of it at 100, a quarter at 300 -> 150 g, whereas the
+    # average of the two values met would say 200.
+    assert series.carbon_g(KWH, at(0), at(4 / 3)) == pytest.approx(150)
 
 
 def test_last_value_holds_onward_and_naive_is_utc(series):

@@ -1,0 +1,35 @@
+"""``greenmaas runs``: the runs in a ledger."""
+
+from __future__ import annotations
+
+import click
+
+from greenmaas.report import list_runs
+
+from .options import format_option, ledger_option
+from .render import Column, render
+
+__all__ = ["runs", "RUN_COLUMNS"]
+
+RUN_COLUMNS = [
+    Column("run_id", "Run"),
+    Column("host", "Host"),
+    Column("pid", "PID", "int"),
+    Column("start", "Start (UTC)", "time"),
+    Column("end", "End (UTC)", "time"),
+    Column("status", "Status"),
+    Column("spans", "Spans", "int", total=True),
+    Column("energy_j", "Energy (J)", "float", digits=1, total=True),
+]
+
+
+@click.command("runs")
+@ledger_option
+@format_option()
+def runs(ledger, fmt):
+    """List the runs in the ledger, oldest first, with their span count and energy."""
+    rows = list_runs(ledger)
+    if fmt in ("table", "markdown") and not rows:
+        click.echo("No runs in the ledger.", err=True)
+        return
+    render(rows, RUN_COLUMNS, fmt, title="Runs", total_label="Total")
