@@ -24,5 +24,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest
 
+bench: venv
+	$(PY) examples/bench_attribution.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

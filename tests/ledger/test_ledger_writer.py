@@ -1,0 +1,203 @@
+"""LedgerWriter: batching, flushing, closing, and never raising into or blocking the caller."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from ledger_records import at, run, sample, span, totals
+from sqlalchemy import select, text
+
+from greenmaas.errors import LedgerError
+from greenmaas.ledger import Ledger, LedgerWriter
+from greenmaas.ledger.models import Run
+
+
+class RecordingLedger:
+    """Stands in for a Ledger: remembers each batch; ``fail`` decides whether a write raises."""
+
+    def __init__(self, fail=lambda batch, attempt: None):
+        self.batches: list[list] = []
+        self.attempts = 0
+        self.fail = fail
+
+    def write(self, records):
+        records = list(records)
+        self.attempts += 1
+        error = self.fail(records, self.attempts)
+        if error is not None:
+            raise error
+        self.batches.append(records)
+
+
+def test_batches_respect_max_batch_and_keep_order():
+    fake = RecordingLedger()
+    with LedgerWriter(fake, flush_interval_s=60, max_batch=10) as w:
+        records = [sample(i) for i in range(25)]
+        for r in records:
+            assert w.submit(r) is True
+        assert w.flush(timeout=5)
+    assert all(len(b) <= 10 for b in fake.batches)
+    assert [r for b in fake.batches for r in b] == records
+    assert w.stats == {"submitted": 25, "written": 25, "dropped": 0, "pending": 0}
+
+
+def test_records_wait_for_the_interval_or_a_flush():
+    fake = RecordingLedger()
+    w = LedgerWriter(fake, flush_interval_s=60)
+    w.submit(sample(1))
+    w.submit(sample(2))
+    time.sleep(0.05)
+    assert fake.batches == []
+    assert w.flush(timeout=5)
+    assert [len(b) for b in fake.batches] == [2]  # one batch, one transaction
+    w.close()
+
+
+def test_short_interval_writes_without_flush():
+    fake = RecordingLedger()
+    w = LedgerWriter(fake, flush_interval_s=0.01)
+    w.submit(sample(1))
+    deadline = time.monotonic() + 5
+    while not fake.batches and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert fake.batches
+    w.close()
+
+
+def test_real_ledger_gets_everything_in_order(db_path):
+    with Ledger.open(db_path) as led:
+        with LedgerWriter(led, flush_interval_s=0.01, max_batch=7) as w:
+            w.submit(run())
+            for i in range(20):
+                w.submit(span(f"s{i}"))
+                w.submit(sample(i))
+            w.submit(totals())
+            w.submit(lambda lg: lg.end_run("r1", at(30), "finished"))
+            assert w.flush(timeout=5)
+            assert w.errors == []
+        with led.read() as conn:
+            assert conn.execute(select(Run.status)).scalar_one() == "finished"
+            assert conn.execute(text("select count(*) from spans")).scalar() == 20
+            assert conn.execute(text("select count(*) from samples")).scalar() == 20
+
+
+def test_failing_ledger_never_raises_into_the_caller(caplog):
+    boom = LedgerError("ledger.db: disk I/O error")
+    fake = RecordingLedger(fail=lambda batch, attempt: boom)
+    w = LedgerWriter(fake, flush_interval_s=0.01, max_retries=2, retry_delay_s=0.001)
+    with caplog.at_level(logging.WARNING, logger="greenmaas"):
+        for i in range(5):
+            assert w.submit(sample(i)) is True
+        assert w.flush(timeout=5)
+        w.close()
+    assert fake.attempts >= 3  # first try + 2 retries for the batch
+    assert w.stats["dropped"] == 5 and w.stats["written"] == 0
+    when, message = w.errors[-1]
+    assert when.tzinfo is not None and "disk I/O error" in message and "dropped" in message
+    assert any("disk I/O error" in r.getMessage() for r in caplog.records if r.name == "greenmaas")
+
+
+def test_transient_failures_are_retried():
+    fake = RecordingLedger(fail=lambda batch, attempt: LedgerError("locked") if attempt <= 2 else None)
+    with LedgerWriter(fake, flush_interval_s=0.01, max_retries=3, retry_delay_s=0.001) as w:
+        w.submit(sample(1))
+        assert w.flush(timeout=5)
+    assert fake.batches == [[sample(1)]] and w.errors == []
+
+
+def test_one_bad_record_does_not_sink_its_batch(db_path):
+    with Ledger.open(db_path) as led:
+        led.start_run(run())
+        led.write_spans([span("dup")])
+        with LedgerWriter(led, flush_interval_s=60, retry_delay_s=0.001) as w:
+            for r in [span("a"), span("dup"), span("b")]:
+                w.submit(r)
+            assert w.flush(timeout=5)
+        assert w.stats["written"] == 2 and w.stats["dropped"] == 1
+        assert "UNIQUE" in w.errors[-1][1]
+        with led.read() as conn:
+            assert conn.execute(text("select count(*) from spans")).scalar() == 3
+
+
+def test_submit_is_quick_while_the_database_is_stuck():
+    release = threading.Event()
+    fake = RecordingLedger(fail=lambda batch, attempt: release.wait(5) and None)
+    w = LedgerWriter(fake, flush_interval_s=0.001, max_batch=10)
+    start = time.perf_counter()
+    for i in range(5000):
+        w.submit(sample(i))
+    assert time.perf_counter() - start < 1.0
+    release.set()
+    assert w.flush(timeout=5)
+    w.close()
+
+
+def test_odd_submissions_are_refused_quietly():
+    w = LedgerWriter(RecordingLedger())
+    assert w.submit("not a record") is False
+    assert "cannot write a str" in w.errors[-1][1]
+    w.close()
+    w.close()  # twice is fine
+    assert w.submit(sample(1)) is False
+    assert w.closed and "after close" in w.errors[-1][1]
+
+
+def test_close_flushes_what_is_queued():
+    fake = RecordingLedger()
+    w = LedgerWriter(fake, flush_interval_s=60)
+    for i in range(3):
+        w.submit(sample(i))
+    w.close()
+    assert sum(len(b) for b in fake.batches) == 3
+
+
+def test_garbage_collection_flushes_what_is_queued():
+    fake = RecordingLedger()
+    w = LedgerWriter(fake, flush_interval_s=60)
+    w.submit(sample(1))
+    del w
+    gc.collect()
+    assert fake.batches == [[sample(1)]]
+
+
+def test_interpreter_exit_does_not_lose_queued_records(db_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from ledger_records import run, span
+        from greenmaas.ledger import Ledger, LedgerWriter
+        led = Ledger.open({str(db_path)!r})
+        w = LedgerWriter(led, flush_interval_s=600)
+        w.submit(run())
+        for i in range(50):
+            w.submit(span(f"s{{i}}"))
+        # no flush, no close: exit with records still queued
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    with Ledger.open(db_path, readonly=True) as led, led.read() as conn:
+        assert conn.execute(text("select count(*) from spans")).scalar() == 50
+
+
+def test_flush_times_out_rather_than_hang():
+    release = threading.Event()
+    fake = RecordingLedger(fail=lambda batch, attempt: release.wait(5) and None)
+    w = LedgerWriter(fake, flush_interval_s=0.001)
+    w.submit(sample(1))
+    assert w.flush(timeout=0.05) is False
+    release.set()
+    assert w.flush(timeout=5) is True
+    w.close()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        LedgerWriter(RecordingLedger(), max_batch=0)
