@@ -39,7 +39,9 @@ from .timeseries import J_PER_KWH, IntensitySeries, to_epoch_ns
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AccountingConfig", "price", "describe", "ENV_VARS", "PRICE_COLUMNS"]
+    from ..records import SpanRecord
+
+__all__ = ["AccountingConfig", "price", "price_records", "describe", "ENV_VARS", "PRICE_COLUMNS"]
 
 #: Field name -> environment variable read by ``from_env``.
 ENV_VARS = {
@@ -374,3 +376,39 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
     out["intensity_g_per_kwh"] = intensity
     out["intensity_source"] = pd.Series([config.intensity_source] * n, index=out.index, dtype=object)
     return out
+
+
+def price_records(records: "list[SpanRecord]", config: AccountingConfig) -> None:
+    """Set ``carbon_g``, ``carbon_market_g``, ``cost`` and ``currency`` on span records in place.
+
+    For the meter, at record time. Figures cover each record's inclusive ``energy_j`` (as its
+    ``energy_j`` does; reports keep the ``self_energy_j`` share). ``cost`` here is electricity
+    only: a span's hardware share needs device time across concurrent spans, which reports
+    compute from the ledger. Records with no measured device get None.
+    """
+    import pandas as pd
+
+    from ..sources.base import UNMEASURABLE
+
+    if not records:
+        return
+    frame = pd.DataFrame({
+        "energy_j": [r.energy_j for r in records],
+        "start": [r.start for r in records],
+        "end": [r.end for r in records],
+    })
+    priced = price(frame, config)
+    for i, record in enumerate(records):
+        if all(d.method == UNMEASURABLE for d in record.devices):  # also true with no devices
+            record.carbon_g = record.carbon_market_g = record.cost = None
+            record.currency = None
+            continue
+        record.carbon_g = _maybe(priced["carbon_g"].iat[i])
+        record.carbon_market_g = _maybe(priced["carbon_market_g"].iat[i])
+        record.cost = _maybe(priced["energy_cost"].iat[i])
+        record.currency = config.currency if record.cost is not None else None
+
+
+def _maybe(value: Any) -> float | None:
+    number = float(value)
+    return None if math.isnan(number) else number

@@ -143,12 +143,16 @@ class LiveAttributor:
         en = np.asarray(ends, dtype=np.float64)
         rt = np.asarray(rates, dtype=np.float64)
         ow = np.asarray(owner_of, dtype=np.int64)
+        # Span boundaries (not the window's edges) are where power is expected to change.
+        bps = np.asarray(
+            [x for s in spans for x in (s.start, s.end) if x is not None and t0 < x < t1], dtype=np.float64
+        )
         for dev, tl in timelines.items() if t1 > t0 else ():
             on_dev = np.array(
                 [owners[i].devices is None or dev in owners[i].devices for i in range(len(owners))], dtype=bool
             )
             mask = on_dev[ow] if ow.size else np.zeros(0, dtype=bool)
-            ct, ce = tl.curve()
+            ct, ce = tl.curve(bps)
             sh = share_energy(ct, ce, st[mask], en[mask], rt[mask], ow[mask], len(owners), t0, t1)
             for i in np.nonzero(sh.by_owner)[0]:
                 owners[i].acc.add_self(dev, float(sh.by_owner[i]))

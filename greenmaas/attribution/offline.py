@@ -141,8 +141,9 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
     )
 
 
-def curve_from_trace(td: TraceData) -> tuple[np.ndarray, np.ndarray]:
-    """A device's cumulative-energy curve from its trace (counter resets handled)."""
+def curve_from_trace(td: TraceData, breakpoints: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A device's cumulative-energy curve from its trace (counter resets handled); power shapes
+    respect ``breakpoints`` (span boundaries)."""
     counter = td.energy_j.copy()
     ok = ~np.isnan(counter)
     raw = counter[ok]
@@ -152,7 +153,7 @@ def curve_from_trace(td: TraceData) -> tuple[np.ndarray, np.ndarray]:
         # since the restart, never a negative delta.
         inc = np.where(d < 0, raw[1:], d)
         counter[ok] = np.concatenate(([0.0], np.cumsum(inc)))
-    return build_curve(td.t, counter, td.power_w)
+    return build_curve(td.t, counter, td.power_w, breakpoints=breakpoints)
 
 
 @dataclass
@@ -205,8 +206,8 @@ def attribute_trace(
         for d in devs:
             owners_by_dev.setdefault(d, []).append(i)
     for dev, td in data.items():
-        ct, ce = curve_from_trace(td)
         idx = np.asarray(owners_by_dev.get(dev, []), dtype=np.int64)
+        ct, ce = curve_from_trace(td, np.concatenate([table.start[idx], table.end[idx]]))
         t0, t1 = float(td.t[0]), float(td.t[-1])
         sh = share_energy(ct, ce, table.start[idx], table.end[idx], rates[idx], idx, n, t0, t1)
         by_device[dev] = sh.by_owner

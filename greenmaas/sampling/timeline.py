@@ -151,8 +151,20 @@ class Timeline:
         """Whether the timeline has a read at or after ``t`` (so energy up to ``t`` is known)."""
         return bool(self._t) and self._t[-1] >= t
 
-    def curve(self) -> tuple[np.ndarray, np.ndarray]:
-        """The piecewise-linear cumulative energy curve: (times in s, cumulative J)."""
+    def curve(self, breakpoints: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The piecewise-linear cumulative energy curve: (times in s, cumulative J).
+
+        With ``breakpoints`` (span boundaries) the power shape respects them; that curve is
+        built afresh, the plain one is cached until the next read."""
+        if breakpoints is not None and breakpoints.size:
+            with self._lock:
+                t = np.frombuffer(self._t, dtype=np.float64).copy()
+                c = np.frombuffer(self._counter, dtype=np.float64).copy()
+                p = np.frombuffer(self._power, dtype=np.float64).copy()
+                gaps = list(self._gaps)
+                base = self._base_j
+            ts, es = build_curve(t, c, p, gaps, breakpoints)
+            return ts, es + base
         with self._lock:
             if self._cache_version != self._version:
                 t = np.frombuffer(self._t, dtype=np.float64).copy()
@@ -219,12 +231,17 @@ class Timeline:
 
 
 def build_curve(
-    t: np.ndarray, counter: np.ndarray, power: np.ndarray, gaps: list[Gap] | None = None
+    t: np.ndarray,
+    counter: np.ndarray,
+    power: np.ndarray,
+    gaps: list[Gap] | None = None,
+    breakpoints: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Build a cumulative-energy curve (times, J from 0) from raw reads.
 
     ``counter`` holds corrected cumulative joules (NaN where a read had none), ``power`` watts
-    (NaN where none). Pure function of its inputs; exposed for offline re-attribution.
+    (NaN where none). ``breakpoints``: span boundaries, where power is expected to change (see
+    :func:`_power_curve`). Pure function of its inputs; exposed for offline re-attribution.
     """
     n = t.size
     if n == 0:
@@ -235,10 +252,10 @@ def build_curve(
         tc, vc = t[has_c], counter[has_c]
         kt, kv = _counter_knots(tc, vc)
         if has_p.sum() >= 2:
-            return _shape_by_power(kt, kv, t[has_p], power[has_p], gaps or [])
+            return _shape_by_power(kt, kv, t[has_p], power[has_p], gaps or [], breakpoints)
         return kt, kv - kv[0]
     if has_p.sum() >= 1:
-        return _integrate_power(t[has_p], power[has_p], gaps or [])
+        return _power_curve(t[has_p], power[has_p], gaps or [], breakpoints)
     return t[:1].copy(), np.zeros(1)
 
 
@@ -262,41 +279,67 @@ def _counter_knots(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.asarray(kt), np.asarray(kv)
 
 
-def _power_curve(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative energy of power samples, each read holding for the half-intervals on either
-    side of it (a centred hold). GPU power is close to piecewise constant at these scales, and a
-    hold keeps a burst's energy inside the burst, where a trapezoid would smear half of it into
-    the neighbouring intervals. Nothing is integrated across an interval where the device was
-    failing. Returns knots at the read times and at the midpoints between reads."""
+def _power_curve(
+    t: np.ndarray, p: np.ndarray, gaps: list[Gap], breakpoints: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative energy of power samples, each read holding over the time nearer to it than to
+    any other read (a centred hold). GPU power is close to piecewise constant at these scales,
+    and a hold keeps a burst's energy inside the burst where a trapezoid would smear half of it
+    into the neighbouring intervals.
+
+    ``breakpoints`` are instants where power is expected to change: the starts and ends of the
+    spans being attributed. A read then holds only up to the nearest breakpoint, so a request's
+    interval takes its power from the reads inside it, not from the idle read just before it.
+    (Intervals with no read inside fall back to the nearest read.) Nothing is integrated across
+    an interval where the device was failing.
+    """
     if t.size == 1:
         return t.copy(), np.zeros(1)
     mid = (t[1:] + t[:-1]) * 0.5
-    # segments: [t0, m0] at p0, then [m_{i-1}, t_i] and [t_i, m_i] at p_i, last [m_{n-2}, t_{n-1}]
-    knots = np.empty(2 * t.size - 1)
-    knots[0::2] = t
-    knots[1::2] = mid
-    seg_p = np.repeat(p, 2)[1:-1]
-    seg = seg_p * np.diff(knots)
-    if gaps:
-        for g in gaps:
-            end = g.end if g.end is not None else math.inf
-            inside = (np.repeat(t[:-1], 2) < end) & (np.repeat(t[1:], 2) > g.start)
-            seg[inside] = 0.0
+    parts = [t, mid]
+    if breakpoints is not None and breakpoints.size:
+        bp = np.unique(breakpoints)
+        parts.append(bp[(bp > t[0]) & (bp < t[-1])])
+    else:
+        bp = None
+    knots = np.unique(np.concatenate(parts))
+    x = (knots[1:] + knots[:-1]) * 0.5  # one point inside each elementary interval
+    left = np.clip(np.searchsorted(t, x) - 1, 0, t.size - 1)
+    right = np.minimum(left + 1, t.size - 1)
+    d_left = x - t[left]
+    d_right = t[right] - x
+    if bp is None:
+        owner = np.where(d_left <= d_right, left, right)
+    else:
+        seg = np.searchsorted(bp, x)
+        ok_l = np.searchsorted(bp, t[left]) == seg
+        ok_r = np.searchsorted(bp, t[right]) == seg
+        nearest = np.where(d_left <= d_right, left, right)
+        same_seg = np.where(np.where(ok_l, d_left, np.inf) <= np.where(ok_r, d_right, np.inf), left, right)
+        owner = np.where(ok_l | ok_r, same_seg, nearest)
+    seg_e = p[owner] * np.diff(knots)
+    for g in gaps:
+        end = g.end if g.end is not None else math.inf
+        # no read during a failure: the holds of the reads around it do not reach into it
+        seg_e[(x > g.start) & (x < end)] = 0.0
     out = np.empty(knots.size)
     out[0] = 0.0
-    np.cumsum(seg, out=out[1:])
+    np.cumsum(seg_e, out=out[1:])
     return knots, out
 
 
-def _integrate_power(t: np.ndarray, p: np.ndarray, gaps: list[Gap]) -> tuple[np.ndarray, np.ndarray]:
-    return _power_curve(t, p, gaps)
 
 
 def _shape_by_power(
-    kt: np.ndarray, kv: np.ndarray, pt: np.ndarray, pw: np.ndarray, gaps: list[Gap]
+    kt: np.ndarray,
+    kv: np.ndarray,
+    pt: np.ndarray,
+    pw: np.ndarray,
+    gaps: list[Gap],
+    breakpoints: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spread each counter step between knots in proportion to integrated power."""
-    pt, ip = _power_curve(pt, pw, gaps)
+    pt, ip = _power_curve(pt, pw, gaps, breakpoints)
     # Power integral at the knots (clamped: outside the power samples the shape is flat).
     ipk = np.interp(kt, pt, ip)
     inner = (pt > kt[0]) & (pt < kt[-1])

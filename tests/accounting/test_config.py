@@ -247,3 +247,27 @@ def test_default_location_warning_points_at_the_caller(fresh_caches):
         warnings.simplefilter("always")
         AccountingConfig()
     assert [w.filename for w in caught if w.category is NoLocationWarning] == [__file__]
+
+
+def test_price_records_for_the_meter():
+    from datetime import datetime, timezone
+
+    from greenmaas.accounting.config import price_records
+    from greenmaas.records import DeviceEnergy, SpanRecord
+
+    t0 = datetime(2024, 5, 1, 19, tzinfo=timezone.utc)
+    t1 = datetime(2024, 5, 1, 21, tzinfo=timezone.utc)
+
+    def record(span_id, devices):
+        return SpanRecord(span_id=span_id, run_id="r", name=span_id, start=t0, end=t1, duration_s=7200.0,
+                          devices=devices)
+
+    measured = record("a", [DeviceEnergy("gpu:0", 2 * KWH, "counter"), DeviceEnergy("dram:0", 0.0, "unmeasurable")])
+    blind = record("b", [DeviceEnergy("gpu:1", 0.0, "unmeasurable")])
+    config = AccountingConfig(location=100, market_intensity_g_per_kwh=10,
+                              tariff="0.30EUR/kWh@08-20@mon-fri,0.18EUR/kWh", pue=1.5)
+    price_records([measured, blind], config)
+    assert measured.carbon_g == pytest.approx(300) and measured.carbon_market_g == pytest.approx(30)
+    assert measured.cost == pytest.approx(1.5 * (0.30 + 0.18)) and measured.currency == "EUR"
+    assert blind.carbon_g is None and blind.cost is None and blind.currency is None
+    price_records([], config)

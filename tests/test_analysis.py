@@ -1,0 +1,94 @@
+"""read_ledger: every table as a DataFrame, with UTC times and stable columns."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from greenmaas.analysis import TABLES, read_ledger
+from greenmaas.errors import ConfigError, LedgerError
+from greenmaas.ledger import Ledger
+from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
+
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
+SPAN_COLUMNS = [
+    "run_id", "span_id", "parent_id", "kind", "name", "model", "phase", "request_id", "tenant",
+    "start", "end", "duration_s", "energy_j", "self_energy_j", "method", "weight", "tokens_in",
+    "tokens_out", "items", "status", "carbon_g", "carbon_market_g", "cost", "currency",
+]
+
+
+@pytest.fixture
+def path(tmp_path):
+    p = tmp_path / "l.db"
+    with Ledger.open(p) as led:
+        led.start_run(RunRecord("r1", "host", 1, T0))
+        led.write_spans([
+            SpanRecord("p", "r1", "epoch", T0, T0 + timedelta(seconds=10), 10.0, kind="epoch",
+                       model="bert", devices=[DeviceEnergy("gpu:0", 100.0, "counter", 40.0)]),
+            SpanRecord("c", "r1", "step", T0, T0 + timedelta(seconds=5), 5.0, parent_id="p",
+                       model="bert", tokens_in=3, devices=[DeviceEnergy("gpu:0", 60.0, "counter", 60.0)]),
+            SpanRecord("u", "r1", "cpu", T0, T0 + timedelta(seconds=1), 1.0,
+                       devices=[DeviceEnergy("cpu:0", 0.0, "unmeasurable")]),
+        ])
+        led.write_samples([SampleRecord("r1", "gpu:0", T0 + timedelta(seconds=i), 10.0 * i, 10.0, "counter")
+                           for i in range(3)])
+        led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 150.0, 100.0, 50.0, start=T0)])
+    return p
+
+
+def test_spans_columns_and_values(path):
+    df = read_ledger(path)
+    assert list(df.columns[: len(SPAN_COLUMNS)]) == SPAN_COLUMNS
+    assert len(df) == 3
+    assert str(df["start"].dt.tz) == "UTC" and str(df["end"].dt.tz) == "UTC"
+    by_id = df.set_index("span_id")
+    assert by_id.loc["p", "energy_j"] == 100.0 and by_id.loc["p", "self_energy_j"] == 40.0
+    assert by_id.loc["c", "parent_id"] == "p" and by_id.loc["c", "tokens_in"] == 3
+    assert pd.isna(by_id.loc["u", "energy_j"])  # unmeasurable: NaN, never 0 J
+    assert by_id.loc["p", "start"] == pd.Timestamp(T0)
+    assert df["self_energy_j"].sum() == 100.0  # self energy sums without double counting
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_every_table_has_its_columns_full_or_empty(path, tmp_path, table):
+    full = read_ledger(path, table)
+    empty_path = tmp_path / "empty.db"
+    Ledger.open(empty_path).close()
+    empty = read_ledger(empty_path, table)
+    assert list(full.columns) == list(empty.columns) == list(TABLES[table][1])
+    assert len(full) > 0 and len(empty) == 0
+    for c in ("start", "end", "t"):
+        if c in full.columns:
+            assert str(full[c].dt.tz) == "UTC" and str(empty[c].dt.tz) == "UTC"
+
+
+def test_runs_samples_and_devices(path):
+    runs = read_ledger(path, "runs")
+    assert runs.loc[0, "run_id"] == "r1" and runs.loc[0, "host"] == "host"
+    samples = read_ledger(path, "samples")
+    assert list(samples["energy_j"]) == [0.0, 10.0, 20.0]
+    devices = read_ledger(path, "devices")
+    assert devices.loc[0, "idle_j"] == 50.0 and devices.loc[0, "total_j"] == 150.0
+    per_device = read_ledger(path, "span_devices")
+    assert set(per_device["device"]) == {"gpu:0", "cpu:0"}
+
+
+def test_accepts_an_open_ledger_and_the_environment(path, monkeypatch):
+    with Ledger.open(path) as led:
+        assert len(read_ledger(led)) == 3
+    monkeypatch.setenv("GREENMAAS_LEDGER", str(path))
+    assert len(read_ledger()) == 3
+
+
+def test_unknown_table_lists_the_valid_ones(path):
+    with pytest.raises(ConfigError, match="spans, runs, samples, devices, span_devices"):
+        read_ledger(path, "bogus")
+
+
+def test_missing_ledger_is_not_created(tmp_path):
+    with pytest.raises(LedgerError, match="no ledger at"):
+        read_ledger(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
