@@ -77,7 +77,7 @@ def render(
     total_label: str | None = "Total",
 ) -> None:
     """Write ``rows`` to stdout in ``fmt`` (``table``, ``csv``, ``json`` or ``markdown``)."""
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     raw = [c for c in columns if c.value is None]
     if fmt == "json":
         data = [{c.key: r.get(c.key) for c in raw} for r in rows]

@@ -224,6 +224,7 @@ def report(info: dict, phases, s: Samples, bursts: list[float], device_id: str) 
     counter_only, shaped = timelines(device_id, s)
     period_s = counter_update_period_s(t, e)
     intervals = np.diff(t) if t.size > 1 else np.array([float("nan")])
+    burst_ms = float(np.median(bursts)) * 1e3 if bursts else float("nan")
 
     rows = []
     for name, t0, t1 in phases:
@@ -251,8 +252,9 @@ def report(info: dict, phases, s: Samples, bursts: list[float], device_id: str) 
         f"| Counter update period (median interval between counter changes) | {period_s * 1e3:.1f} ms |",
         f"| Read cost (median) | counter + instant power {np.median(s.read_s) * 1e3:.2f} ms, "
         f"nvmlDeviceGetPowerUsage {np.median(s.usage_read_s) * 1e3:.2f} ms |",
-        f"| Load | fp16 matmul {info['n']}×{info['n']}, {info['per_mm_ms']:.2f} ms each, {info['chunk']} per synchronised chunk |",
-        f"| Bursts | {len(bursts)} busy periods, median {np.median(bursts) * 1e3 if bursts else float('nan'):.1f} ms busy "
+        f"| Load | fp16 matmul {info['n']}×{info['n']}, {info['per_mm_ms']:.2f} ms each, "
+        f"{info['chunk']} per synchronised chunk |",
+        f"| Bursts | {len(bursts)} busy periods, median {burst_ms:.1f} ms busy, "
         f"then idle to {2 * BURST_S * 1e3:.0f} ms |",
         "",
         "## Energy per phase",
@@ -327,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         driver = pynvml.nvmlSystemGetDriverVersion()
         try:
             fv = pynvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_POWER_INSTANT])[0]
-            instant = "supported" if fv.nvmlReturn == pynvml.NVML_SUCCESS else f"not supported (NVML return {fv.nvmlReturn}); power is nvmlDeviceGetPowerUsage"
+            instant = "supported"
+            if fv.nvmlReturn != pynvml.NVML_SUCCESS:
+                instant = f"not supported (NVML return {fv.nvmlReturn}); power is nvmlDeviceGetPowerUsage"
         except pynvml.NVMLError as exc:
             instant = f"not supported ({exc}); power is nvmlDeviceGetPowerUsage"
 

@@ -47,7 +47,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 @contextmanager
-def opened(ledger_or_url: "Ledger | str | os.PathLike | None") -> Iterator["Ledger"]:
+def opened(ledger_or_url: Ledger | str | os.PathLike | None) -> Iterator[Ledger]:
     """A ledger to read from: the one given, or one opened read-only (and closed afterwards)."""
     from .ledger import Ledger
 
@@ -62,8 +62,8 @@ def opened(ledger_or_url: "Ledger | str | os.PathLike | None") -> Iterator["Ledg
 
 
 def read_ledger(
-    path_or_url: "Ledger | str | os.PathLike | None" = None, table: str = "spans"
-) -> "pd.DataFrame":
+    path_or_url: Ledger | str | os.PathLike | None = None, table: str = "spans"
+) -> pd.DataFrame:
     """One ledger table as a DataFrame.
 
     ``table`` is ``spans`` (default), ``runs``, ``samples``, ``devices`` (per-device totals:
@@ -90,7 +90,7 @@ def read_ledger(
     return _frame(rows, sql_table, columns)
 
 
-def _frame(rows, sql_table, columns) -> "pd.DataFrame":
+def _frame(rows, sql_table, columns) -> pd.DataFrame:
     import pandas as pd
     from sqlalchemy import Float, Integer
 

@@ -471,7 +471,7 @@ class Meter:
         if self.accounting is None or not records:
             return
         try:
-            from .accounting.pricing import price_records
+            from .accounting.config import price_records
 
             price_records(records, self.accounting)
             for s, r in zip(spans, records):

@@ -64,9 +64,6 @@ _GROUP_COLUMN = {
 # Idle energy belongs to no request and no span name; for these it would only mislead.
 _IDLE_GROUPS = frozenset({"model", "phase", "run", "day", "tenant"})
 
-LedgerLike = "Ledger | str | os.PathLike | None"
-
-
 @dataclass(frozen=True)
 class ExtraColumn:
     """A report column computed per span and summed per group (e.g. carbon or cost).
@@ -184,7 +181,7 @@ def _float(value) -> float | None:
 
 
 def summarize(
-    ledger_or_url: LedgerLike = None,
+    ledger_or_url: Ledger | str | os.PathLike | None = None,
     *,
     by: str = "model",
     since: date | datetime | str | None = None,
@@ -275,7 +272,7 @@ def _group_rows(spans: "pd.DataFrame", by: str, columns: list[ExtraColumn]) -> l
 
 
 def totals(
-    ledger_or_url: LedgerLike = None,
+    ledger_or_url: Ledger | str | os.PathLike | None = None,
     *,
     since: date | datetime | str | None = None,
     until: date | datetime | str | None = None,
@@ -322,7 +319,7 @@ def totals(
     return out
 
 
-def list_runs(ledger_or_url: LedgerLike = None) -> list[dict[str, Any]]:
+def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One row per run, oldest first: run_id, host, pid, start, end, status, spans, energy_j.
 
     ``energy_j`` is what the run's devices consumed (the sum of their totals, spans and idle

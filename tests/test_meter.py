@@ -1,4 +1,5 @@
 import asyncio
+import math
 import contextvars
 import threading
 
@@ -223,3 +224,24 @@ def test_background_threads_run_and_stop():
     assert res.energy_j == pytest.approx(50.0 * res.duration_s, rel=0.1)
     assert not meter.sampler.running
     assert not any(t.name.startswith("greenmaas") for t in threading.enumerate())
+
+
+def test_short_request_between_reads_takes_power_inside_its_boundaries():
+    # 50 W idle, 500 W while a 30 ms request runs; the device is read every 10 ms and the
+    # request's boundaries fall between reads.
+    clock = FakeClock()
+    busy = (1.003, 1.033)
+    src = StaticSource(clock, {"gpu:0": {"power_w": lambda t: 500.0 if busy[0] <= t < busy[1] else 50.0}})
+    meter = Meter(sources=[src], ledger=False, clock=clock, background=False, accounting=False, period_s=0.01)
+    meter.start()
+    span = meter.measure("req")
+    events = [(k * 0.01, "read") for k in range(1, 151)] + [(busy[0], "open"), (busy[1], "close")]
+    for t, what in sorted(events):
+        clock.set(t)
+        if what == "open":
+            span.__enter__()
+        elif what == "close":
+            span.__exit__(None, None, None)
+        else:
+            meter.tick()
+    assert span.result.energy_j == pytest.approx(500.0 * 0.030, rel=0.02)

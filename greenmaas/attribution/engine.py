@@ -131,9 +131,20 @@ def share_energy(
     tiny = ~idle & ~busy_seg
     per_rate = np.zeros(nseg, dtype=_LD)
     per_rate[busy_seg] = seg_e[busy_seg] / rsum[busy_seg].astype(_LD)
-    prefix = np.zeros(nseg + 1, dtype=_LD)
-    np.cumsum(per_rate, out=prefix[1:])
-    energy = q.astype(_LD) * (prefix[ei] - prefix[si])
+    # energy_i = q_i * (sum of per_rate over its segments), taken as a prefix-sum difference. A
+    # plain prefix over all segments would lose a large-rate interval's tiny per-rate terms
+    # against the large terms of segments where only small rates ran. So intervals are grouped
+    # by the magnitude of their rate (2**16 apart), and each group's prefix runs only over the
+    # segments where one of its members is active: there every term is at most E_k / q_min.
+    energy = np.zeros(q.size, dtype=_LD)
+    bucket = np.floor(np.log2(np.maximum(q, 1))).astype(np.int64) // 16
+    for b in np.unique(bucket):
+        m = bucket == b
+        sb, eb = si[m], ei[m]
+        active = np.cumsum(np.bincount(sb, minlength=nseg + 1) - np.bincount(eb, minlength=nseg + 1))[:nseg] > 0
+        prefix = np.zeros(nseg + 1, dtype=_LD)
+        np.cumsum(np.where(active, per_rate, _LD(0)), out=prefix[1:])
+        energy[m] = q[m].astype(_LD) * (prefix[eb] - prefix[sb])
     if tiny.any():
         per_count = np.zeros(nseg, dtype=_LD)
         per_count[tiny] = seg_e[tiny] / count[tiny]

@@ -181,13 +181,15 @@ class ProcStatUtilisation:
     """System-wide CPU utilisation in [0, 1] from ``/proc/stat``, between consecutive calls.
 
     The first call measures from construction. A call too soon after the previous one (no clock
-    tick in between) repeats the previous value. Raises OSError when the file cannot be read.
+    tick in between) repeats the previous value, and before any such interval the average since
+    boot stands in. Raises OSError when the file cannot be read.
     """
 
     def __init__(self, path: str = "/proc/stat") -> None:
         self.path = path
         self._last = self._sample()
-        self._value = 0.0
+        busy, total = self._last
+        self._value = min(1.0, max(0.0, busy / total)) if total > 0 else 0.0
 
     def _sample(self) -> tuple[int, int]:
         with open(self.path, encoding="ascii", errors="replace") as f:
@@ -274,7 +276,8 @@ class CpuEstimateSource(Source):
         if table is None:
             table = load_cpu_tdp_table()
         if not table:
-            return _Tdp(DEFAULT_TDP_W, None, f"TDP {DEFAULT_TDP_W:g} W assumed: codecarbon's CPU table not found; {idle}")
+            why = "codecarbon's CPU table not found"
+            return _Tdp(DEFAULT_TDP_W, None, f"TDP {DEFAULT_TDP_W:g} W assumed: {why}; {idle}")
         if not self.cpu_model:
             return _Tdp(DEFAULT_TDP_W, None, f"TDP {DEFAULT_TDP_W:g} W assumed: CPU model unknown; {idle}")
         found = match_cpu_model(self.cpu_model, table)

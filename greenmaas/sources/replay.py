@@ -129,10 +129,11 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
             raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from exc
     if rows == 0:
         raise InputError("no data rows after the header", path=path, line=2)
-    return {
-        dev: TraceData(np.frombuffer(t, dtype=np.float64), np.frombuffer(e, dtype=np.float64), np.frombuffer(p, dtype=np.float64))
-        for dev, (t, e, p) in columns.items()
-    }
+    return {dev: TraceData(_f64(t), _f64(e), _f64(p)) for dev, (t, e, p) in columns.items()}
+
+
+def _f64(values: array) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.float64)  # shares the array's memory: no copy
 
 
 @dataclass(frozen=True)

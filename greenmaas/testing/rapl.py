@@ -28,8 +28,10 @@ class RaplTree:
         self._domains = domains  # device id -> domain directory
 
     def path(self, domain: str, file: str = "energy_uj") -> str:
-        """Path of one file of a domain (``"cpu:0"``, ``"dram:1"``)."""
-        return os.path.join(self._domains[domain], file)
+        """Path of one file of a domain: a device id (``"cpu:0"``, ``"dram:1"``) or a domain
+        directory relative to the root (``"intel-rapl:0:0"``)."""
+        directory = self._domains.get(domain) or os.path.join(self.root, domain)
+        return os.path.join(directory, file)
 
     def set_energy(self, domain: str, uj: int) -> None:
         """Set a domain's ``energy_uj`` counter (µJ)."""

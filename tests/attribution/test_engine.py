@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from greenmaas.attribution.engine import rates_for, share_energy, share_time
@@ -78,6 +78,7 @@ span_st = st.tuples(st.floats(0, 100), st.floats(0, 30), st.floats(0.0, 1000.0))
 
 
 @settings(max_examples=300, deadline=None)
+@example(powers=[1.3080839920936], spans=[(0.0, 2.0, 1e-12), (1.0, 1.0, 4.0)], policy="weighted")
 @given(
     st.lists(st.floats(0.0, 800.0), min_size=1, max_size=50),
     st.lists(span_st, min_size=0, max_size=40),

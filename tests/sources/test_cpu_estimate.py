@@ -65,14 +65,18 @@ def test_codecarbon_table_is_read_by_path_without_importing_codecarbon():
 
 def test_power_is_tdp_scaled_by_utilisation_with_an_idle_floor():
     u = iter([0.0, 1.0, 0.5, 1.7, -0.2])
-    src = CpuEstimateSource(cpu_model="AMD EPYC 7763 64-Core Processor", utilisation=lambda: next(u), cpu_count=1, tdp_table=TABLE)
+    src = CpuEstimateSource(
+        cpu_model="AMD EPYC 7763 64-Core Processor", utilisation=lambda: next(u), cpu_count=1, tdp_table=TABLE
+    )
     watts = [src.read("cpu:0").power_w for _ in range(5)]
-    assert watts == pytest.approx([280 * IDLE_SHARE, 280, 280 * (IDLE_SHARE + (1 - IDLE_SHARE) * 0.5), 280, 280 * IDLE_SHARE])
+    half = 280 * (IDLE_SHARE + (1 - IDLE_SHARE) * 0.5)
+    assert watts == pytest.approx([280 * IDLE_SHARE, 280, half, 280, 280 * IDLE_SHARE])  # clamped to [0, 1]
     assert src.default_period_s == 0.5
 
 
 def test_device_is_labelled_estimate_with_where_the_tdp_came_from():
-    src = CpuEstimateSource(cpu_model="Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", utilisation=lambda: 0.3, cpu_count=2, tdp_table=TABLE)
+    model = "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
+    src = CpuEstimateSource(cpu_model=model, utilisation=lambda: 0.3, cpu_count=2, tdp_table=TABLE)
     (dev,) = src.devices()
     assert (dev.id, dev.kind, dev.method) == ("cpu:0", "cpu", ESTIMATE)
     assert "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz" in dev.name and "TDP 2 × 150 W" in dev.name
@@ -85,7 +89,8 @@ def test_device_is_labelled_estimate_with_where_the_tdp_came_from():
 def test_unknown_model_assumes_the_default_and_says_why():
     src = CpuEstimateSource(cpu_model="Weird CPU 9000X", utilisation=lambda: 1.0, cpu_count=1, tdp_table=TABLE)
     (dev,) = src.devices()
-    assert dev.note.startswith(f"TDP {DEFAULT_TDP_W:g} W assumed: no match for 'Weird CPU 9000X' in codecarbon's CPU table")
+    expected = f"TDP {DEFAULT_TDP_W:g} W assumed: no match for 'Weird CPU 9000X' in codecarbon's CPU table"
+    assert dev.note.startswith(expected)
     assert dev.method == ESTIMATE
     assert src.read("cpu:0").power_w == DEFAULT_TDP_W
 
@@ -116,7 +121,7 @@ def test_proc_stat_utilisation_from_deltas(tmp_path):
 
     write(100, 50, 800, 50)
     util = ProcStatUtilisation(str(stat))
-    assert util() == 0.0  # no tick since construction
+    assert util() == pytest.approx(0.15)  # no tick since construction: the average since boot
     write(160, 70, 900, 70)  # +80 busy, +120 idle/iowait
     assert util() == pytest.approx(0.4)
     assert util() == pytest.approx(0.4)  # no new tick: repeats the last value
@@ -126,7 +131,9 @@ def test_proc_stat_utilisation_from_deltas(tmp_path):
 
 def test_read_cpu_model(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n")
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n"
+    )
     assert read_cpu_model(str(info)) == "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
     info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")
     assert read_cpu_model(str(info)) is None

@@ -32,7 +32,8 @@ def test_gpu_and_rapl_make_the_estimate_unneeded(tmp_path):
 
 
 def test_nothing_but_the_estimate(tmp_path):
-    found = detect(nvml=FakeNVML(library_missing=True), rapl_root=tmp_path / "none", cpu_model="AMD EPYC 7763 64-Core Processor")
+    nv = FakeNVML(library_missing=True)
+    found = detect(nvml=nv, rapl_root=tmp_path / "none", cpu_model="AMD EPYC 7763 64-Core Processor")
     assert [type(s) for s in found.sources] == [CpuEstimateSource]
     (dev,) = found.devices()
     assert (dev.id, dev.method) == ("cpu:0", ESTIMATE)
@@ -51,7 +52,8 @@ def test_rapl_permission_denied_is_reported_and_the_estimate_used(tmp_path, monk
     found = detect(nvml=FakeNVML(init_error=NVML_ERROR_DRIVER_NOT_LOADED), rapl_root=tree.root, cpu_model="x")
     reasons = {u.source: u.reason for u in found.unused}
     assert reasons["nvml"] == "NVML: driver not loaded"
-    assert reasons["rapl"].startswith(f"RAPL: permission denied on {tree.root}/intel-rapl:0/energy_uj — grant read access")
+    denied = f"RAPL: permission denied on {tree.root}/intel-rapl:0/energy_uj — grant read access"
+    assert reasons["rapl"].startswith(denied)
     assert [d.method for d in found.devices()] == [ESTIMATE]
 
 

@@ -1,8 +1,20 @@
+import __future__
+import ast
 import gc
+import importlib.util
+import itertools
+import os
 import subprocess
 import sys
+import types
+import typing
+import warnings
+from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from greenmaas.errors import DeviceReadError, SourceUnavailable
 from greenmaas.sampling.timeline import Timeline
@@ -53,18 +65,18 @@ def test_environment_variable_is_the_default(monkeypatch):
 def test_indices_are_renumbered_in_list_order():
     assert visible("2,0") == [("gpu:0", UUIDS[2]), ("gpu:1", UUIDS[0])]
     assert visible(" 1 , 2") == [("gpu:0", UUIDS[1]), ("gpu:1", UUIDS[2])]
+    assert visible("1gpu2,+2") == [("gpu:0", UUIDS[1]), ("gpu:1", UUIDS[2])]  # read like strtoul
 
 
 def test_full_uuid_and_unique_prefix():
     assert visible(UUIDS[2]) == [("gpu:0", UUIDS[2])]
     assert visible("GPU-1111") == [("gpu:0", UUIDS[0])]
-    assert visible("gpu-2222" + "3") == [("gpu:0", UUIDS[2])]  # case-insensitive
-    assert visible(f"{UUIDS[1]},0") == [("gpu:0", UUIDS[1]), ("gpu:1", UUIDS[0])]
+    assert visible(f"GPU-22223,{UUIDS[0]}") == [("gpu:0", UUIDS[2]), ("gpu:1", UUIDS[0])]
 
 
 def test_ambiguous_prefix_is_invalid_and_stops_the_list():
     # GPU-2222 is a prefix of two UUIDs
-    assert visible("0,GPU-2222,1") == [("gpu:0", UUIDS[0])]
+    assert visible(f"{UUIDS[0]},GPU-2222,{UUIDS[2]}") == [("gpu:0", UUIDS[0])]
 
 
 @pytest.mark.parametrize(
@@ -73,9 +85,12 @@ def test_ambiguous_prefix_is_invalid_and_stops_the_list():
         ("0,7,1", [UUIDS[0]]),  # index out of range ends the list
         ("1,abc,0", [UUIDS[1]]),
         ("abc,0", []),
-        ("GPU-ffff,0", []),  # unknown UUID
-        ("1,1,0", [UUIDS[1]]),  # a repeated device is invalid too
-        (f"1,{UUIDS[1]}", [UUIDS[1]]),  # the same GPU by index then UUID
+        (f"GPU-ffff,{UUIDS[0]}", []),  # unknown UUID
+        (f"{UUIDS[1]},0", [UUIDS[1]]),  # the first entry sets the form: an index ends a UUID list
+        (f"1,{UUIDS[0]}", [UUIDS[1]]),  # and a UUID ends an index list
+        ("gpu-1111", []),  # prefixes and UUIDs are case-sensitive, as in CUDA
+        ("1,1,0", []),  # a device named twice empties the list
+        (f"{UUIDS[0]},GPU-1111", []),  # also by a prefix
         ("0,", [UUIDS[0]]),
         ("", []),
         ("-1", []),
@@ -116,16 +131,16 @@ def test_mig_instance_measures_the_parent_gpu_and_says_so():
         assert src.read("gpu:0").energy_j is not None
 
 
-def test_mig_prefix_and_mixed_list():
-    with NvmlSource(nvml=mig_host(), visible_devices=f"MIG-aaaa,{UUIDS[0]}") as src:
+def test_two_mig_instances_by_prefix_and_a_gpu_uuid_ends_the_list():
+    with NvmlSource(nvml=mig_host(), visible_devices=f"MIG-aaaa,{MIG_B},{UUIDS[0]}") as src:
         a, b = src.devices()
-    assert (a.uuid, MIG_A in a.note) == (UUIDS[1], True)
-    assert (b.uuid, b.note) == (UUIDS[0], None)
+    assert (a.id, a.uuid, MIG_A in a.note) == ("gpu:0", UUIDS[1], True)
+    assert (b.id, b.uuid, MIG_B in b.note) == ("gpu:1", UUIDS[1], True)
 
 
 def test_unknown_mig_stops_the_list():
-    with NvmlSource(nvml=mig_host(), visible_devices="0,MIG-ffff,1") as src:
-        assert [d.uuid for d in src.devices()] == [UUIDS[0]]
+    with NvmlSource(nvml=mig_host(), visible_devices=f"{MIG_A},MIG-ffff,{MIG_B}") as src:
+        assert [d.note.split(":")[0] for d in src.devices()] == [f"MIG instance {MIG_A}"]
 
 
 def test_legacy_mig_form_names_the_parent():
@@ -283,7 +298,8 @@ def test_read_failure_mid_run_names_device_and_error_then_recovers():
 
 
 def test_gpu_that_cannot_be_opened_keeps_its_index():
-    gpus = [FakeGPU(uuid=UUIDS[0]), FakeGPU(uuid=UUIDS[1], fail=lambda t: fake.NVML_ERROR_NO_PERMISSION), FakeGPU(uuid=UUIDS[2])]
+    denied = FakeGPU(uuid=UUIDS[1], fail=lambda t: fake.NVML_ERROR_NO_PERMISSION)
+    gpus = [FakeGPU(uuid=UUIDS[0]), denied, FakeGPU(uuid=UUIDS[2])]
     with NvmlSource(nvml=FakeNVML(gpus), visible_devices=None) as src:
         devs = src.devices()
         assert [d.method for d in devs] == [COUNTER, UNMEASURABLE, COUNTER]
@@ -372,7 +388,8 @@ def test_driver_reload_never_gives_negative_energy():
     def counter(t):  # 200 W; the driver reloads at t=1 s and the counter restarts from 0
         return int(200_000 * t) if t < 1.0 else int(200_000 * (t - 1.0))
 
-    src = NvmlSource(nvml=FakeNVML([FakeGPU(energy_mj=counter, instant_power_mw=None, power_mw=200_000)], clock=clock), visible_devices=None)
+    gpu = FakeGPU(energy_mj=counter, instant_power_mw=None, power_mw=200_000)
+    src = NvmlSource(nvml=FakeNVML([gpu], clock=clock), visible_devices=None)
     tl = sample(src, clock, "gpu:0", 2.0, period_s=0.05)
     assert tl.resets == 1
     assert tl.energy_between(0.0, 2.0) == pytest.approx(400.0, rel=0.03)
@@ -381,7 +398,8 @@ def test_driver_reload_never_gives_negative_energy():
 
 def test_timeline_records_a_gap_while_the_gpu_fails():
     clock = FakeClock()
-    gpu = FakeGPU(energy_mj=lambda t: 100_000 * t, fail=lambda t: fake.NVML_ERROR_GPU_IS_LOST if 1.0 <= t < 1.5 else None)
+    lost = lambda t: fake.NVML_ERROR_GPU_IS_LOST if 1.0 <= t < 1.5 else None  # noqa: E731
+    gpu = FakeGPU(energy_mj=lambda t: 100_000 * t, fail=lost)
     src = NvmlSource(nvml=FakeNVML([gpu], clock=clock), visible_devices=None)
     tl = sample(src, clock, "gpu:0", 2.0, period_s=0.125)  # exact in binary
     (gap,) = tl.gaps
@@ -389,3 +407,59 @@ def test_timeline_records_a_gap_while_the_gpu_fails():
     assert "GPU is lost" in gap.reason
     # The counter spans the gap: the total is still known.
     assert tl.energy_between(0.0, 2.0) == pytest.approx(200.0, rel=0.01)
+
+
+# ---------------------------------------------------------------------- agreement with PyTorch
+
+
+@pytest.fixture(scope="module")
+def torch_rules():
+    """PyTorch's emulation of CUDA's CUDA_VISIBLE_DEVICES rules, taken from the installed torch's
+    source without importing torch (2 s), over a fake host with the three GPUs of UUIDS."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        pytest.skip("torch is not installed")
+    path = Path(spec.origin).parent / "cuda" / "__init__.py"
+    wanted = {"_parse_visible_devices", "_transform_uuid_to_ordinals", "_device_count_nvml"}
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError) as exc:
+        pytest.skip(f"cannot read {path}: {exc}")
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    if {f.name for f in funcs} != wanted:
+        pytest.skip("this torch has no CUDA_VISIBLE_DEVICES helpers")
+    namespace = {
+        "os": os,
+        "cast": typing.cast,
+        "warnings": warnings,
+        "torch": types.SimpleNamespace(version=types.SimpleNamespace(hip=None)),
+        "_raw_device_count_nvml": lambda: len(UUIDS),
+        "_raw_device_uuid_nvml": lambda: list(UUIDS),
+    }
+    module = ast.Module(body=funcs, type_ignores=[])
+    exec(compile(module, str(path), "exec", flags=__future__.annotations.compiler_flag), namespace)
+    return types.SimpleNamespace(**{name: namespace[name] for name in wanted})
+
+
+ENTRY = st.sampled_from(
+    ["0", "1", "2", "3", "-1", "+1", "1gpu2", "", "abc", "GPU-1111", "GPU-2222", "GPU-22223", "GPU-ffff", "GPU-"]
+    + UUIDS
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(entries=st.lists(ENTRY, min_size=1, max_size=5))
+@example(entries=["GPU-1111", UUIDS[0]])  # two spellings of one GPU
+@example(entries=["GPU-1111", "GPU-ffff", "GPU-1111"])  # a repeat after an unknown UUID
+def test_visible_devices_agree_with_pytorch(torch_rules, entries):
+    spec = ",".join(entries)
+    with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": spec}):
+        parsed = torch_rules._parse_visible_devices()
+        if parsed and isinstance(parsed[0], str):
+            ordinals = torch_rules._transform_uuid_to_ordinals(parsed, list(UUIDS))
+        else:
+            ordinals = list(itertools.takewhile(lambda i: i < len(UUIDS), parsed))
+        count = torch_rules._device_count_nvml()
+    ours = [UUIDS.index(u) for _, u in visible(spec)]
+    assert ours == ordinals
+    assert len(ours) == count

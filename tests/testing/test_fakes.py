@@ -130,7 +130,8 @@ def test_fail_function_and_a_counter_that_goes_backwards():
 
 
 def test_mig_functions():
-    nv = FakeNVML([FakeGPU(uuid="GPU-p", migs=["MIG-1", "MIG-2"]), FakeGPU(uuid="GPU-q", arch=fake.NVML_DEVICE_ARCH_TURING)])
+    parted = FakeGPU(uuid="GPU-p", migs=["MIG-1", "MIG-2"])
+    nv = FakeNVML([parted, FakeGPU(uuid="GPU-q", arch=fake.NVML_DEVICE_ARCH_TURING)])
     nv.nvmlInit()
     parent = nv.nvmlDeviceGetHandleByIndex(0)
     assert nv.nvmlDeviceGetMigMode(parent) == [1, 1]
