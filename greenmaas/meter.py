@@ -355,6 +355,7 @@ class Meter:
                     device=dev,
                     energy_j=inc.get(dev, 0.0),
                     self_j=s.acc.self_j.get(dev, 0.0),
+                    self_device_s=s.acc.self_s.get(dev, 0.0),
                     method=tl.method,
                     gap_s=gap_seconds(tl, s.start, s.end),  # type: ignore[arg-type]
                 )
@@ -426,6 +427,7 @@ class Meter:
                     attributed_j=w.attributed_j,
                     idle_j=w.idle_j,
                     gap_s=gap_seconds(tl, w.t0, w.t1) if tl is not None else 0.0,
+                    idle_s=w.idle_s,
                     start=self.clock.to_utc(w.t0),
                     end=self.clock.to_utc(w.t1),
                 )

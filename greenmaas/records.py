@@ -25,6 +25,7 @@ class DeviceEnergy:
     energy_j: float  # attributed to the span and its descendants (inclusive)
     method: str
     self_j: float = 0.0  # attributed to the span alone, excluding children (sums without double counting)
+    self_device_s: float = 0.0  # device time shared by the same rules as energy (hardware cost)
     gap_s: float = 0.0  # seconds of the span during which the device could not be read
 
 
@@ -118,4 +119,5 @@ class DeviceTotals:
     idle_j: float
     gap_s: float = 0.0
     start: datetime | None = None
+    idle_s: float = 0.0  # device time with no span running (the operator's hardware cost)
     end: datetime | None = None

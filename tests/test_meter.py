@@ -245,3 +245,21 @@ def test_short_request_between_reads_takes_power_inside_its_boundaries():
         else:
             meter.tick()
     assert span.result.energy_j == pytest.approx(500.0 * 0.030, rel=0.02)
+
+
+def test_device_time_is_shared_like_energy():
+    meter, clock = make_meter()
+    a = meter.measure("a")
+    b = meter.measure("b")
+    ctx_a, ctx_b = contextvars.copy_context(), contextvars.copy_context()
+    ctx_a.run(a.__enter__)
+    step(meter, clock, 1.0)
+    ctx_b.run(b.__enter__)
+    step(meter, clock, 1.0)
+    ctx_a.run(a.__exit__, None, None, None)
+    ctx_b.run(b.__exit__, None, None, None)
+    step(meter, clock, 1.0)
+    assert a.acc.self_s["gpu:0"] == pytest.approx(1.5)
+    assert b.acc.self_s["gpu:0"] == pytest.approx(0.5)
+    meter.stop()
+    assert meter.totals["gpu:0"]["idle_j"] == pytest.approx(100.0)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..sampling.timeline import Timeline
 from ..spans import CONTAINER_KINDS, Span
-from .engine import share_energy
+from .engine import share_energy, share_time
 
 __all__ = ["LiveAttributor", "Accumulator", "WindowTotals"]
 
@@ -43,6 +43,12 @@ class Accumulator:
 
     self_j: dict[str, float] = field(default_factory=dict)
     child_j: dict[str, float] = field(default_factory=dict)
+    # Device time (s) shared by the same rules as energy: what a rented device's price is
+    # charged by. Self only; a parent's time is not summed from its children.
+    self_s: dict[str, float] = field(default_factory=dict)
+
+    def add_self_s(self, device: str, s: float) -> None:
+        self.self_s[device] = self.self_s.get(device, 0.0) + s
 
     def add_self(self, device: str, j: float) -> None:
         self.self_j[device] = self.self_j.get(device, 0.0) + j
@@ -66,6 +72,7 @@ class WindowTotals:
     total_j: float
     attributed_j: float
     idle_j: float
+    idle_s: float = 0.0  # device time with no span: the operator's own, for hardware cost
 
 
 class LiveAttributor:
@@ -156,7 +163,12 @@ class LiveAttributor:
             sh = share_energy(ct, ce, st[mask], en[mask], rt[mask], ow[mask], len(owners), t0, t1)
             for i in np.nonzero(sh.by_owner)[0]:
                 owners[i].acc.add_self(dev, float(sh.by_owner[i]))
-            totals.append(WindowTotals(dev, tl.method, t0, t1, sh.total_j, sh.attributed_j, sh.idle_j))
+            tm = share_time(st[mask], en[mask], rt[mask], ow[mask], len(owners), t0, t1)
+            for i in np.nonzero(tm.by_owner)[0]:
+                owners[i].acc.add_self_s(dev, float(tm.by_owner[i]))
+            totals.append(
+                WindowTotals(dev, tl.method, t0, t1, sh.total_j, sh.attributed_j, sh.idle_j, tm.idle_j)
+            )
 
         # Finalise spans that ended by t1: children before parents.
         done = [s for s in spans if s.end is not None and s.end <= t1]
