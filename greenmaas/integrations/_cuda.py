@@ -292,18 +292,20 @@ class EventResolver:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._closed:
+                if not self._pending and not self._closed:
                     self._cv.wait(self.reanchor_s)
-                    if not self._pending:
-                        self._maybe_reanchor()
-                if self._closed and not self._pending:
-                    return
+                busy, closed = bool(self._pending), self._closed
+            if closed and not busy:
+                return
             try:
-                self.poll()
+                if busy:
+                    self.poll()
+                # Outside the lock: an anchor spins on the GPU, and submit() must never wait.
                 self._maybe_reanchor()
             except Exception as exc:  # keep resolving whatever else is pending
                 log.warning("greenmaas: CUDA event resolver: %s", exc)
-            time.sleep(self.poll_s)
+            if busy:
+                time.sleep(self.poll_s)
 
     def _maybe_reanchor(self) -> None:
         now = self.clock.monotonic()

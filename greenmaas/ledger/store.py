@@ -60,6 +60,8 @@ ENV_TENANT_KEY = "GREENMAAS_TENANT_KEY"
 BUSY_TIMEOUT_MS = 5000
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# PRAGMA takes no bound parameters; this is built once from our own integer constant.
+_BUSY_PRAGMA = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}"
 _PSEUDONYM = re.compile(r"t-[0-9a-f]{16}")
 _TABLES = frozenset(Base.metadata.tables)
 
@@ -209,7 +211,7 @@ class Ledger:
                 # We issue BEGIN ourselves (below) so that transactions mean what they say.
                 dbapi_conn.isolation_level = None
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA busy_timeout = 5000")
+                cur.execute(_BUSY_PRAGMA)
                 cur.execute("PRAGMA foreign_keys = ON")
                 cur.execute("PRAGMA synchronous = NORMAL")
                 if readonly:
@@ -241,7 +243,6 @@ class Ledger:
     def _validate(self, *, create: bool) -> None:
         """Check this is a greenmaas ledger of a schema we know; initialise it if empty."""
         from sqlalchemy import inspect, select
-        from sqlalchemy.exc import DBAPIError
 
         def state(conn) -> tuple[set[str], dict[str, str] | None]:
             tables = set(inspect(conn).get_table_names())
@@ -250,13 +251,8 @@ class Ledger:
             rows = conn.execute(select(Meta.key, Meta.value)).all()
             return tables, {k: v for k, v in rows}
 
-        try:
-            with self._engine.connect() as conn:
-                tables, meta = state(conn)
-        except DBAPIError as exc:
-            raise LedgerError(
-                f"{self.display}: cannot be read as a greenmaas ledger ({_first_line(exc)})"
-            ) from exc
+        with self._translate("cannot be read as a greenmaas ledger"), self._engine.connect() as conn:
+            tables, meta = state(conn)
 
         if not tables:
             if not create:
@@ -305,18 +301,19 @@ class Ledger:
     # ------------------------------------------------------------------- transactions & errors
 
     @contextmanager
-    def _translate(self) -> Iterator[None]:
-        """The one place where database errors become :class:`LedgerError`."""
+    def _translate(self, doing: str | None = None) -> Iterator[None]:
+        """The one place where database errors become :class:`LedgerError`: one line, naming the
+        ledger, ``doing`` (what failed) and the driver's message."""
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
             yield
         except GreenmaasError:
             raise
-        except (SQLAlchemyError, sqlite3.Error) as exc:
-            raise LedgerError(f"{self.display}: {_first_line(exc)}") from exc
-        except OSError as exc:
-            raise LedgerError(f"{self.display}: {exc.strerror or exc}") from exc
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            problem = getattr(exc, "strerror", None) or _first_line(exc)
+            message = f"{doing} ({problem})" if doing else problem
+            raise LedgerError(f"{self.display}: {message}") from exc
 
     def _check_open(self, *, write: bool) -> None:
         if self._closed:

@@ -20,6 +20,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
+from ..errors import ConfigError
 from ..records import DeviceTotals, RunRecord, SampleRecord, SpanRecord
 
 __all__ = ["LedgerWriter"]
@@ -58,18 +59,21 @@ class _State:
     # -- caller side ---------------------------------------------------------------------
 
     def submit(self, record: Any) -> bool:
+        problem = None
         with self.cond:
             if self.stopping:
-                self._error_locked(f"record submitted after close was dropped: {type(record).__name__}")
-                return False
-            if len(self.pending) >= self.max_queue:
+                problem = f"record submitted after close was dropped: {type(record).__name__}"
+            elif len(self.pending) >= self.max_queue:
+                self.dropped += 1
                 if not self.overflowing:
                     self.overflowing = True
-                    self._error_locked(
-                        f"writer queue full ({self.max_queue} records); dropping new records"
-                    )
-                self.dropped += 1
-                return False
+                    problem = f"writer queue full ({self.max_queue} records); dropping new records"
+                else:
+                    return False
+        if problem is not None:
+            self._error(problem)
+            return False
+        with self.cond:
             self.pending.append(record)
             self.submitted += 1
             if len(self.pending) == 1:
@@ -165,9 +169,10 @@ class _State:
                     break
                 if attempts > self.max_retries:
                     break
-                with self.cond:  # wait before retrying, but wake at once when closing
-                    if not self.stopping:
-                        self.cond.wait(delay)
+                deadline = time.monotonic() + delay
+                with self.cond:  # wait before retrying, but stop waiting when closing
+                    while not self.stopping and (left := deadline - time.monotonic()) > 0:
+                        self.cond.wait(left)
                 delay *= 2
                 continue
             with self.cond:
@@ -179,19 +184,14 @@ class _State:
 
     def _error(self, message: str) -> None:
         with self.cond:
-            self._error_locked(message)
-
-    def _error_locked(self, message: str) -> None:
-        self.errors.append((datetime.now(timezone.utc), message))
-        del self.errors[:-_MAX_ERRORS]
-        logger.warning("greenmaas ledger writer: %s", message)
+            self.errors.append((datetime.now(timezone.utc), message))
+            del self.errors[:-_MAX_ERRORS]
+        logger.warning("greenmaas ledger writer: %s", message)  # outside the lock: handlers may be slow
 
 
 def _is_record_error(exc: BaseException) -> bool:
     """True when the records themselves are at fault (retrying cannot help), not the database."""
     from sqlalchemy.exc import DataError, IntegrityError
-
-    from ..errors import ConfigError
 
     seen = 0
     while exc is not None and seen < 10:
@@ -209,7 +209,10 @@ class LedgerWriter:
     at once and never raises. Records are written in submission order, at most ``max_batch`` per
     transaction, at least every ``flush_interval_s`` seconds. A failing batch is retried
     ``max_retries`` times, ``retry_delay_s`` apart (doubling), then dropped and noted in
-    :attr:`errors`. At most ``max_queue`` records wait in memory; beyond that new ones are dropped.
+    :attr:`errors`; a batch refused because of one bad record (duplicate id, unknown run) is
+    written record by record so only that one is lost. At most ``max_queue`` records wait in
+    memory; beyond that new ones are dropped. A writer that is garbage collected or still open at
+    interpreter exit flushes for at most ``exit_timeout_s`` seconds.
     """
 
     def __init__(
@@ -221,9 +224,10 @@ class LedgerWriter:
         max_retries: int = 3,
         retry_delay_s: float = 0.1,
         max_queue: int = 1_000_000,
+        exit_timeout_s: float = 30.0,
     ):
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or max_queue < 1:
+            raise ConfigError("max_batch and max_queue must be at least 1")
         self.ledger = ledger
         self._state = _State(
             ledger, flush_interval_s, max_batch, max_retries, retry_delay_s, max_queue
@@ -233,8 +237,9 @@ class LedgerWriter:
         )
         self._state.thread = thread
         thread.start()
-        # Runs at close(), garbage collection or interpreter exit: queued records are not lost.
-        self._finalizer = weakref.finalize(self, self._state.close)
+        # Runs at garbage collection or interpreter exit: queued records are not lost, and a
+        # ledger that never answers cannot hold the interpreter hostage.
+        self._finalizer = weakref.finalize(self, self._state.close, exit_timeout_s)
 
     def submit(self, record: Any) -> bool:
         """Queue a record for writing. Returns False (and never raises) if it was refused."""

@@ -14,7 +14,7 @@ import pytest
 from ledger_records import at, run, sample, span, totals
 from sqlalchemy import select, text
 
-from greenmaas.errors import LedgerError
+from greenmaas.errors import ConfigError, LedgerError
 from greenmaas.ledger import Ledger, LedgerWriter
 from greenmaas.ledger.models import Run
 
@@ -199,5 +199,22 @@ def test_flush_times_out_rather_than_hang():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         LedgerWriter(RecordingLedger(), max_batch=0)
+
+
+def test_a_full_queue_drops_new_records_instead_of_growing():
+    release = threading.Event()
+    fake = RecordingLedger(fail=lambda batch, attempt: release.wait(5) and None)
+    w = LedgerWriter(fake, flush_interval_s=0.001, max_batch=1, max_queue=3)
+    w.submit(sample(0))
+    deadline = time.monotonic() + 5
+    while fake.attempts == 0 and time.monotonic() < deadline:  # the writer is now stuck on it
+        time.sleep(0.001)
+    results = [w.submit(sample(i)) for i in range(1, 7)]
+    assert results == [True] * 3 + [False] * 3
+    assert "queue full" in w.errors[-1][1] and len(w.errors) == 1
+    release.set()
+    assert w.flush(timeout=5)
+    w.close()
+    assert w.stats["written"] == 4 and w.stats["dropped"] == 3
