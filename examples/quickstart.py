@@ -36,16 +36,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ledger", default="greenmaas.db", help="ledger file or SQLAlchemy URL [greenmaas.db]")
     p.add_argument("--no-ledger", action="store_true", help="record nothing, print only")
     p.add_argument("--epochs", type=int, default=3, help="training epochs [3]")
-    p.add_argument("--samples", type=int, default=16384, help="synthetic training samples per epoch [16384]")
+    p.add_argument("--samples", type=int, default=16384, help="synthetic training samples [16384]")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size [256]")
     p.add_argument("--hidden", type=int, default=512, help="hidden width of the classifier [512]")
     p.add_argument(
         "--epoch-seconds",
         type=float,
-        default=5.0,
-        help="stop an epoch early after this many seconds, so slow machines finish too [5]",
+        default=3.0,
+        help="train each epoch for this long, cycling through the data, so the demo takes the same "
+        "time on any machine; 0: one pass over the data per epoch [3]",
     )
-    p.add_argument("--inference-calls", type=int, default=5, help="inference calls per model [5]")
+    p.add_argument("--inference-calls", type=int, default=20, help="inference calls per model [20]")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -89,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             for i, span, loss, acc, seen in epoch_spans:
                 r = span.result
                 print(
-                    f"  epoch {i}: {seen:6d} samples  loss {loss:.3f}  acc {acc:5.1%}  "
+                    f"  epoch {i}: {seen:7d} samples  loss {loss:.3f}  acc {acc:5.1%}  "
                     f"{r.duration_s:5.2f} s  {r.energy_j:8.1f} J  ({r.method})"
                 )
 
             print("\nInference")
             classifier.eval()
             with track_module(embedder, name=EMBEDDER) as emb:
-                batch = x[:4096]
+                batch = x[:2048]
                 by_model: dict[str, list] = {CLASSIFIER: [], EMBEDDER: []}
                 with torch.no_grad():
                     for _ in range(args.inference_calls):
@@ -109,31 +110,34 @@ def main(argv: list[str] | None = None) -> int:
             results = [s.result for s in spans if s is not None]
             energy = sum(r.energy_j for r in results)
             dur = sum(r.duration_s for r in results)
-            print(f"  {name:15s} {len(results)} calls of 4096 samples  {dur:5.2f} s  {energy:8.1f} J")
+            print(f"  {name:15s} {len(results)} calls of {batch.shape[0]} samples  {dur:5.2f} s  {energy:8.1f} J")
 
     _print_totals(meter, None if args.no_ledger else args.ledger)
     return 0
 
 
 def _train_one_epoch(model, opt, x, y, args, gen) -> tuple[float, float, int]:
+    """One pass over the data, or passes until ``--epoch-seconds`` have gone by."""
     model.train()
-    order = torch.randperm(x.shape[0], generator=gen)
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
-    for start in range(0, x.shape[0], args.batch_size):
-        idx = order[start : start + args.batch_size]
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad()
-        out = model(xb)
-        loss = torch.nn.functional.cross_entropy(out, yb)
-        loss.backward()
-        opt.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((out.argmax(1) == yb).sum())
-        seen += len(idx)
-        if time.perf_counter() - t0 > args.epoch_seconds:
-            break
-    return total_loss / seen, correct / seen, seen
+    while True:
+        order = torch.randperm(x.shape[0], generator=gen)
+        for start in range(0, x.shape[0], args.batch_size):
+            idx = order[start : start + args.batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad()
+            out = model(xb)
+            loss = torch.nn.functional.cross_entropy(out, yb)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(idx)
+            if args.epoch_seconds > 0 and time.perf_counter() - t0 >= args.epoch_seconds:
+                return total_loss / seen, correct / seen, seen
+        if args.epoch_seconds <= 0:
+            return total_loss / seen, correct / seen, seen
 
 
 def _describe_devices(meter: greenmaas.Meter) -> None:

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None, *, sources: Sequence[Any] | None = None)
     methods = {d.id: d.method for d in meter.sampler.devices}
 
     print(f"\nFirst {min(args.show, len(spans))} requests:")
-    print(f"  {'request':10s} {'tenant':8s} {'tok in':>6s} {'tok out':>7s} {'latency s':>9s} {'energy J':>9s} {'J/token':>8s}")
+    header = ("request", "tenant", "tok in", "tok out", "latency s", "energy J", "J/token")
+    print("  {:10s} {:8s} {:>6s} {:>7s} {:>9s} {:>9s} {:>8s}".format(*header))
     for s in spans[: args.show]:
         r = s.result
         print(

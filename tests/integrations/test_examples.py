@@ -70,6 +70,7 @@ def test_reconcile_adds_requests_and_idle_per_device(serve):
 def test_quickstart_runs(capsys):
     quickstart = _load("quickstart")
     argv = ["--epochs", "2", "--samples", "512", "--batch-size", "128", "--hidden", "32", "--inference-calls", "1"]
+    argv += ["--epoch-seconds", "0"]  # one pass per epoch
     assert quickstart.main([*argv, "--no-ledger"]) == 0
     out = capsys.readouterr().out
     assert "epoch 0:" in out and "epoch 1:" in out and "spans" in out and "idle" in out
