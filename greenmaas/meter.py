@@ -124,6 +124,7 @@ class Meter:
         self.run: RunRecord | None = None
         self._config = dict(config or {})
         self._finalizer = None
+        self._on_stop: list = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,6 +175,11 @@ class Meter:
         """Close open spans, attribute everything, write it, end the run. Safe to call twice."""
         if not self._started or self._stopped:
             return
+        for fn in list(self._on_stop):
+            try:
+                fn()
+            except Exception as exc:  # a hook must not keep the run from ending
+                self._error(f"stop hook {fn!r} failed: {exc}")
         self._stopped = True
         self._stop.set()
         if self._thread is not None:
@@ -268,6 +274,22 @@ class Meter:
         to its weight: ``weights`` if given, else its output tokens, else its items, else 1.
         """
         return Batch(self, list(requests), weights=weights, name=name, model=model, **tags)
+
+    def on_stop(self, fn) -> None:
+        """Call ``fn()`` at the start of :meth:`stop`, before the last attribution (e.g. to let
+        pending CUDA events resolve)."""
+        self._on_stop.append(fn)
+
+    def retime(self, span: Span, start: float | None, end: float | None) -> None:
+        """Settle a provisional span's times (monotonic s) once they are known, e.g. from CUDA
+        events. Times before what has already been attributed are clamped to it."""
+        with self._lock:
+            wm = self._attr.watermark if self._attr is not None else float("-inf")
+            if start is not None and not span.finalized:
+                span.start = max(start, wm) if span.start is None or span.start >= wm else span.start
+            if end is not None:
+                span.end = max(end, wm, span.start if span.start is not None else end)
+            span.provisional = False
 
     def _open_span(self, span: Span) -> None:
         if not self._started:

@@ -102,6 +102,7 @@ class Span:
         "rate_override",
         "finalized",
         "run_id",
+        "provisional",
         "__weakref__",
     )
 
@@ -152,6 +153,9 @@ class Span:
         self.rate_override: float | None = None
         self.finalized = False
         self.run_id: str | None = None
+        # True while the span's true times are not known yet (CUDA events pending): windows
+        # are not attributed past its start until Meter.retime() settles it.
+        self.provisional = False
 
     # ------------------------------------------------------------------ context manager
 
@@ -194,8 +198,8 @@ class Span:
                 self.request_id = parent.request_id
             if self.tenant is None:
                 self.tenant = parent.tenant
-        self._token = _current.set(self)
         meter._open_span(self)
+        self._token = _current.set(self)  # only once opened: a failed open leaves no trace
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -20,7 +20,8 @@ during its life" whenever one span tree runs alone):
 
 A window can only end where every span that might still change a share is known: under
 ``weighted``, before the start of any open span without children (its rate needs its duration);
-under both, before the start of an open request without children (it may yet join a batch).
+under both, before the start of an open request without children (it may yet join a batch), and
+before the start of a provisional span (its GPU times are still being resolved).
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ class LiveAttributor:
         lim = t
         for s in list(self._spans.values()):
             if s.end is not None or s.start is None:
+                continue
+            if s.provisional:
+                lim = min(lim, s.start)
                 continue
             if s.has_children:
                 continue

@@ -257,6 +257,12 @@ class _Tracker:
         if timed and self.sync == "events":
             try:
                 frame.starts = [self.resolver().record(d) for d in timed]
+                # Hold attribution at the host start until the GPU times are known, so the
+                # start can move to when the GPU actually began.
+                span.provisional = True
+                if not getattr(meter, "_greenmaas_events_hook", False):
+                    meter._greenmaas_events_hook = True
+                    meter.on_stop(lambda: self.resolver().wait(30.0))
             except Exception as exc:  # keep the span, on host time
                 self._warn(f"CUDA events unavailable, {self.name!r} uses host time: {exc}")
                 frame.cuda = []
@@ -318,11 +324,9 @@ class _Tracker:
 class _Applier:
     """Sets an events-mode span's start and end once its CUDA events have completed.
 
-    The span stayed open (``end`` None) meanwhile, so the attributor has not finalised it. Its
-    start moves to the GPU's start only if no window has been attributed past the host start
-    yet; otherwise energy already given to ``[host start, watermark]`` stays, and the recorded
-    interval says so. Likewise the end is never set before the watermark. Done under the meter's
-    flush lock so no window is attributed halfway through the change.
+    The span stayed open (``end`` None) and provisional meanwhile, so the attributor attributed
+    no window past its host start: :meth:`Meter.retime` moves its start to the GPU's start and
+    sets its end, under the meter's lock.
     """
 
     __slots__ = ("span", "host_end")
@@ -334,26 +338,14 @@ class _Applier:
     def __call__(self, start: float | None, end: float | None, error: str | None) -> None:
         span = self.span
         meter = span._meter
-        lock = getattr(meter, "_lock", None) or contextlib.nullcontext()
-        with lock:
-            if span.end is not None or span.finalized:  # the meter stopped and closed it
-                return
-            attr = getattr(meter, "_attr", None)
-            watermark = attr.watermark if attr is not None else float("-inf")
-            if error is not None or start is None or end is None:
-                span.attrs["timing"] = "host"
-                span.attrs["timing_error"] = error
-                span.end = max(self.host_end, watermark)
-                return
-            host_start = span.start
-            if watermark <= host_start:
-                span.start = max(start, watermark)
-            else:
-                span.attrs["timing_start"] = "host"  # energy from its host start is already given
-            new_end = max(end, watermark, span.start)
-            if new_end > end:
-                span.attrs["timing_end_late_s"] = new_end - end
-            span.end = new_end
+        if span.end is not None or span.finalized:  # the meter stopped and closed it
+            return
+        if error is not None or start is None or end is None:
+            span.attrs["timing"] = "host"
+            span.attrs["timing_error"] = error
+            meter.retime(span, None, self.host_end)  # type: ignore[union-attr]
+            return
+        meter.retime(span, start, end)  # type: ignore[union-attr]
 
 
 def _enter(span: Span) -> None:

@@ -527,23 +527,25 @@ def test_events_mode_never_blocks_the_caller(meter, clock):
     resolver.close()
 
 
-def test_events_mode_keeps_energy_already_given_to_the_host_interval(meter, clock):
+def test_events_mode_holds_attribution_until_gpu_times_are_known(meter, clock):
     backend = FakeBackend(clock)
     resolver = EventResolver(backend=backend, clock=clock, thread=False)
     model = Timed(clock, dt=0.1)
     with track_module(model, meter=meter, sync="events", resolver=resolver):
         model(torch.randn(1, 4))  # host [0.0, 0.1]
     (span,) = meter.of_kind("forward")
+    assert span.provisional
     clock.set(1.0)
-    meter.tick()  # a window [0, 1] attributed with the span open from 0.0
+    meter.tick()  # no window passes the provisional span's host start
+    assert meter._attr.watermark <= 0.0
     for ev, t in zip(backend.events, (0.5, 0.8)):
         ev.complete(t)
     resolver.poll()
-    assert span.start == 0.0 and span.attrs["timing_start"] == "host"
-    assert span.end == 1.0 and span.attrs["timing_end_late_s"] == pytest.approx(0.2)
+    assert not span.provisional
+    assert (span.start, span.end) == (0.5, 0.8)  # the GPU's interval, not the launch's
     clock.advance(0.5)
     meter.tick()
-    assert span.result.energy_j == pytest.approx(POWER_W * 1.0)
+    assert span.result.energy_j == pytest.approx(POWER_W * 0.3)
     tot = meter.totals["gpu:0"]
     assert tot["attributed_j"] + tot["idle_j"] == pytest.approx(tot["total_j"])
 
