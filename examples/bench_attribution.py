@@ -73,6 +73,40 @@ def synth(seed: int, seconds: float = 60.0, read_s: float = 0.01, update_s: floa
     return reqs, truth, reads_t, counter, inst
 
 
+def exact_shares() -> list[tuple[str, str, float, float]]:
+    """Known answers: a 100 W device for 10 s (1,000 J) read every 100 ms; A runs 0–10 s with
+    weight 1, B 5–10 s with weight 3, C and D are one batch 2–4 s with weights 10 and 30."""
+    import tempfile
+
+    from greenmaas.attribution.offline import attribute_trace
+
+    with tempfile.TemporaryDirectory() as d:
+        trace = Path(d, "trace.csv")
+        rows_csv = "".join(f"{i / 10:.1f},gpu:0,{i * 10.0},100\n" for i in range(101))
+        trace.write_text("t,device,energy_j,power_w\n" + rows_csv)
+        spans = Path(d, "spans.csv")
+        spans.write_text("id,start,end,devices,weight\nA,0,10,gpu:0,1\nB,5,10,gpu:0,3\nC,2,4,gpu:0,10\nD,2,4,gpu:0,30\n")
+        expected = {
+            # time: every instant split equally among the spans running then
+            "time": {"A": 200 + 200 / 3 + 100 + 500 / 2, "B": 500 / 2, "C": 200 / 3, "D": 200 / 3},
+            # weighted: rates A 0.1/s, B 0.6/s, C 5/s, D 15/s
+            "weighted": {
+                "A": 200 + 200 * 0.1 / 20.1 + 100 + 500 * 0.1 / 0.7,
+                "B": 500 * 0.6 / 0.7,
+                "C": 200 * 5 / 20.1,
+                "D": 200 * 15 / 20.1,
+            },
+        }
+        rows = []
+        for policy, exp in expected.items():
+            res = attribute_trace(trace, spans, policy=policy)
+            got = dict(zip(res.spans.ids, res.span_energy_j()))
+            for sid in "ABCD":
+                rows.append((policy, sid, exp[sid], float(got[sid])))
+            rows.append((policy, "(idle)", 0.0, res.idle_j["gpu:0"]))
+    return rows
+
+
 def accuracy(seeds=range(5), read_s: float = 0.01) -> dict:
     errs = {
         "greenmaas: counter re-timed, power shape cut at span boundaries": [],
@@ -180,6 +214,7 @@ def main() -> int:
     ap.add_argument("--out", default="reports/attribution.md")
     ap.add_argument("--spans", type=int, default=1_000_000)
     args = ap.parse_args()
+    exact = exact_shares()
     acc = {r: accuracy(read_s=r) for r in (0.02, 0.01, 0.005)}
     ov = overhead()
     sc = scale(args.spans)
@@ -189,6 +224,16 @@ def main() -> int:
         "Regenerate with `make bench` (runs `python examples/bench_attribution.py`).",
         f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
         f"numpy {np.__version__}; {time.strftime('%Y-%m-%d', time.gmtime())}.",
+        "",
+        "## 0. Exact shares on a known trace (`greenmaas attribute`, both policies)",
+        "",
+        "A 100 W device for 10 s (1,000 J), read every 100 ms. A runs 0–10 s (weight 1), B 5–10 s",
+        "(weight 3), C and D are one batch at 2–4 s (weights 10 and 30). Expected values are worked",
+        "by hand from the policy definitions (see `exact_shares` in the script).",
+        "",
+        "| policy | span | expected J | attributed J |",
+        "|---|---|---:|---:|",
+        *[f"| {p} | {sid} | {e:.6f} | {g:.6f} |" for p, sid, e, g in exact],
         "",
         "## 1. Per-request accuracy on synthetic traces",
         "",
@@ -229,7 +274,21 @@ def main() -> int:
     ]
     for p, v in sc.items():
         lines.append(f"| {p} | {v['seconds']:.2f} | {v['residual']:.1e} |")
-    lines += ["", "Target: ≤ 5 s.", ""]
+    lines += [
+        "",
+        "Target: ≤ 5 s.",
+        "",
+        "## Limits of this evidence",
+        "",
+        "- Section 1 is synthetic. On A100 and H100, NVML's power reading covers only ~25 ms of",
+        "  every 100 ms (Yang et al., arXiv 2312.02741), so real power reads are noisier than the",
+        "  3% modelled here; the counter still fixes the totals of every ~100 ms step. The check",
+        "  against a real GPU is `examples/validate_gpu.py` (`reports/gpu-validation.md`).",
+        "- The span-boundary shape assumes power changes where spans start and end. Work that",
+        "  nobody marked (a background job on the same GPU) shows up as idle or is shared as if",
+        "  it belonged to the spans running then.",
+        "",
+    ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
