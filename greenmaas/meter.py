@@ -512,16 +512,13 @@ class Meter:
         arg = self._ledger_arg
         if arg is False:
             return
-        try:
-            from .ledger.store import Ledger
-            from .ledger.writer import LedgerWriter
+        from .ledger.store import Ledger
+        from .ledger.writer import LedgerWriter
 
-            self.ledger = arg if isinstance(arg, Ledger) else Ledger.open(arg)
-            self._writer = LedgerWriter(self.ledger)
-        except GreenmaasError as exc:
-            # The ledger is where results go; a ledger that cannot be opened is the user's to fix,
-            # so say so at once rather than measure into nothing.
-            raise exc
+        # A ledger that cannot be opened (not a ledger, newer schema) is the user's to fix: it
+        # raises LedgerError here, at start, rather than measuring into nothing.
+        self.ledger = arg if isinstance(arg, Ledger) else Ledger.open(arg)
+        self._writer = LedgerWriter(self.ledger)
 
     def _load_accounting(self) -> None:
         arg = self._accounting_arg
@@ -685,11 +682,7 @@ def measure(name: str, **tags: Any) -> Span:
 
 def request(request_id: str, **tags: Any) -> Span:
     """A request span on the current meter; see :meth:`Meter.request`."""
-    meter = _current_meter.get()
-    if meter is not None:
-        return meter.request(request_id, **tags)
-    span = get_meter().request(request_id, **tags)
-    return span
+    return get_meter().request(request_id, **tags)
 
 
 def batch(requests: Iterable[Any], **kwargs: Any) -> Batch:
