@@ -32,6 +32,20 @@ def step(meter, clock, seconds, dt=0.1):
         meter.tick()
 
 
+def overlapping_pair(meter, clock):
+    """Span a runs 0-2 s, b 1-2 s, each in its own context (as two tasks would)."""
+    a = meter.measure("a")
+    b = meter.measure("b")
+    ctx_a, ctx_b = contextvars.copy_context(), contextvars.copy_context()
+    ctx_a.run(a.__enter__)
+    step(meter, clock, 1.0)
+    ctx_b.run(b.__enter__)
+    step(meter, clock, 1.0)
+    ctx_a.run(a.__exit__, None, None, None)
+    ctx_b.run(b.__exit__, None, None, None)
+    return a, b
+
+
 def test_span_result_energy_and_duration():
     meter, clock = make_meter()
     with meter.measure("epoch-1", model="resnet50", phase="training") as span:
@@ -72,15 +86,7 @@ def test_nesting_parent_gets_everything_children_share():
 
 def test_concurrent_spans_share_time_policy():
     meter, clock = make_meter()
-    a = meter.measure("a")
-    b = meter.measure("b")
-    ctx_a, ctx_b = contextvars.copy_context(), contextvars.copy_context()
-    ctx_a.run(a.__enter__)
-    step(meter, clock, 1.0)
-    ctx_b.run(b.__enter__)
-    step(meter, clock, 1.0)
-    ctx_a.run(a.__exit__, None, None, None)
-    ctx_b.run(b.__exit__, None, None, None)
+    a, b = overlapping_pair(meter, clock)
     assert a.parent is None and b.parent is None
     assert a.result.energy_j == pytest.approx(150.0)
     assert b.result.energy_j == pytest.approx(50.0)
@@ -249,15 +255,7 @@ def test_short_request_between_reads_takes_power_inside_its_boundaries():
 
 def test_device_time_is_shared_like_energy():
     meter, clock = make_meter()
-    a = meter.measure("a")
-    b = meter.measure("b")
-    ctx_a, ctx_b = contextvars.copy_context(), contextvars.copy_context()
-    ctx_a.run(a.__enter__)
-    step(meter, clock, 1.0)
-    ctx_b.run(b.__enter__)
-    step(meter, clock, 1.0)
-    ctx_a.run(a.__exit__, None, None, None)
-    ctx_b.run(b.__exit__, None, None, None)
+    a, b = overlapping_pair(meter, clock)
     step(meter, clock, 1.0)
     assert a.acc.self_s["gpu:0"] == pytest.approx(1.5)
     assert b.acc.self_s["gpu:0"] == pytest.approx(0.5)

@@ -14,12 +14,12 @@ leaves. Every device's energy over its trace is split into span shares plus idle
 from __future__ import annotations
 
 import csv
-import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._parsing import finite_number
 from ..errors import InputError
 from ..sampling.timeline import build_curve
 from ..sources.replay import TraceData, load_trace
@@ -45,16 +45,6 @@ class SpanTable:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def _num(text: str, column: str, path: str, line: int) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise InputError(f"{column} is not a number: {text!r}", path=path, line=line) from None
-    if not math.isfinite(v):
-        raise InputError(f"{column} is not a finite number: {text!r}", path=path, line=line)
-    return v
 
 
 def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = None) -> SpanTable:
@@ -107,12 +97,12 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
                 if sid in seen:
                     raise InputError(f"duplicate span id {sid!r}", path=path, line=line)
                 seen.add(sid)
-                s = _num(row[ix["start"]], "start", path, line)
-                e = _num(row[ix["end"]], "end", path, line)
+                s = finite_number(row[ix["start"]], "start", path, line)
+                e = finite_number(row[ix["end"]], "end", path, line)
                 if e < s:
                     raise InputError(f"end {e:g} is before start {s:g}", path=path, line=line)
                 w_text = opt(row, "weight")
-                w = _num(w_text, "weight", path, line) if w_text is not None else 1.0
+                w = finite_number(w_text, "weight", path, line) if w_text is not None else 1.0
                 if w < 0:
                     raise InputError(f"weight is negative: {w_text}", path=path, line=line)
                 devs = tuple(d.strip() for d in row[ix["devices"]].split(";") if d.strip())

@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from ..clock import Clock
+from .._parsing import finite_number
 from ..errors import DeviceReadError, InputError
 from .base import REPLAY, Device, Reading, Source
 
@@ -45,16 +46,6 @@ class TraceData:
 
     def __len__(self) -> int:
         return int(self.t.size)
-
-
-def _number(text: str, column: str, path: str, line: int) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{column} is not a number: {text!r}", path=path, line=line) from None
-    if not math.isfinite(value):
-        raise InputError(f"{column} is not a finite number: {text!r}", path=path, line=line)
-    return value
 
 
 def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
@@ -102,13 +93,13 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
                 device = row[i_dev].strip()
                 if not device:
                     raise InputError("device is blank", path=path, line=line)
-                t = _number(row[i_t], "t", path, line)
+                t = finite_number(row[i_t], "t", path, line)
                 e_text = row[i_e].strip() if i_e is not None else ""
                 p_text = row[i_p].strip() if i_p is not None else ""
                 if not e_text and not p_text:
                     raise InputError("energy_j and power_w are both blank", path=path, line=line)
-                e = _number(e_text, "energy_j", path, line) if e_text else nan
-                p = _number(p_text, "power_w", path, line) if p_text else nan
+                e = finite_number(e_text, "energy_j", path, line) if e_text else nan
+                p = finite_number(p_text, "power_w", path, line) if p_text else nan
                 if p < 0:
                     raise InputError(f"power_w is negative: {p_text}", path=path, line=line)
                 if e < 0:
