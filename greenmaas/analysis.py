@@ -40,9 +40,14 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "samples": ("samples", ("run_id", "device", "t", "energy_j", "power_w", "method")),
     "devices": (
         "device_totals",
-        ("run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s"),
+        (
+            "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s",
+            "idle_s",
+        ),
     ),
-    "span_devices": ("span_devices", ("span_id", "device", "energy_j", "self_j", "method", "gap_s")),
+    "span_devices": (
+        "span_devices", ("span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s"),
+    ),
 }
 
 

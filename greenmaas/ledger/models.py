@@ -141,7 +141,11 @@ class Span(Base):
 
 
 class SpanDevice(Base):
-    """Energy of one span on one device (see :class:`greenmaas.records.DeviceEnergy`)."""
+    """Energy of one span on one device (see :class:`greenmaas.records.DeviceEnergy`).
+
+    ``self_device_s`` is the span's own share of the device's time, shared among concurrent spans
+    by the same rules as energy: what its hardware rental cost and embodied carbon are charged on.
+    """
 
     __tablename__ = "span_devices"
 
@@ -153,6 +157,7 @@ class SpanDevice(Base):
     self_j: Mapped[float | None] = mapped_column(Float)
     method: Mapped[str] = mapped_column(String(16))
     gap_s: Mapped[float] = mapped_column(Float, default=0.0)
+    self_device_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class Sample(Base):
@@ -173,7 +178,8 @@ class Sample(Base):
 class DeviceTotal(Base):
     """Per run, device and attribution window: consumed, attributed to spans, and idle.
 
-    A run may have several rows per device (one per window); reports sum them.
+    A run may have several rows per device (one per window); reports sum them. ``idle_s`` is the
+    device time in the window with no span running: the operator's own hardware line.
     """
 
     __tablename__ = "device_totals"
@@ -188,3 +194,4 @@ class DeviceTotal(Base):
     attributed_j: Mapped[float | None] = mapped_column(Float)
     idle_j: Mapped[float | None] = mapped_column(Float)
     gap_s: Mapped[float] = mapped_column(Float, default=0.0)
+    idle_s: Mapped[float] = mapped_column(Float, default=0.0)

@@ -437,6 +437,7 @@ class Ledger:
                 "attributed_j": _num(d.attributed_j),
                 "idle_j": _num(d.idle_j),
                 "gap_s": _num(d.gap_s) or 0.0,
+                "idle_s": _num(d.idle_s) or 0.0,
             }
             for d in totals
         ]
@@ -564,4 +565,5 @@ def _device_row(span_id: str, d) -> dict[str, Any]:
         "self_j": _num(d.self_j) if measured else None,
         "method": d.method,
         "gap_s": _num(d.gap_s) or 0.0,
+        "self_device_s": _num(d.self_device_s) or 0.0,
     }
