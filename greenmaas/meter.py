@@ -669,7 +669,14 @@ def get_meter() -> Meter:
     global _default_meter
     with _default_lock:
         if _default_meter is None or _default_meter._stopped:
-            _default_meter = Meter().start()
+            try:
+                _default_meter = Meter().start()
+            except GreenmaasError as exc:
+                # The implicit meter sits inside the user's training loop or server: a ledger
+                # that cannot be opened must not crash it. Measure without one and say so.
+                log.error("greenmaas: %s; measuring without a ledger (span results only)", exc)
+                _default_meter = Meter(ledger=False).start()
+                _default_meter._error(f"ledger not opened: {exc}")
         return _default_meter
 
 

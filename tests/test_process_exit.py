@@ -43,3 +43,24 @@ def test_default_meter_ends_run_at_exit(tmp_path, tail, status, code):
     spans = read_ledger(db, table="spans")
     assert spans["name"].tolist() == ["work"]
     assert spans["energy_j"].iloc[0] == pytest.approx(40.0 * spans["duration_s"].iloc[0], rel=0.2)
+
+
+def test_default_meter_survives_a_corrupt_ledger(tmp_path):
+    db = tmp_path / "g.db"
+    db.write_bytes(b"this is not a ledger\n" * 10)
+    before = db.read_bytes()
+    script = SCRIPT.format(tail="print('ok')").replace(
+        "m._default_meter = Meter(", "_unused = dict("
+    ).replace(").start()", ")")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"GREENMAAS_LEDGER": str(db), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert "measuring without a ledger" in proc.stderr
+    assert str(db) in proc.stderr
+    assert db.read_bytes() == before  # nothing overwritten
