@@ -8,7 +8,7 @@ import click
 
 from greenmaas.errors import ConfigError
 
-__all__ = ["FORMATS", "ledger_option", "format_option", "DateParam"]
+__all__ = ["FORMATS", "ACCOUNTING_OPTIONS", "ledger_option", "format_option", "accounting_options", "DateParam"]
 
 #: Output formats of the reporting commands.
 FORMATS = ("table", "csv", "json", "markdown")
@@ -39,6 +39,35 @@ def format_option(formats: Sequence[str] = FORMATS) -> Callable[[Callable], Call
         )(fn)
 
     return decorate
+
+
+#: ``(option, AccountingConfig field, metavar, help)`` of the options that re-price a report.
+ACCOUNTING_OPTIONS = (
+    ("--location", "location", "SPEC",
+     "Grid location: FR, FRA, US-CA, USA/virginia, gcp:europe-west1, aws:us-east-1, azure:westeurope, "
+     "or a fixed number in gCO2e/kWh."),
+    ("--price", "tariff", "TARIFF",
+     "Electricity price: 0.25EUR/kWh, or time of use: 0.30EUR/kWh@08-20@mon-fri,0.18EUR/kWh[,tz=Europe/Paris] "
+     "(first match wins; the last price is the default), or a tariff .json file."),
+    ("--pue", "pue", "N", "Power usage effectiveness, a number >= 1.0; multiplies energy for carbon and cost."),
+    ("--intensity-csv", "series", "FILE",
+     "Time-varying grid intensity: a CSV with header timestamp,gco2_per_kwh (ISO times, naive = UTC); "
+     "each value holds until the next."),
+    ("--market-intensity", "market_intensity_g_per_kwh", "G_PER_KWH",
+     "Market-based intensity in gCO2e/kWh (contracts, certificates), reported beside the location-based figure."),
+    ("--hardware-price", "hardware_prices", "KIND=PRICE",
+     "Hardware price per device-hour by device kind: gpu=2.50USD/h[,cpu=0.10USD/h]."),
+    ("--embodied", "embodied", "KIND=KG/YEARS",
+     "Embodied carbon per device by kind, for SCI: gpu=150kg/4y[,cpu=30kg/5y] (kgCO2e over a lifetime in years)."),
+)
+
+
+def accounting_options(fn: Callable) -> Callable:
+    """The options of :data:`ACCOUNTING_OPTIONS`, each passed as its AccountingConfig field name
+    (a string, or None when not given). Each replaces one setting; the others stay as recorded."""
+    for option, dest, metavar, text in reversed(ACCOUNTING_OPTIONS):
+        fn = click.option(option, dest, metavar=metavar, default=None, help=text)(fn)
+    return fn
 
 
 class DateParam(click.ParamType):

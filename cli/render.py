@@ -24,9 +24,11 @@ class Column:
     """One output column.
 
     ``key`` is the row key (and the CSV/JSON name); ``header`` the table label, unit included.
-    ``kind`` is ``str``, ``int``, ``float`` or ``time``. ``total`` adds the column up in the total
+    ``kind`` is ``str``, ``int``, ``float`` (``digits`` decimals), ``amount`` (three significant
+    digits for small values: grams, money) or ``time``. ``total`` adds the column up in the total
     line. ``value`` derives a display-only column from the row (e.g. kWh); such columns are left
-    out of CSV and JSON, which carry the raw keys only.
+    out of CSV and JSON, which carry the raw keys only. ``missing`` is shown for None in tables
+    (``n/a``). ``show`` is ``all``, ``human`` (table, markdown) or ``machine`` (CSV, JSON).
     """
 
     key: str
@@ -35,6 +37,8 @@ class Column:
     digits: int = 1
     total: bool = False
     value: Callable[[dict], Any] | None = None
+    missing: str = ""
+    show: str = "all"
 
     def get(self, row: dict) -> Any:
         return self.value(row) if self.value is not None else row.get(self.key)
@@ -42,7 +46,11 @@ class Column:
 
 def format_value(value: Any, column: Column) -> str:
     if value is None:
-        return ""
+        return column.missing
+    if column.kind == "amount":
+        from greenmaas.modelcard import format_amount
+
+        return format_amount(value, missing=column.missing)
     if column.kind == "float":
         return f"{float(value):,.{column.digits}f}"
     if column.kind == "int":
@@ -56,6 +64,16 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return str(value)
+
+
+_NUMERIC = frozenset({"int", "float", "amount"})
+
+
+def _total_cell(total: dict, column: Column, position: int) -> str:
+    if position == 0 or column.total:
+        value = total.get(column.key)
+        return "" if value is None else format_value(value, column)
+    return ""
 
 
 def _total_row(rows: Sequence[dict], columns: Sequence[Column], label: str) -> dict:
@@ -75,10 +93,16 @@ def render(
     *,
     title: str | None = None,
     total_label: str | None = "Total",
+    after: str | None = None,
 ) -> None:
-    """Write ``rows`` to stdout in ``fmt`` (``table``, ``csv``, ``json`` or ``markdown``)."""
+    """Write ``rows`` to stdout in ``fmt`` (``table``, ``csv``, ``json`` or ``markdown``).
+
+    ``after`` is text printed after a table or markdown table (a footer, more sections); machine
+    formats leave it out so that they stay a plain list of rows.
+    """
     out = sys.stdout
-    raw = [c for c in columns if c.value is None]
+    raw = [c for c in columns if c.value is None and c.show != "human"]
+    columns = [c for c in columns if c.show != "machine"]
     if fmt == "json":
         data = [{c.key: r.get(c.key) for c in raw} for r in rows]
         out.write(json.dumps(data, indent=2, default=_json_default) + "\n")
@@ -96,7 +120,7 @@ def render(
     has_total = total_label is not None and rows and any(c.total for c in columns)
     total = _total_row(rows, columns, total_label) if has_total else None
     if fmt == "markdown":
-        right = {"int", "float"}
+        right = _NUMERIC
         lines = [
             "| " + " | ".join(c.header for c in columns) + " |",
             "|" + "|".join("---:" if c.kind in right else "---" for c in columns) + "|",
@@ -104,11 +128,13 @@ def render(
         for r in shown:
             lines.append("| " + " | ".join(_md(format_value(c.get(r), c)) for c in columns) + " |")
         if total is not None:
-            cells = [format_value(total.get(c.key), c) for c in columns]
+            cells = [_total_cell(total, c, i) for i, c in enumerate(columns)]
             lines.append("| " + " | ".join(f"**{_md(x)}**" if x else "" for x in cells) + " |")
         if title:
             out.write(f"**{_md(title)}**\n\n")
         out.write("\n".join(lines) + "\n")
+        if after:
+            out.write("\n" + after.rstrip("\n") + "\n")
         return
     if fmt == "table":
         from rich.console import Console
@@ -117,12 +143,14 @@ def render(
 
         table = Table(title=title, show_footer=total is not None)
         for c in columns:
-            footer = format_value(total.get(c.key), c) if total is not None else ""
-            justify = "right" if c.kind in ("int", "float") else "left"
+            footer = _total_cell(total, c, len(table.columns)) if total is not None else ""
+            justify = "right" if c.kind in _NUMERIC else "left"
             table.add_column(Text(c.header), footer=Text(footer), justify=justify)
         for r in shown:
             table.add_row(*(Text(format_value(c.get(r), c)) for c in columns))
         Console(file=out, width=None if out.isatty() else 160).print(table)
+        if after:
+            out.write(after.rstrip("\n") + "\n")
         return
     raise click.UsageError(f"unknown format {fmt!r}")
 

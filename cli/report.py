@@ -1,22 +1,30 @@
-"""``greenmaas report``: energy per model, phase, run, day, request, tenant or span name.
+"""``greenmaas report``: energy, carbon and cost per model, phase, run, day, request, tenant or
+span name, re-priced from the recorded energy.
 
-Extension point for carbon and cost: add options to :func:`report` and turn them into
-:class:`greenmaas.report.ExtraColumn` objects in :func:`extra_columns`; :func:`build_report`
-passes them to :func:`greenmaas.report.summarize` and adds a column for each to the output.
+Without accounting options each run is priced as it recorded (``config["accounting"]``); each of
+``--location``, ``--price``, ``--pue``, ``--intensity-csv``, ``--market-intensity``,
+``--hardware-price`` and ``--embodied`` replaces that one setting for every run, without
+re-running anything. Tables end with a short sources footer; markdown adds a sources section
+(and a model card per model with ``--by model``); JSON and CSV stay a plain list of rows, and
+``--sources`` prints what the figures rest on instead of the rows.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+import sys
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
 import click
 
-from greenmaas.report import GROUPS, ExtraColumn, summarize
+from greenmaas.errors import GreenmaasError
+from greenmaas.report import GROUPS, SCI_UNITS, ExtraColumn, Summary, summary
 
-from .options import DateParam, format_option, ledger_option
+from .options import ACCOUNTING_OPTIONS, DateParam, accounting_options, format_option, ledger_option
 from .render import Column, render
 
-__all__ = ["report", "build_report", "report_columns", "extra_columns"]
+__all__ = ["report", "build_report", "report_columns", "accounting_overrides"]
 
 _GROUP_HEADERS = {
     "model": "Model",
@@ -28,15 +36,36 @@ _GROUP_HEADERS = {
     "name": "Span name",
 }
 _KWH_J = 3.6e6
+_UNIT_PLURAL = {"request": "requests", "token": "tokens", "sample": "samples"}
 
 
-def extra_columns(**options: Any) -> list[ExtraColumn]:
-    """Extra columns asked for by the report's options (carbon, cost: none yet)."""
-    return []
+def accounting_overrides(**options: Any) -> dict[str, Any]:
+    """The accounting options given, parsed: ``{AccountingConfig field: value}``.
+
+    A bad value raises :class:`click.ClickException` naming the option: one line, exit 1.
+    """
+    from greenmaas.accounting.config import parse_setting
+
+    out = {}
+    for option, dest, _, _ in ACCOUNTING_OPTIONS:
+        raw = options.get(dest)
+        if raw is None:
+            continue
+        try:
+            out[dest] = parse_setting(dest, raw)
+        except GreenmaasError as exc:
+            raise click.ClickException(f"{option}: {' '.join(str(exc).split())}") from exc
+    return out
 
 
-def report_columns(by: str, rows: Sequence[dict], extra: Sequence[ExtraColumn] = ()) -> list[Column]:
-    """The columns to show for ``rows``: the base ones, then each extra column present."""
+def report_columns(
+    by: str, rows: Sequence[dict], extra: Sequence[ExtraColumn] = (), sci: str | None = None
+) -> list[Column]:
+    """The columns to show for ``rows``: the base ones, carbon and cost, extras, SCI.
+
+    Machine formats get every key; tables leave out money columns nobody priced, name the
+    currency in the header when there is one, and show the cost breakdown when hardware is priced.
+    """
     total_energy = sum(r["energy_j"] or 0.0 for r in rows)
 
     def share(row: dict) -> float | None:
@@ -52,24 +81,54 @@ def report_columns(by: str, rows: Sequence[dict], extra: Sequence[ExtraColumn] =
         Column(
             "energy_kwh",
             "Energy (kWh)",
-            "float",
-            digits=4,
+            "amount",
             total=True,
             value=lambda r: None if r["energy_j"] is None else r["energy_j"] / _KWH_J,
         ),
         Column("share_pct", "Share (%)", "float", digits=1, total=True, value=share),
     ]
-    known = {c.key: c for c in extra}
-    from greenmaas.report import RECORDED_COLUMNS
-
-    known.update({c.key: c for c in RECORDED_COLUMNS if c.key not in known})
     present = {k for r in rows for k in r}
-    for key, c in known.items():
-        if key in present:
-            columns.append(Column(key, c.header, "float", digits=c.digits, total=True))
-    if "currency" in present:
-        columns.append(Column("currency", "Currency"))
+    if "carbon_g" in present:
+        columns.append(Column("carbon_g", "Carbon (gCO2e)", "amount", total=True))
+    if "carbon_market_g" in present:
+        columns.append(Column("carbon_market_g", "Carbon, market-based (gCO2e)", "amount", total=True))
+    if "cost" in present:
+        columns += _money_columns(rows)
+    for c in extra:
+        if c.key in present:
+            columns.append(Column(c.key, c.header, "float", digits=c.digits, total=True))
+    if sci is not None and "sci_g" in present:
+        # Tables show the SCI view: its terms and result; CSV and JSON keep every column.
+        keep = {"group", "spans", "energy_j"}
+        columns = [c if c.key in keep else replace(c, show="machine") for c in columns if c.show != "human"
+                   or c.key in keep]
+        unit, units = sci, _UNIT_PLURAL[sci]
+        columns += [
+            Column("sci_unit", "SCI unit", show="machine"),
+            Column("sci_energy_kwh", "E (kWh, with PUE)", "amount", total=True),
+            Column("sci_operational_g", "E·I (gCO2e)", "amount", total=True),
+            Column("sci_embodied_g", "M (gCO2e)", "amount", total=True),
+            Column("functional_units", f"R ({units})", "amount", total=True, missing="0"),
+            Column("sci_g", f"SCI (gCO2e/{unit})", "amount", missing="n/a"),
+        ]
     return columns
+
+
+def _money_columns(rows: Sequence[dict]) -> list[Column]:
+    currencies = {r.get("currency") for r in rows if r.get("cost") is not None or r.get("currency") == "mixed"}
+    single = next(iter(currencies)) if len(currencies) == 1 and None not in currencies else None
+    unit = f" ({single})" if single and single != "mixed" else ""
+    priced = any(r.get("cost") is not None for r in rows) or "mixed" in currencies
+    hardware = any(r.get("hardware_cost") for r in rows)
+    # Sums across currencies mean nothing: no total line for money unless there is one currency.
+    total = bool(unit)
+    human = "all" if priced else "machine"
+    return [
+        Column("energy_cost", f"Electricity{unit}", "amount", total=total, show=human if hardware else "machine"),
+        Column("hardware_cost", f"Hardware{unit}", "amount", total=total, show=human if hardware else "machine"),
+        Column("cost", f"Cost{unit}", "amount", total=total, show=human),
+        Column("currency", "Currency", show="all" if priced and not unit else "machine"),
+    ]
 
 
 def build_report(
@@ -80,10 +139,13 @@ def build_report(
     until: Any = None,
     model: str | None = None,
     extra: Sequence[ExtraColumn] = (),
-) -> tuple[list[dict], list[Column]]:
-    """The report's rows (from :func:`greenmaas.report.summarize`) and the columns to show."""
-    rows = summarize(ledger, by=by, since=since, until=until, model=model, extra_columns=extra)
-    return rows, report_columns(by, rows, extra)
+    accounting: Mapping[str, Any] | None = None,
+    sci: str | None = None,
+) -> tuple[Summary, list[Column]]:
+    """The report (from :func:`greenmaas.report.summary`) and the columns to show."""
+    result = summary(ledger, by=by, since=since, until=until, model=model, extra_columns=extra,
+                     accounting=accounting or None, sci=sci)
+    return result, report_columns(by, result.rows, extra, sci)
 
 
 @click.command("report")
@@ -100,19 +162,70 @@ def build_report(
     "--until", type=DateParam(), help="Only spans starting before this UTC time (a date includes that day)."
 )
 @click.option("--model", help="Only this model's spans.")
+@accounting_options
+@click.option(
+    "--sci",
+    type=click.Choice(SCI_UNITS),
+    default=None,
+    help="Add the Software Carbon Intensity (E·I + M) / R per request, output token or sample.",
+)
+@click.option(
+    "--sources",
+    "sources_only",
+    is_flag=True,
+    help="Print what the figures rest on (location, intensity, PUE, prices, methods) instead of the rows.",
+)
 @format_option()
-def report(ledger, by, since, until, model, fmt, **options):
-    """Energy per model, phase, run, day, request, tenant or span name.
+def report(ledger, by, since, until, model, sci, sources_only, fmt, **options):
+    """Energy, carbon and cost per model, phase, run, day, request, tenant or span name.
 
     Nested spans are never double counted: each group sums its spans' own energy (children
-    excluded). An (idle) row holds energy used while no span ran.
+    excluded), and carbon and cost are computed on that energy. An (idle) row holds energy and
+    device time used while no span ran. Each run is priced with the accounting it recorded;
+    the accounting options replace one setting each, for every run, without re-running.
     """
-    rows, columns = build_report(
-        ledger, by=by, since=since, until=until, model=model, extra=extra_columns(**options)
+    overrides = accounting_overrides(**options)
+    result, columns = build_report(
+        ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci
     )
+    if sources_only:
+        _render_sources(result, fmt)
+        return
+    rows = result.rows
     if fmt in ("table", "markdown") and not rows:
         click.echo("No spans in the ledger for this selection.", err=True)
         return
-    title = f"Energy by {by}" + (f" (model {model})" if model else "")
-    render(rows, columns, fmt, title=title, total_label="Total")
+    from greenmaas.modelcard import model_cards, source_lines, sources_markdown
 
+    after = None
+    if fmt == "table":
+        after = "\n".join(source_lines(result))
+    elif fmt == "markdown":
+        after = (model_cards(result) + "\n" if by == "model" else "") + sources_markdown(result)
+    what = "Energy, carbon and cost" if result.priced else "Energy"
+    title = f"{what} by {by}" + (f" (model {model})" if model else "")
+    render(rows, columns, fmt, title=title, total_label="Total", after=after)
+
+
+def _render_sources(result: Summary, fmt: str) -> None:
+    from greenmaas.modelcard import source_lines, sources_markdown
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    elif fmt == "markdown":
+        sys.stdout.write(sources_markdown(result))
+    elif fmt == "csv":
+        keys = ("location", "location_spec", "location_source", "intensity_g_per_kwh", "intensity_source",
+                "intensity_year", "market_intensity_g_per_kwh", "pue", "price", "currency")
+        rows = [
+            {**{k: src.get(k) for k in keys},
+             "hardware_prices": ",".join(f"{k}={v}" for k, v in (src.get("hardware_prices") or {}).items()),
+             "embodied": ",".join(f"{k}={e['kg_co2e']:g}kg/{e['lifetime_years']:g}y"
+                                  for k, e in (src.get("embodied") or {}).items()),
+             "runs": " ".join(src.get("runs") or [])}
+            for src in result.sources
+        ]
+        columns = [Column(k, k) for k in (*keys, "hardware_prices", "embodied", "runs")]
+        render(rows, columns, "csv")
+    else:
+        sys.stdout.write("\n".join(source_lines(result)) + "\n")

@@ -5,6 +5,12 @@
 >>> spans.groupby("model")["self_energy_j"].sum()       # self energy: sums without double counting
 
 Times come back as timezone-aware UTC pandas timestamps; units are in the column names.
+
+Carbon and cost columns of ``spans`` (``carbon_g``, ``carbon_market_g``, ``cost``, ``currency``)
+are as the meter recorded them, with the accounting configured at the time; like ``energy_j``
+they cover a span's children too, and ``cost`` there is electricity only. For figures on each
+span's own share (which sum without double counting), with hardware time, or priced again with
+other settings, use :func:`greenmaas.report.priced_spans`.
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ def read_ledger(
     """One ledger table as a DataFrame.
 
     ``table`` is ``spans`` (default), ``runs``, ``samples``, ``devices`` (per-device totals:
-    consumed, attributed to spans, idle) or ``span_devices`` (per-span, per-device energy).
+    consumed, attributed to spans, idle, and ``idle_s``, device time no span used) or
+    ``span_devices`` (per-span, per-device energy, and ``self_device_s``, the span's own share of
+    the device's time).
     ``path_or_url`` is a path, a SQLAlchemy URL, an open :class:`~greenmaas.ledger.Ledger`, or
     None for ``$GREENMAAS_LEDGER`` / ``./greenmaas.db``. The ledger is opened read-only.
     An empty ledger gives an empty DataFrame with the same columns.

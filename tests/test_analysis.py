@@ -27,15 +27,17 @@ def path(tmp_path):
         led.start_run(RunRecord("r1", "host", 1, T0))
         led.write_spans([
             SpanRecord("p", "r1", "epoch", T0, T0 + timedelta(seconds=10), 10.0, kind="epoch",
-                       model="bert", devices=[DeviceEnergy("gpu:0", 100.0, "counter", 40.0)]),
+                       model="bert", carbon_g=10.0, cost=0.5, currency="EUR",
+                       devices=[DeviceEnergy("gpu:0", 100.0, "counter", 40.0, self_device_s=5.0)]),
             SpanRecord("c", "r1", "step", T0, T0 + timedelta(seconds=5), 5.0, parent_id="p",
-                       model="bert", tokens_in=3, devices=[DeviceEnergy("gpu:0", 60.0, "counter", 60.0)]),
+                       model="bert", tokens_in=3, carbon_g=6.0,
+                       devices=[DeviceEnergy("gpu:0", 60.0, "counter", 60.0, self_device_s=5.0)]),
             SpanRecord("u", "r1", "cpu", T0, T0 + timedelta(seconds=1), 1.0,
                        devices=[DeviceEnergy("cpu:0", 0.0, "unmeasurable")]),
         ])
         led.write_samples([SampleRecord("r1", "gpu:0", T0 + timedelta(seconds=i), 10.0 * i, 10.0, "counter")
                            for i in range(3)])
-        led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 150.0, 100.0, 50.0, start=T0)])
+        led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 150.0, 100.0, 50.0, start=T0, idle_s=4.0)])
     return p
 
 
@@ -72,8 +74,19 @@ def test_runs_samples_and_devices(path):
     assert list(samples["energy_j"]) == [0.0, 10.0, 20.0]
     devices = read_ledger(path, "devices")
     assert devices.loc[0, "idle_j"] == 50.0 and devices.loc[0, "total_j"] == 150.0
-    per_device = read_ledger(path, "span_devices")
+    assert devices.loc[0, "idle_s"] == 4.0
+    per_device = read_ledger(path, "span_devices").set_index("span_id")
     assert set(per_device["device"]) == {"gpu:0", "cpu:0"}
+    assert per_device.loc["p", "self_device_s"] == 5.0 and per_device.loc["c", "self_device_s"] == 5.0
+
+
+def test_carbon_and_cost_come_back_as_recorded(path):
+    df = read_ledger(path).set_index("span_id")
+    assert {"carbon_g", "carbon_market_g", "cost", "currency"} <= set(df.columns)
+    # As the meter recorded them: a parent's figure covers its children (like energy_j).
+    assert df.loc["p", "carbon_g"] == 10.0 and df.loc["c", "carbon_g"] == 6.0
+    assert df.loc["p", "cost"] == 0.5 and df.loc["p", "currency"] == "EUR"
+    assert pd.isna(df.loc["c", "cost"]) and pd.isna(df.loc["u", "carbon_market_g"])
 
 
 def test_accepts_an_open_ledger_and_the_environment(path, monkeypatch):

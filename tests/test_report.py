@@ -15,6 +15,9 @@ from greenmaas.report import GROUPS, IDLE, NONE, ExtraColumn, list_runs, summari
 
 DAY1 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
 DAY2 = datetime(2024, 5, 2, 0, 30, tzinfo=timezone.utc)
+#: A stored location with a fixed figure, as AccountingConfig(location=100).to_dict() stores it.
+FIXED_100 = {"spec": "100", "label": "fixed 100 g/kWh", "intensity_g_per_kwh": 100.0, "source": "fixed",
+             "year": None, "location_source": "configured"}
 
 
 def _span(span_id, t0, start, end, energy, self_j=None, **kw):
@@ -71,7 +74,10 @@ def test_by_model_counts_nested_energy_once_and_adds_idle(led):
         IDLE: (0, 0.0, 320.0),
     }
     assert sum(r["energy_j"] for r in rows) == 1500.0 + 80.0  # what the devices consumed
-    assert set(rows[0]) == {"group", "spans", "duration_s", "energy_j"}
+    assert set(rows[0]) == {"group", "spans", "duration_s", "energy_j", "carbon_g", "energy_cost",
+                            "hardware_cost", "cost", "currency"}
+    energy_only = summarize(led, by="model", accounting=False)
+    assert set(energy_only[0]) == {"group", "spans", "duration_s", "energy_j"}
 
 
 def test_by_day_uses_the_utc_date_of_span_start(led):
@@ -128,17 +134,18 @@ def test_unmeasurable_groups_have_no_energy_rather_than_zero(tmp_path):
     assert [r["group"] for r in rows] == ["gpu", "cpu-only"] and rows[1]["energy_j"] is None
 
 
-def test_recorded_carbon_and_cost_appear_when_present(tmp_path):
+def test_recorded_figures_are_not_summed_but_recomputed_from_self_energy(tmp_path):
     with Ledger.open(tmp_path / "x.db") as led:
-        led.start_run(RunRecord("r1", "node", 1, DAY1))
+        led.start_run(RunRecord("r1", "node", 1, DAY1, config={"accounting": {"location": FIXED_100}}))
         led.write_spans([
             _span("p", DAY1, 0, 10, 100.0, 50.0, model="m", carbon_g=10.0, cost=1.0, currency="EUR"),
             _span("c", DAY1, 0, 5, 50.0, parent_id="p", model="m", carbon_g=5.0, cost=0.5, currency="EUR"),
         ])
         (row,) = summarize(led)
-        assert row["carbon_g"] == pytest.approx(10.0)  # 5 (parent's own half) + 5, not 15
-        assert row["cost"] == pytest.approx(1.0) and row["currency"] == "EUR"
-        assert "carbon_market_g" not in row
+    # 100 J of own energy at the recorded 100 g/kWh; the recorded (inclusive) 15 g is not summed.
+    assert row["carbon_g"] == pytest.approx(100.0 / 3.6e6 * 100.0)
+    assert row["cost"] is None and row["currency"] is None  # the run recorded no prices
+    assert "carbon_market_g" not in row
 
 
 def test_extra_columns_plug_in(led):
@@ -168,7 +175,7 @@ def test_to_utc():
 def test_totals_and_runs(led):
     (gpu,) = totals(led)
     assert gpu == {"device": "gpu:0", "method": "counter", "total_j": 1580.0, "attributed_j": 1260.0,
-                   "idle_j": 320.0, "gap_s": 0.0, "windows": 2}
+                   "idle_j": 320.0, "gap_s": 0.0, "idle_s": 0.0, "windows": 2}
     assert totals(led, since=date(2024, 5, 2))[0]["total_j"] == 80.0
     (r,) = list_runs(led)
     assert (r["run_id"], r["spans"], r["energy_j"], r["status"]) == ("r1", 6, 1580.0, "finished")
@@ -220,3 +227,240 @@ def test_groups_always_add_up_to_the_self_energy(tree, by):
     assert all(r["energy_j"] >= 0 and r["duration_s"] >= 0 for r in rows)
     energies = [r["energy_j"] for r in rows]
     assert energies == sorted(energies, reverse=True)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=span_trees(), by=st.sampled_from(GROUPS))
+def test_carbon_always_adds_up_to_the_self_energy_times_intensity(tree, by):
+    spans, own_total = tree
+    with Ledger.open("sqlite://") as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1))
+        led.write_spans(spans)
+        rows = summarize(led, by=by, accounting={"location": "100"})
+    assert sum(r["carbon_g"] for r in rows) == pytest.approx(own_total / 3.6e6 * 100.0, rel=1e-9, abs=1e-12)
+    assert all(r["carbon_g"] >= 0 for r in rows)
+
+
+# --------------------------------------------------------------------------- carbon, cost, SCI
+
+from greenmaas.accounting import AccountingConfig  # noqa: E402
+from greenmaas.errors import AccountingError  # noqa: E402
+from greenmaas.modelcard import model_cards, source_lines, sources_markdown  # noqa: E402
+from greenmaas.report import priced_spans, summary  # noqa: E402
+
+KWH = 3.6e6
+GPU = [{"id": "gpu:0", "kind": "gpu", "name": "NVIDIA H100 80GB HBM3", "method": "counter"}]
+
+
+def _dspan(span_id, start, end, energy, self_j=None, device_s=None, t0=DAY1, **kw):
+    """A span on gpu:0 with its own device time (``device_s``, default its duration)."""
+    s = _span(span_id, t0, start, end, energy, self_j, **kw)
+    s.devices[0].self_device_s = float(end - start) if device_s is None else device_s
+    return s
+
+
+def _accounting(**settings):
+    """A run's config as the meter stores it: {"accounting": AccountingConfig(...).to_dict()}."""
+    return {"accounting": AccountingConfig(**settings).to_dict()}
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A recorded run in France with a tariff and a GPU price: two concurrent requests, idle time.
+
+    Window 0-20 s on gpu:0: 3,600,000 J in all (1 kWh), of which q1 and q2 (concurrent, 0-10 s)
+    got 900,000 J each and 5 s of device time each; 1,800,000 J and 10 s are idle.
+    """
+    path = tmp_path / "served.db"
+    config = _accounting(location="FR", tariff="0.20EUR/kWh", hardware_prices="gpu=3.60EUR/h")
+    with Ledger.open(path) as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1, config=config, devices=GPU))
+        led.write_spans([
+            _dspan("q1", 0, 10, 900_000.0, device_s=5.0, model="llama", request_id="req-1", tokens_out=30,
+                   kind="request"),
+            _dspan("q2", 0, 10, 900_000.0, device_s=5.0, model="llama", request_id="req-2", tokens_out=10,
+                   kind="request"),
+        ])
+        led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 3_600_000.0, 1_800_000.0, 1_800_000.0,
+                                              start=DAY1, end=DAY1 + timedelta(seconds=20), idle_s=10.0)])
+        led.end_run("r1", DAY1 + timedelta(seconds=20))
+    return path
+
+
+def test_carbon_is_energy_in_kwh_times_the_recorded_intensity(served):
+    fr = AccountingConfig(location="FR").location.intensity_g_per_kwh
+    rows = {r["group"]: r for r in summarize(served, by="model")}
+    assert rows["llama"]["carbon_g"] == pytest.approx(0.5 * fr)  # 1.8 MJ = 0.5 kWh
+    assert rows[IDLE]["carbon_g"] == pytest.approx(0.5 * fr)  # the (idle) row is priced too
+    assert rows["llama"]["currency"] == rows[IDLE]["currency"] == "EUR"
+
+
+def test_hardware_time_is_split_between_concurrent_spans_and_idle_is_the_operators_line(served):
+    rows = {r["group"]: r for r in summarize(served, by="request")}
+    for req in ("req-1", "req-2"):
+        assert rows[req]["hardware_cost"] == pytest.approx(5.0 / 3600 * 3.60)  # 0.005 EUR each
+        assert rows[req]["energy_cost"] == pytest.approx(0.25 * 0.20)
+        assert rows[req]["cost"] == pytest.approx(0.005 + 0.05)
+    by_model = {r["group"]: r for r in summarize(served, by="model")}
+    assert by_model[IDLE]["hardware_cost"] == pytest.approx(10.0 / 3600 * 3.60)  # the operator's 0.01 EUR
+    # Rows add up to the devices' totals: 1 kWh and 20 s of GPU time.
+    assert sum(r["energy_j"] for r in by_model.values()) == pytest.approx(KWH)
+    assert sum(r["cost"] for r in by_model.values()) == pytest.approx(1.0 * 0.20 + 20 / 3600 * 3.60)
+    fr = AccountingConfig(location="FR").location.intensity_g_per_kwh
+    assert sum(r["carbon_g"] for r in by_model.values()) == pytest.approx(1.0 * fr)
+
+
+def test_overrides_recompute_without_re_running(served):
+    fr, va = (AccountingConfig(location=x).location.intensity_g_per_kwh for x in ("FR", "US-VA"))
+    (llama, idle) = summarize(served, accounting={"location": "US-VA", "pue": "1.5"})
+    assert llama["carbon_g"] == pytest.approx(0.5 * 1.5 * va) and va != fr
+    assert llama["energy_cost"] == pytest.approx(0.5 * 1.5 * 0.20)  # the recorded tariff stays
+    assert llama["hardware_cost"] == pytest.approx(10 / 3600 * 3.60)  # PUE is not charged on hardware
+    repriced = summary(served, accounting={"tariff": "0.10USD/kWh", "hardware_prices": "gpu=1USD/h"})
+    assert repriced.rows[0]["currency"] == "USD"
+    assert repriced.sources[0]["location_spec"] == "FRA"  # the recorded location stays
+    assert repriced.sources[0]["location_source"] == "configured"
+    whole = summarize(served, accounting=AccountingConfig(location=200))  # replaces everything
+    assert whole[0]["carbon_g"] == pytest.approx(100.0) and whole[0]["cost"] is None
+
+
+def test_mixing_currencies_in_one_run_is_refused_naming_them(served):
+    with pytest.raises(AccountingError, match="mixed currencies: USD .*EUR"):
+        summarize(served, accounting={"tariff": "0.10USD/kWh"})  # the recorded GPU price is in EUR
+
+
+def test_time_varying_intensity_prices_each_hour_with_its_own_figure(tmp_path):
+    csv = tmp_path / "grid.csv"
+    csv.write_text("timestamp,gco2_per_kwh\n2024-05-01T10:00:00Z,100\n2024-05-01T11:00:00Z,500\n"
+                   "2024-05-01T12:00:00Z,300\n")
+    with Ledger.open(tmp_path / "x.db") as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1))
+        led.write_spans([
+            _span("a", DAY1, 0, 600, KWH, request_id="a"),  # 10:00-10:10, 1 kWh
+            _span("b", DAY1, 3600, 4200, KWH, request_id="b"),  # 11:00-11:10, same energy
+            _span("c", DAY1, 1800, 5400, KWH, request_id="c"),  # 10:30-11:30: half at each figure
+        ])
+        rows = {r["group"]: r["carbon_g"] for r in summarize(led, by="request", accounting={"series": str(csv)})}
+        assert rows == {"a": pytest.approx(100.0), "b": pytest.approx(500.0), "c": pytest.approx(300.0)}
+        facts = summary(led, by="request", accounting={"series": str(csv)}).sources[0]
+        assert facts["intensity_series"]["points"] == 3 and facts["location_source"] == "configured"
+
+
+def test_time_of_use_tariff_by_hand(tmp_path):
+    day = datetime(2024, 5, 1, 0, 0, tzinfo=timezone.utc)  # a Wednesday
+    with Ledger.open(tmp_path / "x.db") as led:
+        led.start_run(RunRecord("r1", "node", 1, day))
+        led.write_spans([
+            _span("peak", day, 10 * 3600, 10 * 3600 + 60, 2 * KWH, request_id="peak"),  # 10:00
+            _span("night", day, 22 * 3600, 22 * 3600 + 60, 2 * KWH, request_id="night"),  # 22:00
+            _span("edge", day, 19.5 * 3600, 20.5 * 3600, 2 * KWH, request_id="edge"),  # half each
+        ])
+        rows = {r["group"]: r for r in summarize(led, by="request",
+                                                 accounting={"tariff": "0.30EUR/kWh@08-20@mon-fri,0.10EUR/kWh"})}
+    assert rows["peak"]["cost"] == pytest.approx(2 * 0.30)
+    assert rows["night"]["cost"] == pytest.approx(2 * 0.10)
+    assert rows["edge"]["cost"] == pytest.approx(1 * 0.30 + 1 * 0.10)
+    assert rows["peak"]["currency"] == "EUR" and rows["peak"]["hardware_cost"] is None
+
+
+def test_sci_per_request_with_and_without_embodied(served):
+    fr = AccountingConfig(location="FR").location.intensity_g_per_kwh
+    s = summary(served, by="model", sci="request")
+    llama, idle = s.rows
+    assert llama["functional_units"] == 2 and llama["sci_unit"] == "request"
+    assert llama["sci_energy_kwh"] == pytest.approx(0.5)
+    assert llama["sci_embodied_g"] == 0.0
+    assert llama["sci_g"] == pytest.approx(0.5 * fr / 2)
+    assert idle["functional_units"] == 0 and idle["sci_g"] is None  # R = 0: n/a, not a division error
+    assert any("M = 0" in n for n in s.notes)
+
+    # 1,000 kg over 4 years: 1 h reserved is ~28.5 g; here 10 s of GPU time in all.
+    with_m = summary(served, by="model", sci="request", accounting={"embodied": "gpu=1000kg/4y", "pue": 1.2})
+    llama = with_m.rows[0]
+    m = 1e6 * 10 / (4 * 365.25 * 86400)
+    assert llama["sci_embodied_g"] == pytest.approx(m)
+    assert llama["sci_g"] == pytest.approx((0.5 * 1.2 * fr + m) / 2)
+    assert not any("M = 0" in n for n in with_m.notes)
+
+
+def test_sci_per_token_and_sample_count_the_top_most_carrier(tmp_path):
+    with Ledger.open(tmp_path / "x.db") as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1, config={"accounting": {"location": FIXED_100}}))
+        led.write_spans([
+            _span("r", DAY1, 0, 10, 2 * KWH, KWH, model="gen", request_id="r", tokens_out=100, items=4),
+            _span("f", DAY1, 0, 5, KWH, parent_id="r", model="gen", request_id="r", tokens_out=100, items=4),
+            _span("e", DAY1, 0, 5, KWH, model="embed", tokens_in=50),  # no output tokens
+        ])
+        tokens = {r["group"]: r for r in summarize(led, sci="token")}
+        samples = {r["group"]: r for r in summarize(led, sci="sample")}
+        notes = summary(led, sci="token").notes
+    assert tokens["gen"]["functional_units"] == 100  # the child repeats its parent's count
+    assert tokens["gen"]["sci_g"] == pytest.approx(200.0 / 100)
+    assert tokens["embed"]["functional_units"] == 50 and any("tokens_in + tokens_out" in n for n in notes)
+    assert samples["gen"]["functional_units"] == 4 and samples["embed"]["sci_g"] is None
+
+
+def test_a_run_without_accounting_uses_the_world_average_and_says_so(led):
+    s = summary(led)
+    (src,) = s.sources
+    assert src["location_source"] == "default" and src["intensity_g_per_kwh"] == pytest.approx(475.0)
+    assert src["pue"] == 1.0 and src["runs"] == ["r1"]
+    assert any("no accounting settings recorded" in n for n in s.notes)
+    text = "\n".join(source_lines(s))
+    assert "location_source default" in text and "PUE: 1.0" in text and "±5%" in text
+
+
+def test_a_recorded_intensity_series_that_is_gone_falls_back_to_its_recorded_mean(tmp_path):
+    csv = tmp_path / "grid.csv"
+    csv.write_text("timestamp,gco2_per_kwh\n2024-05-01T00:00:00Z,100\n2024-05-01T12:00:00Z,300\n"
+                   "2024-05-02T00:00:00Z,300\n")
+    config = _accounting(series=str(csv))
+    with Ledger.open(tmp_path / "x.db") as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1, config=config))
+        led.write_spans([_span("a", DAY1, 0, 60, KWH, model="m")])  # 10:00, at 100 g/kWh
+        assert summarize(led)[0]["carbon_g"] == pytest.approx(100.0)  # re-read: the hour matters
+        csv.unlink()
+        s = summary(led)
+    assert s.rows[0]["carbon_g"] == pytest.approx(200.0)  # the recorded mean over the series
+    assert any("gone or changed" in n for n in s.notes)
+
+
+def test_market_based_carbon_appears_only_when_given(served):
+    assert "carbon_market_g" not in summarize(served)[0]
+    row = summarize(served, accounting={"market_intensity_g_per_kwh": "20 g/kWh"})[0]
+    assert row["carbon_market_g"] == pytest.approx(0.5 * 20)
+
+
+def test_runs_in_two_currencies_do_not_add_up_money(served, tmp_path):
+    with Ledger.open(served) as led:
+        led.start_run(RunRecord("r2", "node", 2, DAY2, config=_accounting(location="FR", tariff="0.1USD/kWh")))
+        led.write_spans([_dspan("z", 0, 10, 1000.0, t0=DAY2, model="llama", run_id="r2")])
+    rows = {r["group"]: r for r in summarize(served)}
+    assert rows["llama"]["cost"] is None and rows["llama"]["currency"] == "mixed"
+    assert rows["llama"]["carbon_g"] is not None
+    assert len(summary(served).sources) == 2
+
+
+def test_priced_spans_are_each_spans_own_share(served):
+    df = priced_spans(served, accounting={"location": "100"}).set_index("span_id")
+    assert df.loc["q1", "carbon_g"] == pytest.approx(0.25 * 100)
+    assert df.loc["q1", "hardware_cost"] == pytest.approx(0.005) and df.loc["q1", "currency"] == "EUR"
+
+
+def test_model_card_states_sources_method_hardware_and_period(served):
+    s = summary(served, by="model", accounting={"market_intensity_g_per_kwh": 20})
+    card = model_cards(s)
+    for text in ("### llama", "kWh", "NVIDIA H100 80GB HBM3 (gpu:0)", "France (FRA)", "location_source configured",
+                 "global_energy_mix.json", "data year 2023", "counter", "±5%", "gCO2e location-based",
+                 "gCO2e market-based", "EUR", "tariff 0.2EUR/kWh", "2024-05-01 10:00:00", "(idle)"):
+        assert text in card, text
+    assert "## Sources" in sources_markdown(s)
+
+
+def test_bad_accounting_arguments(served):
+    with pytest.raises(AccountingError, match="did you mean"):
+        summarize(served, accounting={"location": "FRR"})
+    with pytest.raises(ConfigError, match="unknown accounting setting"):
+        summarize(served, accounting={"colour": "green"})
+    with pytest.raises(ConfigError, match="functional unit"):
+        summarize(served, sci="watt")

@@ -6,8 +6,9 @@
 * :mod:`.timeseries` — time-varying intensity (:class:`IntensitySeries`, ``timestamp,gco2_per_kwh``)
 * :mod:`.tariff` — electricity prices, time-of-use tariffs, hardware prices per device-hour
 * :mod:`.embodied`, :mod:`.sci` — embodied carbon and the Green Software Foundation's SCI
-* :mod:`.config` — :class:`AccountingConfig` (``from_env``, ``to_dict``) and the vectorised
-  :func:`price` that reports call on a DataFrame of spans
+* :mod:`.config` — :class:`AccountingConfig` (``from_env``, ``to_dict``, ``with_overrides``),
+  :func:`recorded` (a run's stored settings, rebuilt) and the vectorised :func:`price` that
+  reports call on a DataFrame of spans
 
 Names are imported on first use, so importing this package loads neither numpy nor pandas.
 """
@@ -28,11 +29,14 @@ __all__ = [
     "SCIResult",
     "Tariff",
     "describe",
+    "parse_embodied",
     "parse_energy_price",
     "parse_hardware_prices",
     "parse_hourly_price",
+    "parse_setting",
     "parse_tariff",
     "price",
+    "recorded",
     "resolve_location",
     "sci_score",
     "split_hardware_cost",
@@ -42,7 +46,10 @@ _WHERE = {
     "AccountingConfig": "config",
     "describe": "config",
     "price": "config",
+    "parse_setting": "config",
+    "recorded": "config",
     "Embodied": "embodied",
+    "parse_embodied": "embodied",
     "EnergyPrice": "tariff",
     "HourlyPrice": "tariff",
     "Tariff": "tariff",

@@ -13,10 +13,12 @@ Environment variables read by :meth:`AccountingConfig.from_env`::
     GREENMAAS_PRICE             tariff: 0.25EUR/kWh, or 0.30EUR/kWh@08-20@mon-fri,0.18EUR/kWh
     GREENMAAS_PUE               power usage effectiveness, >= 1.0 (default 1.0)
     GREENMAAS_HARDWARE_PRICE    gpu=2.50USD/h[,cpu=0.10USD/h]
+    GREENMAAS_EMBODIED          gpu=150kg/4y[,cpu=30kg/5y] (embodied kgCO2e per device, lifetime)
 
 :func:`price` is the vectorised function reports call on a DataFrame of spans; :func:`describe`
 gives the facts a report prints beside its figures; :meth:`AccountingConfig.to_dict` is what a
-ledger stores as the configuration used at the time.
+ledger stores as the configuration used at the time, and :func:`recorded` rebuilds it for reports;
+:meth:`AccountingConfig.with_overrides` replaces some settings to price the same energy again.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from ..errors import AccountingError, ConfigError
-from .embodied import Embodied
+from ..errors import AccountingError, ConfigError, GreenmaasError
+from .embodied import Embodied, parse_embodied
 from .locations import Location, resolve_location
 from .sci import SCIResult, sci_score
 from .tariff import HourlyPrice, Tariff, common_currency, parse_hardware_prices, parse_tariff
@@ -41,7 +43,16 @@ if TYPE_CHECKING:
 
     from ..records import SpanRecord
 
-__all__ = ["AccountingConfig", "price", "price_records", "describe", "ENV_VARS", "PRICE_COLUMNS"]
+__all__ = [
+    "AccountingConfig",
+    "price",
+    "price_records",
+    "describe",
+    "parse_setting",
+    "recorded",
+    "ENV_VARS",
+    "PRICE_COLUMNS",
+]
 
 #: Field name -> environment variable read by ``from_env``.
 ENV_VARS = {
@@ -51,6 +62,7 @@ ENV_VARS = {
     "tariff": "GREENMAAS_PRICE",
     "pue": "GREENMAAS_PUE",
     "hardware_prices": "GREENMAAS_HARDWARE_PRICE",
+    "embodied": "GREENMAAS_EMBODIED",
 }
 
 #: Columns :func:`price` adds.
@@ -77,6 +89,8 @@ def _check_pue(value: Any) -> float:
 
 
 def _check_intensity(value: Any, what: str) -> float:
+    if isinstance(value, str):
+        value = value.strip().removesuffix("g/kWh").strip()
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -96,7 +110,8 @@ class AccountingConfig:
     single figure. ``market_intensity_g_per_kwh``: market-based g/kWh, reported beside.
     ``tariff``: a :class:`Tariff` or tariff spec. ``pue``: >= 1.0, multiplies energy before both
     carbon and cost. ``hardware_prices``: per device kind (``{"gpu": "2.50USD/h"}`` or
-    ``"gpu=2.50USD/h"``). ``embodied``: :class:`Embodied` per device kind. ``currency``: the
+    ``"gpu=2.50USD/h"``). ``embodied``: :class:`Embodied` per device kind (or ``"gpu=150kg/4y"``,
+    see :func:`~greenmaas.accounting.embodied.parse_embodied`). ``currency``: the
     currency of every price (derived from them when left out; a mismatch raises).
     """
 
@@ -122,8 +137,7 @@ class AccountingConfig:
             set_(self, "tariff", parse_tariff(self.tariff))
         set_(self, "pue", _check_pue(self.pue))
         set_(self, "hardware_prices", parse_hardware_prices(self.hardware_prices))
-        embodied = {str(k).lower(): Embodied.from_dict(v) for k, v in dict(self.embodied or {}).items()}
-        set_(self, "embodied", embodied)
+        set_(self, "embodied", parse_embodied(self.embodied or {}))
         explicit = (self.currency.strip().upper() or None) if isinstance(self.currency, str) else self.currency
         if explicit is not None and not (isinstance(explicit, str) and len(explicit) == 3 and explicit.isalpha()):
             raise AccountingError(f"currency {self.currency!r} is not an ISO-4217 code such as EUR or USD")
@@ -160,21 +174,35 @@ class AccountingConfig:
             if not raw:
                 continue
             try:
-                if name == "location":
-                    values[name] = resolve_location(raw, source="env")
-                elif name == "series":
-                    values[name] = IntensitySeries.from_csv(raw)
-                elif name == "market_intensity_g_per_kwh":
-                    values[name] = _check_intensity(raw.removesuffix("g/kWh").strip(), "market-based intensity")
-                elif name == "tariff":
-                    values[name] = parse_tariff(raw)
-                elif name == "pue":
-                    values[name] = _check_pue(raw)
-                elif name == "hardware_prices":
-                    values[name] = parse_hardware_prices(raw)
+                values[name] = parse_setting(name, raw, source="env")
             except AccountingError as exc:
                 raise ConfigError(f"{var}: {exc}") from exc
         return cls(**values)
+
+    def with_overrides(self, **settings: Any) -> "AccountingConfig":
+        """This configuration with some settings replaced, to price the same energy again.
+
+        Keywords are field names with values as the constructor takes them (None: keep). A new
+        ``location`` drops a time-varying ``series`` unless one is given too; a new ``series``
+        drops a location that was only the default; a new ``tariff`` or ``hardware_prices``
+        re-derives the currency (a mix of currencies still raises :class:`AccountingError`).
+        """
+        unknown = set(settings) - set(self.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown accounting setting(s) {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in settings.items() if v is not None}
+        if not given:
+            return self
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if "location" in given and "series" not in given:
+            values["series"] = None
+        if "series" in given and "location" not in given and self.location is not None \
+                and self.location.location_source == "default":
+            values["location"] = None
+        if given.keys() & {"tariff", "hardware_prices"} and "currency" not in given:
+            values["currency"] = None
+        values.update(given)
+        return type(self)(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as used, JSON-ready, for a ledger's run config."""
@@ -271,6 +299,87 @@ class AccountingConfig:
             intensity = self.location.intensity_g_per_kwh
         return sci_score(energy_j=energy_j, intensity_g_per_kwh=intensity, functional_units=functional_units,
                          embodied_g=embodied_g, pue=self.pue, unit=unit)
+
+
+def parse_setting(name: str, raw: Any, *, source: str = "configured") -> Any:
+    """One setting (a field name of :class:`AccountingConfig`) from the text a user typed.
+
+    The forms are those of the ``GREENMAAS_*`` variables (see the module doc); ``embodied`` is
+    ``gpu=150kg/4y[,cpu=30kg/5y]``. ``source`` marks a location ``configured`` or ``env``.
+    Raises :class:`AccountingError` (an :class:`~greenmaas.errors.InputError` for a bad CSV).
+    """
+    if name == "location":
+        return resolve_location(raw, source=source)
+    if name == "series":
+        return IntensitySeries.from_csv(str(raw).strip())
+    if name == "market_intensity_g_per_kwh":
+        return _check_intensity(raw, "market-based intensity")
+    if name == "tariff":
+        return parse_tariff(raw)
+    if name == "pue":
+        return _check_pue(raw.strip() if isinstance(raw, str) else raw)
+    if name == "hardware_prices":
+        return parse_hardware_prices(raw)
+    if name == "embodied":
+        return parse_embodied(raw)
+    if name == "currency":
+        return str(raw).strip().upper()
+    raise ConfigError(f"unknown accounting setting {name!r}; expected one of {', '.join(ENV_VARS)}")
+
+
+def recorded(data: Mapping[str, Any] | None) -> tuple[AccountingConfig, list[str]]:
+    """Rebuild a run's stored ``config["accounting"]`` as used at the time, for a report.
+
+    Returns the configuration and notes for the reader. Nothing is looked up again: the stored
+    location keeps its stored figure. A stored intensity series is re-read only if its file is
+    still there and unchanged (same points and first and last times); otherwise its stored mean
+    stands in, as a fixed figure, with a note. No settings (or unreadable ones) give the world
+    average, ``location_source="default"``, with a note and without a warning (the report says).
+    """
+    from .locations import _default_location
+
+    if not data:
+        return (AccountingConfig(location=_default_location(warn=False)),
+                ["no accounting settings recorded: world-average intensity (location_source default)"])
+    notes: list[str] = []
+    summary = data.get("intensity_series")
+    series = location = None
+    if summary:
+        source = str(summary.get("source", ""))
+        try:
+            candidate = IntensitySeries.from_csv(source, hold_before_first=bool(summary.get("hold_before_first")))
+            fresh = candidate.summary()
+            if all(fresh.get(k) == summary.get(k) for k in ("points", "first", "last")):
+                series = candidate
+        except GreenmaasError:
+            pass
+        if series is None:
+            mean = float(summary.get("mean_g_per_kwh") or 0.0)
+            location = Location(
+                spec=f"{mean:g}", label=f"mean of intensity series {source}", intensity_g_per_kwh=mean,
+                source=f"recorded mean of intensity series {source} ({summary.get('first')}..{summary.get('last')})",
+                year=None, location_source=(data.get("location") or {}).get("location_source", "configured"),
+            )
+            notes.append(f"intensity series {source} is gone or changed: its recorded mean {mean:g} g/kWh is used")
+    try:
+        if location is None and data.get("location"):
+            location = Location.from_dict(data["location"])
+        if location is None and series is None:
+            location = _default_location(warn=False)
+        config = AccountingConfig(
+            location=location,
+            series=series,
+            market_intensity_g_per_kwh=data.get("market_intensity_g_per_kwh"),
+            tariff=data.get("tariff") or data.get("price"),
+            pue=data.get("pue", 1.0),
+            hardware_prices=data.get("hardware_prices") or {},
+            embodied=data.get("embodied") or {},
+            currency=data.get("currency"),
+        )
+    except (AccountingError, TypeError, ValueError, AttributeError) as exc:
+        return (AccountingConfig(location=_default_location(warn=False)),
+                [f"recorded accounting settings unusable ({exc}): world-average intensity (location_source default)"])
+    return config, notes
 
 
 def _safe(fn: Any) -> Any:

@@ -7,11 +7,19 @@ Following the Green Software Foundation's SCI v1.1::
 with TE the device's total embodied emissions, TiR the time reserved, EL its expected lifetime,
 and RR / ToR the share of the device's resources reserved. A year here is 365.25 days. Example:
 1,000 kg over a 4-year life, one hour reserved in full: 1e6 g × 3600 s / 126,230,400 s ≈ 28.5 g.
+
+Per device kind, as a string (:func:`parse_embodied`; ``GREENMAAS_EMBODIED``,
+``greenmaas report --embodied``)::
+
+    gpu=150kg/4y                    150 kgCO2e over a 4-year life, per GPU
+    gpu=150kgCO2e/4y,cpu=30kg/5y    several kinds, comma-separated
+    gpu=1.2t/5y                     tonnes also accepted; years as y, yr or years
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -19,7 +27,7 @@ import numpy as np
 
 from ..errors import AccountingError
 
-__all__ = ["Embodied", "SECONDS_PER_YEAR"]
+__all__ = ["Embodied", "SECONDS_PER_YEAR", "parse_embodied", "format_embodied"]
 
 #: Seconds in a Julian year (365.25 days).
 SECONDS_PER_YEAR = 365.25 * 86400.0
@@ -65,3 +73,53 @@ class Embodied:
             raise AccountingError(
                 f"malformed embodied figure {data!r}: expected {{'kg_co2e': ..., 'lifetime_years': ...}}"
             ) from exc
+
+
+_EMBODIED_RE = re.compile(
+    r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(kg|t)(?:\s*co2e?)?\s*/\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*"
+    r"(?:y|yr|yrs|year|years)\s*$",
+    re.I,
+)
+_EMBODIED_FORM = "<kind>=<number>kg/<years>y, e.g. gpu=150kg/4y or gpu=150kg/4y,cpu=30kg/5y"
+
+
+def parse_embodied(spec: "str | Mapping[str, Any] | None") -> dict[str, Embodied]:
+    """Embodied carbon per device kind from ``gpu=150kg/4y[,cpu=30kg/5y]`` or a dict.
+
+    A dict maps kinds to :class:`Embodied`, ``{"kg_co2e": ..., "lifetime_years": ...}`` or a
+    ``150kg/4y`` string. Kinds are lower-cased. Raises :class:`AccountingError`.
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        items = []
+        for part in str(spec).split(","):
+            if not part.strip():
+                continue
+            kind, sep, value = part.partition("=")
+            if not sep or not kind.strip():
+                raise AccountingError(f"malformed embodied carbon {part.strip()!r} in {spec!r}: expected {_EMBODIED_FORM}")
+            items.append((kind, value))
+        if not items:
+            raise AccountingError(f"malformed embodied carbon {spec!r}: expected {_EMBODIED_FORM}")
+    out: dict[str, Embodied] = {}
+    for kind, value in items:
+        if isinstance(value, str):
+            match = _EMBODIED_RE.match(value)
+            if not match:
+                raise AccountingError(
+                    f"malformed embodied carbon {str(kind).strip() + '=' + value.strip()!r}: expected {_EMBODIED_FORM}"
+                )
+            amount, unit, years = match.groups()
+            kg = float(amount) * (1000.0 if unit.lower() == "t" else 1.0)
+            out[str(kind).strip().lower()] = Embodied(kg, float(years))
+        else:
+            out[str(kind).strip().lower()] = Embodied.from_dict(value)
+    return out
+
+
+def format_embodied(embodied: "Mapping[str, Embodied]") -> str:
+    """The inverse of :func:`parse_embodied`: ``gpu=150kg/4y,cpu=30kg/5y``."""
+    return ",".join(f"{k}={e.kg_co2e:g}kg/{e.lifetime_years:g}y" for k, e in embodied.items())

@@ -289,9 +289,14 @@ def _cloud(text: str, source: str) -> Location:
     )
 
 
-def _default_location() -> Location:
+def _default_location(*, warn: bool = True) -> Location:
+    """The world average, ``location_source="default"``; warns (once per process) when ``warn``.
+
+    Reports that state the default in their sources pass ``warn=False``.
+    """
     fig = _data.world_average()
-    _warn_no_location(fig.intensity_g_per_kwh)
+    if warn:
+        _warn_no_location(fig.intensity_g_per_kwh)
     return Location(
         spec=None,
         label="World average (no location configured)",

@@ -137,6 +137,9 @@ class EventResolver:
         Age after which a device's anchor is renewed.
     ``timeout_s``
         A pair still incomplete after this long is given up: its callback gets an error.
+    ``stop_wait_s``
+        How long a meter's ``stop()`` waits for pending events before closing their spans as
+        interrupted (kernels still running at stop are rare; a hung one must not hang exit).
     ``thread``
         False keeps the resolver passive: call :meth:`poll` yourself (tests do).
     """
@@ -149,6 +152,7 @@ class EventResolver:
         poll_s: float = 0.002,
         reanchor_s: float = 60.0,
         timeout_s: float = 600.0,
+        stop_wait_s: float = 5.0,
         thread: bool = True,
     ) -> None:
         self.backend: Backend = backend if backend is not None else CudaBackend()
@@ -156,6 +160,7 @@ class EventResolver:
         self.poll_s = poll_s
         self.reanchor_s = reanchor_s
         self.timeout_s = timeout_s
+        self.stop_wait_s = stop_wait_s
         self._use_thread = thread
         self._anchors: dict[Hashable, Anchor] = {}
         self._anchor_lock = threading.Lock()

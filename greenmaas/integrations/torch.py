@@ -262,7 +262,7 @@ class _Tracker:
                 span.provisional = True
                 if not getattr(meter, "_greenmaas_events_hook", False):
                     meter._greenmaas_events_hook = True
-                    meter.on_stop(lambda: self.resolver().wait(30.0))
+                    meter.on_stop(lambda: self.resolver().wait(self.resolver().stop_wait_s))
             except Exception as exc:  # keep the span, on host time
                 self._warn(f"CUDA events unavailable, {self.name!r} uses host time: {exc}")
                 frame.cuda = []

@@ -235,11 +235,24 @@ def test_market_intensity_never_enters_sci():
     assert config.sci(energy_j=KWH, functional_units=1).sci_g == pytest.approx(400)
 
 
-def test_example_runs(capsys):
+def test_example_measures_once_and_prices_the_ledger_in_two_places(capsys, tmp_path):
+    from greenmaas.clock import SystemClock
+    from greenmaas.report import summarize
+    from greenmaas.testing import StaticSource
+
     example = Path(__file__).resolve().parents[2] / "examples" / "carbon_two_locations.py"
-    runpy.run_path(str(example), run_name="not_main")["main"](["x", "FR", "US-VA"])
+    main = runpy.run_path(str(example), run_name="not_main")["main"]
+    ledger = tmp_path / "two.db"
+    # A GPU whose energy follows the real clock: the example's timing is real, its power fixed.
+    gpu = StaticSource(SystemClock(), {"gpu:0": {"energy_j": lambda t: 300.0 * t}})
+    args = ["FR", "US-VA", "--ledger", str(ledger), "--epochs", "2", "--epoch-seconds", "0", "--samples", "200"]
+    assert main(args, sources=[gpu]) == 0
     out = capsys.readouterr().out
-    assert "FR" in out and "US-VA" in out and "carbon g" in out
+    assert "FR " in out and "US-VA " in out and "carbon (g)" in out and "global_energy_mix.json" in out
+    fr, va = (summarize(ledger, model="logreg-demo", accounting={"location": spec})[0] for spec in ("FR", "US-VA"))
+    assert fr["energy_j"] == va["energy_j"] > 0  # one measurement, two prices
+    assert va["carbon_g"] / fr["carbon_g"] == pytest.approx(
+        resolve_location("US-VA").intensity_g_per_kwh / resolve_location("FR").intensity_g_per_kwh)
 
 
 def test_default_location_warning_points_at_the_caller(fresh_caches):
@@ -271,3 +284,71 @@ def test_price_records_for_the_meter():
     assert measured.cost == pytest.approx(1.5 * (0.30 + 0.18)) and measured.currency == "EUR"
     assert blind.carbon_g is None and blind.cost is None and blind.currency is None
     price_records([], config)
+
+
+# ----------------------------------------------------------------- re-pricing a run's stored settings
+
+
+def test_embodied_from_the_environment_and_in_every_form():
+    env = {"GREENMAAS_LOCATION": "FR", "GREENMAAS_EMBODIED": "gpu=150kg/4y,CPU=1.2tCO2e/5years"}
+    config = AccountingConfig.from_env(environ=env)
+    assert config.embodied["gpu"].kg_co2e == 150.0 and config.embodied["gpu"].lifetime_years == 4.0
+    assert config.embodied["cpu"].kg_co2e == 1200.0 and config.embodied["cpu"].lifetime_years == 5.0
+    assert AccountingConfig(location=1, embodied="gpu=150kg/4y").embodied["gpu"] == config.embodied["gpu"]
+    assert AccountingConfig.from_dict(config.to_dict()).embodied == config.embodied
+    assert accounting.parse_embodied({"gpu": "150kg/4y"})["gpu"] == config.embodied["gpu"]
+    with pytest.raises(ConfigError, match="GREENMAAS_EMBODIED: malformed embodied carbon 'gpu=150'"):
+        AccountingConfig.from_env(environ={"GREENMAAS_LOCATION": "FR", "GREENMAAS_EMBODIED": "gpu=150"})
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "check"),
+    [
+        ("location", "US-CA", lambda v: v.spec == "US-CA" and v.location_source == "configured"),
+        ("tariff", "0.30EUR/kWh@08-20,0.10EUR/kWh", lambda v: v.currency == "EUR" and not v.is_flat),
+        ("pue", " 1.25 ", lambda v: v == 1.25),
+        ("market_intensity_g_per_kwh", "45 g/kWh", lambda v: v == 45.0),
+        ("hardware_prices", "gpu=2.5USD/h", lambda v: v["gpu"].per_hour == 2.5),
+        ("embodied", "gpu=150kg/4y", lambda v: v["gpu"].kg_co2e == 150.0),
+    ],
+)
+def test_parse_setting_reads_what_users_type(name, raw, check):
+    assert check(accounting.parse_setting(name, raw))
+
+
+def test_with_overrides_replaces_one_setting_and_keeps_the_rest(write_csv):
+    base = AccountingConfig(location="FR", tariff="0.2EUR/kWh", pue=1.1, series=write_csv(HOURLY))
+    moved = base.with_overrides(location="DE")
+    assert moved.location.spec == "DEU" and moved.series is None  # a new place drops the old series
+    assert (moved.tariff, moved.pue, moved.currency) == (base.tariff, 1.1, "EUR")
+    repriced = base.with_overrides(tariff="0.1USD/kWh")
+    assert repriced.currency == "USD" and repriced.series is base.series
+    assert base.with_overrides() is base and base.with_overrides(pue=None) is base
+    with pytest.raises(ConfigError, match="unknown accounting setting"):
+        base.with_overrides(colour="green")
+
+
+def test_recorded_rebuilds_the_settings_as_used(write_csv, fresh_caches):
+    stored = AccountingConfig(location="FR", tariff="0.2EUR/kWh", embodied="gpu=150kg/4y").to_dict()
+    stored["location"]["intensity_g_per_kwh"] = 60.0  # as it was then, not as the data say now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rebuilding, even the default, never warns
+        config, notes = accounting.recorded(stored)
+        default, default_notes = accounting.recorded(None)
+    assert config.location.intensity_g_per_kwh == 60.0 and notes == []
+    assert config.embodied["gpu"].lifetime_years == 4.0 and config.currency == "EUR"
+    assert default.location.location_source == "default" and "no accounting settings" in default_notes[0]
+    broken, broken_notes = accounting.recorded({"location": {"spec": "x"}, "pue": "high"})
+    assert broken.location.location_source == "default" and "unusable" in broken_notes[0]
+
+
+def test_recorded_series_is_re_read_only_while_unchanged(write_csv):
+    path = write_csv(HOURLY)
+    stored = AccountingConfig(series=path).to_dict()
+    config, notes = accounting.recorded(stored)
+    assert config.series is not None and notes == []
+    path.write_text(HOURLY + "2024-05-01T02:00:00Z,500\n")  # changed since: not what was used
+    config, notes = accounting.recorded(stored)
+    # The recorded mean (over first..last timestamp) stands in: 100 g/kWh here.
+    assert config.series is None and config.location.intensity_g_per_kwh == pytest.approx(100.0)
+    assert "gone or changed" in notes[0]

@@ -32,19 +32,27 @@ def test_version(runner):
     assert __version__ in ok(runner, ["--version"]).output
 
 
+ROW_KEYS = ["group", "spans", "duration_s", "energy_j", "carbon_g", "energy_cost", "hardware_cost", "cost",
+            "currency"]
+WORLD = 475.0  # codecarbon's world average, g/kWh: what a run that recorded no location gets
+
+
 class TestReport:
     def test_json_has_numbers_and_the_keys(self, runner, ledger_path):
         data = json.loads(ok(runner, ["report", "--ledger", str(ledger_path), "--format", "json"]).stdout)
         assert [r["group"] for r in data] == ["bert", "llama|7b", "(idle)"]
-        assert all(set(r) == {"group", "spans", "duration_s", "energy_j"} for r in data)
+        assert all(list(r) == ROW_KEYS for r in data)
         bert = data[0]
-        assert bert == {"group": "bert", "spans": 2, "duration_s": 100.0, "energy_j": 1000.0}
+        assert {k: bert[k] for k in ROW_KEYS[:4]} == {"group": "bert", "spans": 2, "duration_s": 100.0,
+                                                       "energy_j": 1000.0}
         assert isinstance(bert["energy_j"], float) and isinstance(bert["spans"], int)
+        assert bert["carbon_g"] == pytest.approx(1000.0 / 3.6e6 * WORLD)
+        assert bert["cost"] is None and bert["currency"] is None  # nothing priced it
 
     def test_csv(self, runner, ledger_path):
         out = ok(runner, ["report", "--ledger", str(ledger_path), "--format", "csv", "--by", "phase"]).stdout
         rows = list(csv.DictReader(io.StringIO(out)))
-        assert list(rows[0]) == ["group", "spans", "duration_s", "energy_j"]
+        assert list(rows[0]) == ROW_KEYS
         assert {r["group"]: float(r["energy_j"]) for r in rows} == {
             "training": 1000.0, "inference": 200.0, "(idle)": 300.0,
         }
@@ -71,7 +79,9 @@ class TestReport:
         data = json.loads(ok(runner, args + ["--by", "day", "--until", "2024-05-01"]).stdout)
         assert [r["group"] for r in data] == ["2024-05-01", "(idle)"]
         data = json.loads(ok(runner, args + ["--by", "request", "--since", "2024-05-01T10:01:00Z"]).stdout)
-        assert data == [{"group": "req-1", "spans": 1, "duration_s": 10.0, "energy_j": 200.0}]
+        assert [{k: r[k] for k in ROW_KEYS[:4]} for r in data] == [
+            {"group": "req-1", "spans": 1, "duration_s": 10.0, "energy_j": 200.0}
+        ]
 
     def test_empty_selection_in_a_table_says_so(self, runner, ledger_path):
         result = ok(runner, ["report", "--ledger", str(ledger_path), "--model", "nope"])

@@ -565,7 +565,7 @@ def test_unreadable_events_fall_back_to_host_time(meter, clock):
 
 def test_meter_stop_before_resolution_closes_the_span(meter, clock):
     backend = FakeBackend(clock)
-    resolver = EventResolver(backend=backend, clock=clock, thread=False)
+    resolver = EventResolver(backend=backend, clock=clock, thread=False, stop_wait_s=0.05)
     model = Timed(clock)
     with track_module(model, meter=meter, sync="events", resolver=resolver):
         model(torch.randn(1, 4))

@@ -20,7 +20,9 @@ def run(run_id: str = "r1", **kw) -> RunRecord:
 
 
 def span(span_id: str, start: float = 0.0, end: float = 1.0, *, energy: float = 10.0,
-         self_j: float | None = None, run_id: str = "r1", method: str = "counter", **kw) -> SpanRecord:
+         self_j: float | None = None, run_id: str = "r1", method: str = "counter",
+         device_s: float | None = None, device: str = "gpu:0", **kw) -> SpanRecord:
+    """A span on one device; ``device_s`` is its own device time (default: its whole duration)."""
     return SpanRecord(
         span_id=span_id,
         run_id=run_id,
@@ -28,7 +30,8 @@ def span(span_id: str, start: float = 0.0, end: float = 1.0, *, energy: float = 
         start=at(start),
         end=at(end),
         duration_s=end - start,
-        devices=[DeviceEnergy("gpu:0", energy, method, energy if self_j is None else self_j)],
+        devices=[DeviceEnergy(device, energy, method, energy if self_j is None else self_j,
+                              self_device_s=(end - start) if device_s is None else device_s)],
         **kw,
     )
 

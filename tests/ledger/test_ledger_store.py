@@ -17,12 +17,13 @@ from greenmaas.records import DeviceEnergy
 
 def test_round_trip_of_every_record(ledger):
     ledger.start_run(run())
-    parent = span("p", 0, 10, energy=100.0, self_j=20.0, kind="epoch", model="bert", phase="training")
+    parent = span("p", 0, 10, energy=100.0, self_j=20.0, device_s=2.0, kind="epoch", model="bert",
+                  phase="training")
     child = span("c", 1, 9, energy=80.0, parent_id="p", kind="step", model="bert", phase="training",
                  tokens_in=12, tokens_out=34, items=8, attrs={"lr": 0.1, "tags": ["a"]})
     ledger.write_spans([child, parent])
     ledger.write_samples([sample(i) for i in range(5)])
-    ledger.write_device_totals([totals()])
+    ledger.write_device_totals([totals(idle_s=2.5)])
     ledger.end_run("r1", at(20), "finished")
 
     with ledger.read() as conn:
@@ -40,12 +41,13 @@ def test_round_trip_of_every_record(ledger):
     assert (c.parent_id, c.tokens_in, c.tokens_out, c.items) == ("p", 12, 34, 8)
     assert c.attrs == {"lr": 0.1, "tags": ["a"]}
     assert (c.start, c.end, c.duration_s) == (at(1), at(9), 8.0)
-    assert [(d.span_id, d.device, d.energy_j, d.self_j) for d in devices] == [
-        ("c", "gpu:0", 80.0, 80.0),
-        ("p", "gpu:0", 100.0, 20.0),
+    assert [(d.span_id, d.device, d.energy_j, d.self_j, d.self_device_s) for d in devices] == [
+        ("c", "gpu:0", 80.0, 80.0, 8.0),
+        ("p", "gpu:0", 100.0, 20.0, 2.0),
     ]
     assert [s.energy_j for s in samples] == [0.0, 30.0, 60.0, 90.0, 120.0]
     assert (dt.total_j, dt.attributed_j, dt.idle_j, dt.start, dt.end) == (100.0, 70.0, 30.0, T0, at(10))
+    assert dt.idle_s == 2.5  # device time no span used: the operator's hardware line
 
 
 def test_times_come_back_timezone_aware_utc(ledger):
