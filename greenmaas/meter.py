@@ -316,8 +316,6 @@ class Meter:
                     self._flush(self.clock.monotonic())
         except Exception as exc:  # a result is never worth crashing the caller
             self._error(f"result of {span.name!r}: {exc}")
-        if not span.finalized:
-            span._result = self._result_of(span, final=False)
 
     # ------------------------------------------------------------------ background work
 
@@ -357,8 +355,9 @@ class Meter:
             self._record_totals(totals)
         if done:
             records = [self._record_of(s) for s in done]
-            self._price(records, done)
-            for r in records:
+            self._price(records)
+            for s, r in zip(done, records):
+                s.record = r
                 self._submit(r)
         self._record_samples(attr.watermark)
         if not force:
@@ -382,7 +381,6 @@ class Meter:
                     gap_s=gap_seconds(tl, s.start, s.end),  # type: ignore[arg-type]
                 )
             )
-        s._result = self._result_of(s, final=True, devices=devs)
         tenant = s.tenant
         if tenant is not None and self.ledger is not None:
             tenant = self.ledger.pseudonymise(tenant)
@@ -408,29 +406,33 @@ class Meter:
             devices=devs,
         )
 
-    def _result_of(self, s: Span, *, final: bool, devices: list[DeviceEnergy] | None = None) -> SpanResult:
-        if devices is None:
+    def _result_of(self, s: Span, *, final: bool) -> SpanResult:
+        """A span's result: from its ledger record once finalised, else from the running sums."""
+        rec = s.record
+        if rec is not None:
+            by_dev = {d.device: d.energy_j for d in rec.devices}
+            methods = {d.device: d.method for d in rec.devices}
+            self_j = rec.self_energy_j
+            gap = max((d.gap_s for d in rec.devices), default=0.0)
+        else:
             inc = s.acc.inclusive() if s.acc is not None else {}
             methods = {d: tl.method for d, tl in self.sampler.timelines.items()}
             by_dev = {d: inc.get(d, 0.0) for d in methods if s.devices is None or d in s.devices}
             self_j = sum(s.acc.self_j.values()) if s.acc is not None else 0.0
             gap = 0.0
-        else:
-            by_dev = {d.device: d.energy_j for d in devices}
-            methods = {d.device: d.method for d in devices}
-            self_j = sum(d.self_j for d in devices)
-            gap = max((d.gap_s for d in devices), default=0.0)
-        method = weakest_method(methods[d] for d in by_dev)
         end = s.end if s.end is not None else self.clock.monotonic()
         return SpanResult(
             duration_s=end - s.start,  # type: ignore[operator]
             energy_j=sum(by_dev.values()),
             by_device_j=by_dev,
             self_energy_j=self_j,
-            method=method,
+            method=weakest_method(methods[d] for d in by_dev),
             methods={d: methods[d] for d in by_dev},
             gap_s=gap,
-            final=final,
+            final=final and rec is not None,
+            carbon_g=rec.carbon_g if rec is not None else None,
+            cost=rec.cost if rec is not None else None,
+            currency=rec.currency if rec is not None else None,
         )
 
     def _record_totals(self, totals: list[WindowTotals]) -> None:
@@ -490,7 +492,7 @@ class Meter:
                 )
             self._sample_next[dev] = float(grid[-1]) + self.sample_interval_s
 
-    def _price(self, records: list[SpanRecord], spans: list[Span]) -> None:
+    def _price(self, records: list[SpanRecord]) -> None:
         """Carbon and cost at record time, with the accounting configured now."""
         if self.accounting is None or not records:
             return
@@ -498,11 +500,6 @@ class Meter:
             from .accounting.config import price_records
 
             price_records(records, self.accounting)
-            for s, r in zip(spans, records):
-                if s._result is not None:
-                    s._result.carbon_g = r.carbon_g
-                    s._result.cost = r.cost
-                    s._result.currency = r.currency
         except Exception as exc:
             self._error(f"carbon/cost not computed: {exc}")
 

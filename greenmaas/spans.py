@@ -98,6 +98,7 @@ class Span:
         "link",
         "_token",
         "_result",
+        "record",
         "acc",
         "rate_override",
         "finalized",
@@ -149,6 +150,7 @@ class Span:
         self.link: Span | None = None  # a batch share's request span
         self._token = None
         self._result: SpanResult | None = None
+        self.record = None  # the SpanRecord written to the ledger, once finalised
         self.acc = None  # the attributor's accumulators
         self.rate_override: float | None = None
         self.finalized = False
@@ -254,8 +256,10 @@ class Span:
             return self._result
         if self.end is None:
             raise ConfigError(f"span {self.name!r} is still open: its result exists after it exits")
-        self._meter._resolve(self)  # type: ignore[union-attr]
-        assert self._result is not None
+        if self.record is None:
+            self._meter._resolve(self)  # type: ignore[union-attr]
+        # Built on first read only: most spans' results (a server's requests) are never read.
+        self._result = self._meter._result_of(self, final=self.record is not None)  # type: ignore[union-attr]
         return self._result
 
     def __repr__(self) -> str:
