@@ -1,0 +1,60 @@
+"""The ledger on PostgreSQL. Runs when GREENMAAS_TEST_POSTGRES_URL names an empty database, e.g.
+``postgresql+psycopg://user:pass@127.0.0.1/db`` (needs ``pip install greenmaas[postgres]``)."""
+
+import os
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from greenmaas.analysis import read_ledger
+from greenmaas.errors import LedgerError
+from greenmaas.ledger.store import Ledger
+from greenmaas.meter import Meter
+from greenmaas.testing import FakeClock, StaticSource
+from greenmaas_cli.main import cli
+
+URL = os.environ.get("GREENMAAS_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not URL, reason="GREENMAAS_TEST_POSTGRES_URL not set")
+
+
+@pytest.fixture
+def url():
+    engine = sa.create_engine(URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    return URL
+
+
+def test_meter_report_and_read_back(url):
+    clock = FakeClock()
+    src = StaticSource(clock, {"gpu:0": {"energy_j": lambda t: 300 * t}})
+    meter = Meter(sources=[src], ledger=url, clock=clock, background=False, accounting=False)
+    meter.start()
+    for i in range(3):
+        with meter.request(f"r{i}", tenant="acme", model="llama", tokens_out=10):
+            clock.advance(0.5)
+            meter.tick()
+        clock.advance(0.1)
+        meter.tick()
+    meter.stop()
+    spans = read_ledger(url)
+    assert spans["energy_j"].tolist() == [pytest.approx(150.0)] * 3
+    assert "acme" not in set(spans["tenant"])
+    assert read_ledger(url, table="runs")["status"].tolist() == ["finished"]
+    r = CliRunner().invoke(cli, ["report", "--ledger", url, "--by", "model", "--format", "json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_newer_schema_refused_and_unchanged(url):
+    Ledger.open(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE meta SET value = '999' WHERE key = 'schema_version'"))
+    with pytest.raises(LedgerError):
+        Ledger.open(url)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == "999"
+    engine.dispose()
