@@ -38,6 +38,7 @@ from .errors import ConfigError, GreenmaasError
 from .records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
 from .sampling.sampler import Sampler
 from .sources.base import Source, weakest_method
+from .batch import Batch
 from .spans import Span, SpanResult
 
 __all__ = ["Meter", "get_meter", "measure", "request", "batch"]
@@ -556,88 +557,6 @@ class _RunEnd:
 
     def __call__(self, ledger) -> None:
         ledger.end_run(self.run_id, self.end, self.status)
-
-
-class Batch:
-    """One forward pass over several requests; see :meth:`Meter.batch`."""
-
-    def __init__(self, meter: Meter, requests: list, *, weights=None, name="batch", model=None, **tags):
-        if weights is not None and len(weights) != len(requests):
-            raise ConfigError(f"batch of {len(requests)} requests got {len(weights)} weights")
-        self.meter = meter
-        self.span = Span(name, meter=meter, kind="batch", model=model, phase=tags.pop("phase", "inference"), **tags)
-        self.members: list[Span] = []
-        for i, r in enumerate(requests):
-            link = r if isinstance(r, Span) else None
-            info: Mapping[str, Any] = r if isinstance(r, Mapping) else {}
-            rid = link.request_id if link else (info.get("request_id") if info else str(r))
-            tokens_out = link.tokens_out if link else info.get("tokens_out")
-            items = link.items if link else info.get("items")
-            if weights is not None:
-                w = float(weights[i])
-            elif tokens_out:
-                w = float(tokens_out)
-            elif items:
-                w = float(items)
-            else:
-                w = 1.0
-            m = Span(
-                f"{name}-share",
-                meter=meter,
-                kind="share",
-                model=model or (link.model if link else info.get("model")),
-                request_id=rid,
-                tenant=link.tenant if link else info.get("tenant"),
-                tokens_out=tokens_out,
-                items=items,
-                weight=w,
-            )
-            m.link = link
-            self.members.append(m)
-        total = sum(m.weight or 0.0 for m in self.members)
-        for m in self.members:
-            m.rate_override = (m.weight or 0.0) / total if total > 0 else 0.0
-
-    def __enter__(self) -> "Batch":
-        from .spans import _current
-
-        # A batch is never inside one of its own requests (a test or a simple server may open
-        # it from a request's context): nest it under the nearest span that is not a member.
-        links = {id(m.link) for m in self.members if m.link is not None}
-        outer = _current.get()
-        while outer is not None and id(outer) in links:
-            outer = outer.parent
-        token = _current.set(outer)
-        try:
-            self.span.__enter__()
-        finally:
-            self.span._token = token  # exiting the batch restores the caller's context
-        for m in self.members:
-            if m.link is not None:
-                m.link.has_children = True
-            m.__enter__()
-            # Members sit side by side under the batch, not inside each other.
-            _current.set(self.span)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        now = self.meter.clock.monotonic()
-        for m in self.members:
-            m.end = now
-            if exc_type is not None:
-                m.status = "error"
-            m._token = None
-        self.span.__exit__(exc_type, exc, tb)
-
-    async def __aenter__(self) -> "Batch":
-        return self.__enter__()
-
-    async def __aexit__(self, *exc) -> None:
-        self.__exit__(*exc)
-
-    @property
-    def result(self) -> SpanResult:
-        return self.span.result
 
 
 def _at_exit_stop(ref) -> None:
