@@ -20,6 +20,7 @@ demo: venv
 	$(PY) examples/quickstart.py --ledger $(LEDGER)
 	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by model
 	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by phase
+	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by tenant --location FR --price 0.25EUR/kWh
 
 test: venv
 	$(PY) -m pytest

@@ -186,6 +186,25 @@ def overhead(n: int = 200_000) -> dict:
     }
 
 
+def live(n: int = 100_000) -> dict:
+    """The live path: n closed requests finalised by one flush of the meter's attributor (the
+    background thread's work: shares, records, results), on a device read every 10 ms."""
+    clock = FakeClock()
+    src = StaticSource(clock, {"gpu:0": {"energy_j": lambda t: 300.0 * t, "power_w": lambda t: 300.0}})
+    meter = Meter(sources=[src], ledger=False, clock=clock, background=False, accounting=False, period_s=0.01)
+    meter.start()
+    for i in range(n):
+        with meter.request(str(i), tokens_out=5):
+            clock.advance(0.0005)
+        if i % 20 == 0:
+            meter.sampler.tick()
+    t0 = time.perf_counter()
+    meter.tick()
+    dt = time.perf_counter() - t0
+    meter.stop()
+    return {"n": n, "seconds": dt, "us_per_span": dt / n * 1e6}
+
+
 def scale(n: int = 1_000_000) -> dict:
     rng = np.random.default_rng(1)
     T = 3600.0
@@ -218,6 +237,7 @@ def main() -> int:
     acc = {r: accuracy(read_s=r) for r in (0.02, 0.01, 0.005)}
     ov = overhead()
     sc = scale(args.spans)
+    lv = live()
     lines = [
         "# Attribution: accuracy, overhead, scale",
         "",
@@ -276,7 +296,12 @@ def main() -> int:
         lines.append(f"| {p} | {v['seconds']:.2f} | {v['residual']:.1e} |")
     lines += [
         "",
-        "Target: ≤ 5 s.",
+        "Target: ≤ 5 s. This is the attribution engine alone (`share_energy`), as used by",
+        "`greenmaas attribute` after parsing its CSV files and by the meter for every window.",
+        "",
+        f"Live path: {lv['n']:,} closed requests finalised in one flush of the meter (shares,",
+        f"ledger records, results) took {lv['seconds']:.2f} s, {lv['us_per_span']:.0f} µs per span, on",
+        "the meter's background thread, never the caller's.",
         "",
         "## Limits of this evidence",
         "",
