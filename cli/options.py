@@ -78,7 +78,7 @@ class DateParam(click.ParamType):
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
             return value
-        from greenmaas.report import parse_date
+        from greenmaas.period import parse_date
 
         try:
             return parse_date(value)

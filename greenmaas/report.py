@@ -1,6 +1,10 @@
 """Summaries of a ledger: energy, carbon and cost per model, phase, run, day, request, tenant or
 span name, re-computed from the recorded energy.
 
+This module groups a priced selection (:mod:`greenmaas.pricing`, which says how each span's
+carbon and cost are computed) into rows, and says what the figures rest on. Device totals and
+the list of runs are in :mod:`greenmaas.listings`; all are importable from here.
+
 The counting rule
 -----------------
 Spans nest (an epoch contains steps, a batch contains requests). A group's ``energy_j`` is the sum
@@ -17,17 +21,10 @@ largest first, with ``(idle)`` last. A span without a value for the grouping key
 Carbon and cost
 ---------------
 Energy is the recorded fact; carbon and cost are computed from it each time a report is made, with
-the accounting each run recorded in ``config["accounting"]`` (as used at the time: the stored
-grid figure, not a new lookup; see :func:`greenmaas.accounting.recorded`) or with settings
-given now (``accounting=``), without re-running anything. Per span:
-
-* ``carbon_g`` (location-based) and ``carbon_market_g`` (only where a market-based intensity is
-  set) price ``self_energy_j`` × PUE, spread uniformly over the span and split over time where
-  the intensity varies — never the inclusive energy, which would count children twice;
-* ``energy_cost`` prices the same energy with the tariff (time-of-use periods split likewise);
-* ``hardware_cost`` charges the span's own device time (``span_devices.self_device_s``, shared
-  among concurrent spans by the same rules as energy) at the hourly price of each device's kind;
-* ``cost = energy_cost + hardware_cost`` in ``currency`` (None where neither is configured).
+the accounting each run recorded or with settings given now (``accounting=``), without re-running
+anything (see :mod:`greenmaas.pricing`). A row's ``carbon_g``, ``carbon_market_g``,
+``energy_cost``, ``hardware_cost`` and ``cost`` (in ``currency``; ``"mixed"`` and no sum where
+a group spans currencies) are the sums of its spans' own shares.
 
 The ``(idle)`` row prices the idle energy of each device window (``device_totals``) the same way
 and charges its idle device time (``idle_s``): the operator's own line. So rows add up to the
@@ -45,21 +42,28 @@ Extra columns plug in through :class:`ExtraColumn`.
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .analysis import opened
 from .errors import ConfigError
-from .sources.base import METHOD_UNCERTAINTY, UNMEASURABLE
+from .listings import list_runs, totals
+from .period import parse_date, to_utc
+from .pricing import (
+    AccountingSource,
+    Selection,
+    as_float,
+    device_kinds,
+    load_selection,
+    priced_selection,
+    priced_spans,
+)
+from .sources.base import METHOD_UNCERTAINTY, method_rank
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .accounting.config import AccountingConfig
     from .ledger import Ledger
 
 __all__ = [
@@ -159,331 +163,6 @@ class Summary:
         }
 
 
-_SPAN_COLUMNS = (
-    "span_id", "parent_id", "run_id", "kind", "model", "phase", "request_id", "tenant", "name",
-    "start", "end", "duration_s", "energy_j", "self_energy_j", "method", "tokens_in", "tokens_out",
-    "items",
-)
-_DEVICE_COLUMNS = ("span_id", "device", "self_j", "self_device_s", "method")
-_WINDOW_COLUMNS = (
-    "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s", "idle_s",
-)
-
-
-def parse_date(text: str) -> date | datetime:
-    """``YYYY-MM-DD`` as a ``date``, or an ISO 8601 time (``2024-05-01T12:00Z``) as a ``datetime``.
-
-    Raises :class:`ConfigError` naming the text when it is neither.
-    """
-    text = text.strip()
-    try:
-        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"invalid date {text!r}; use YYYY-MM-DD or an ISO 8601 time like 2024-05-01T12:00Z"
-        ) from None
-
-
-def to_utc(value: date | datetime | str | None, *, upper: bool = False) -> datetime | None:
-    """A bound for ``since``/``until`` as an aware UTC datetime.
-
-    Accepts a ``date`` or ``datetime`` (naive means UTC) or a string for :func:`parse_date`. A bare
-    date used as an upper bound (``upper=True``) includes that whole day.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = parse_date(value)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-    if isinstance(value, date):
-        start = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-        return start + timedelta(days=1) if upper else start
-    raise ConfigError(f"invalid date {value!r}; expected a date, a datetime or an ISO 8601 string")
-
-
-def _frame(rows, columns) -> "pd.DataFrame":
-    import pandas as pd
-
-    df = pd.DataFrame.from_records(rows, columns=list(columns))
-    for c in columns:
-        if c in ("start", "end"):
-            df[c] = pd.to_datetime(df[c], utc=True)
-        elif c.endswith(("_j", "_s", "_g")) or c in ("tokens_in", "tokens_out", "items"):
-            df[c] = df[c].astype("float64")
-    return df
-
-
-def _float(value) -> float | None:
-    import pandas as pd
-
-    return None if value is None or pd.isna(value) else float(value)
-
-
-# ----------------------------------------------------------------------------------- loading
-
-
-@dataclass
-class _Selection:
-    spans: "pd.DataFrame"
-    devices: "pd.DataFrame"  # span_devices of the selected spans
-    windows: "pd.DataFrame | None"  # idle windows, when the grouping has an (idle) row
-    runs: dict[str, dict[str, Any]]  # run_id -> config, devices, start, end
-
-
-def _load(ledger_or_url, lo, hi, model, *, idle: bool) -> _Selection:
-    import pandas as pd
-    from sqlalchemy import func, select
-
-    from .ledger.models import DeviceTotal, Run, Span, SpanDevice
-
-    conditions = []
-    if lo is not None:
-        conditions.append(Span.start >= lo)
-    if hi is not None:
-        conditions.append(Span.start < hi)
-    if model is not None:
-        conditions.append(Span.model == model)
-    span_query = select(*(getattr(Span, c) for c in _SPAN_COLUMNS)).where(*conditions)
-    device_query = (
-        select(*(getattr(SpanDevice, c) for c in _DEVICE_COLUMNS))
-        .join(Span, Span.span_id == SpanDevice.span_id)
-        .where(*conditions)
-    )
-    when = func.coalesce(DeviceTotal.start, Run.start)
-    window_query = (
-        select(*(getattr(DeviceTotal, c) for c in _WINDOW_COLUMNS))
-        .join(Run, Run.run_id == DeviceTotal.run_id)
-        .where(DeviceTotal.method != UNMEASURABLE)
-    )
-    if lo is not None:
-        window_query = window_query.where(when >= lo)
-    if hi is not None:
-        window_query = window_query.where(when < hi)
-    run_query = select(Run.run_id, Run.config, Run.devices, Run.start, Run.end)
-
-    with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        spans = _frame(conn.execute(span_query).all(), _SPAN_COLUMNS)
-        devices = _frame(conn.execute(device_query).all(), _DEVICE_COLUMNS)
-        windows = _frame(conn.execute(window_query).all(), _WINDOW_COLUMNS) if idle else None
-        runs = {
-            r.run_id: {"config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end}
-            for r in conn.execute(run_query)
-        }
-    described = _device_kinds(runs)
-    devices["run_id"] = devices["span_id"].map(dict(zip(spans["span_id"], spans["run_id"])))
-    devices["kind"] = _kinds(described, devices["run_id"], devices["device"])
-    if windows is not None:
-        # A window without times takes its run's.
-        starts = pd.to_datetime(windows["run_id"].map({k: r["start"] for k, r in runs.items()}), utc=True)
-        ends = pd.to_datetime(windows["run_id"].map({k: r["end"] for k, r in runs.items()}), utc=True)
-        windows["start"] = windows["start"].fillna(starts)
-        windows["end"] = windows["end"].fillna(ends).fillna(windows["start"])
-        windows["kind"] = _kinds(described, windows["run_id"], windows["device"])
-    return _Selection(spans, devices, windows, runs)
-
-
-# ----------------------------------------------------------------------------------- pricing
-
-
-@dataclass
-class _Source:
-    config: "AccountingConfig"
-    notes: list[str]
-    runs: list[str] = field(default_factory=list)
-
-
-def _resolve_accounting(accounting: Any) -> "AccountingConfig | dict[str, Any] | None":
-    """``accounting=`` as a whole configuration, parsed overrides, or None (as recorded)."""
-    from .accounting.config import AccountingConfig, parse_setting
-
-    if accounting is None or isinstance(accounting, AccountingConfig):
-        return accounting
-    if not isinstance(accounting, Mapping):
-        raise ConfigError(
-            f"accounting={accounting!r}: expected an AccountingConfig, a dict of settings to replace, "
-            "None (as recorded) or False (energy only)"
-        )
-    fields = AccountingConfig.__dataclass_fields__
-    unknown = set(accounting) - set(fields)
-    if unknown:
-        raise ConfigError(
-            f"unknown accounting setting(s) {', '.join(sorted(unknown))}; expected {', '.join(fields)}"
-        )
-    return {
-        name: parse_setting(name, value) if isinstance(value, str) else value
-        for name, value in accounting.items()
-        if value is not None
-    }
-
-
-def _sources_for(runs: Mapping[str, dict], run_ids: Sequence[str], accounting: Any) -> tuple[list[_Source], dict]:
-    """The accounting each run is priced with, deduplicated: (sources, run_id -> source index)."""
-    from .accounting.config import AccountingConfig, recorded
-    from .accounting.locations import NoLocationWarning
-
-    sources: list[_Source] = []
-    seen: dict[str, int] = {}
-    cache: dict[str, tuple[Any, list[str]]] = {}
-    index: dict[str, int] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoLocationWarning)  # the report's sources state the default
-        for run_id in run_ids:
-            if isinstance(accounting, AccountingConfig):
-                config, notes = accounting, []
-            else:
-                stored = (runs.get(run_id) or {}).get("config", {}).get("accounting")
-                key = json.dumps(stored, sort_keys=True, default=str)
-                if key not in cache:
-                    config, notes = recorded(stored)
-                    if accounting:
-                        config = config.with_overrides(**accounting)
-                        if accounting.keys() & {"location", "series"}:
-                            notes = []  # they were about the recorded intensity
-                    cache[key] = (config, notes)
-                config, notes = cache[key]
-            key = json.dumps([config.to_dict(), notes], sort_keys=True, default=str)
-            if key not in seen:
-                seen[key] = len(sources)
-                sources.append(_Source(config, list(notes)))
-            index[run_id] = seen[key]
-            sources[seen[key]].runs.append(run_id)
-    return sources, index
-
-
-def _device_kinds(runs: Mapping[str, dict]) -> dict[tuple[str, str], dict]:
-    """(run_id, device id) -> the run's description of that device (kind, name, ...)."""
-    out = {}
-    for run_id, run in runs.items():
-        for d in run.get("devices") or []:
-            if isinstance(d, dict) and d.get("id"):
-                out[(run_id, d["id"])] = d
-    return out
-
-
-def _kinds(described: dict, run_ids: "pd.Series", devices: "pd.Series") -> list[str]:
-    """Device kind of each (run, device): as the run described it, else the id's prefix."""
-    out = []
-    for run_id, device in zip(run_ids, devices):
-        d = described.get((run_id, device))
-        out.append(str((d.get("kind") if d else None) or str(device).split(":", 1)[0]).lower())
-    return out
-
-
-def _price_energy(frame: "pd.DataFrame", energy: str, sources: list[_Source], source_of: "pd.Series") -> None:
-    """carbon_g, carbon_market_g, energy_cost, facility_energy_j of ``frame[energy]`` (J) spread
-    over ``[start, end)``, each row with the accounting ``sources[source_of]``; in place."""
-    import numpy as np
-
-    from .accounting.config import price
-
-    for c in ("carbon_g", "carbon_market_g", "energy_cost", "facility_energy_j"):
-        frame[c] = np.full(len(frame), np.nan)
-    for i, src in enumerate(sources):
-        mask = (source_of == i).to_numpy()
-        if not mask.any():
-            continue
-        part = frame.loc[mask, ["start", "end"]].assign(energy_j=frame.loc[mask, energy])
-        priced = price(part, src.config)
-        for c in ("carbon_g", "carbon_market_g", "energy_cost"):
-            frame.loc[mask, c] = priced[c].to_numpy()
-        frame.loc[mask, "facility_energy_j"] = part["energy_j"].to_numpy(dtype=np.float64) * src.config.pue
-
-
-def _price_device_time(seconds: "pd.Series", kinds: "pd.Series", sources: list[_Source],
-                       source_of: "pd.Series") -> tuple["np.ndarray", "np.ndarray"]:
-    """Hardware cost (NaN where the kind has no price) and embodied grams of device time."""
-    import numpy as np
-
-    sec = seconds.fillna(0.0).to_numpy(dtype=np.float64)
-    cost, grams = np.full(len(sec), np.nan), np.zeros(len(sec))
-    for i, src in enumerate(sources):
-        mask = (source_of == i).to_numpy()
-        if not mask.any():
-            continue
-        prices, embodied = src.config.hardware_prices, src.config.embodied
-        kind = kinds[mask]
-        if prices:
-            rate = kind.map(lambda k: prices[k].per_hour if k in prices else np.nan).to_numpy(dtype=np.float64)
-            cost[mask] = sec[mask] / 3600.0 * rate
-        if embodied:
-            per_s = kind.map(lambda k: embodied[k].amortised_g(1.0) if k in embodied else 0.0)
-            grams[mask] = sec[mask] * per_s.to_numpy(dtype=np.float64)
-    return cost, grams
-
-
-def _total_cost(frame: "pd.DataFrame", energy: str, sources: list[_Source], source_of: "pd.Series") -> None:
-    """cost = energy_cost + hardware_cost (NaN where both are), and its currency; in place.
-
-    Unknown energy under a tariff is an unknown cost, not the hardware share alone.
-    """
-    import numpy as np
-
-    e, h = frame["energy_cost"], frame["hardware_cost"]
-    tariffed = source_of.map({i: s.config.tariff is not None for i, s in enumerate(sources)}).fillna(False)
-    known = (e.notna() | h.notna()) & ~(frame[energy].isna() & tariffed.astype(bool))
-    frame["cost"] = (e.fillna(0.0) + h.fillna(0.0)).where(known, np.nan)
-    currency = source_of.map({i: s.config.currency for i, s in enumerate(sources)})
-    frame["currency"] = currency.astype(object).where(frame["cost"].notna(), None)
-
-
-def _price_selection(sel: _Selection, sources: list[_Source], index: dict[str, int]) -> None:
-    """Priced columns on ``sel.spans`` (their own share) and ``sel.windows`` (idle), in place."""
-    import pandas as pd
-
-    spans, devices = sel.spans, sel.devices
-    source_of_span = spans["run_id"].map(index)
-    _price_energy(spans, "self_energy_j", sources, source_of_span)
-    # Device time is priced per (span, device) by the device's kind, then summed per span.
-    cost, grams = _price_device_time(devices["self_device_s"], devices["kind"], sources,
-                                     devices["run_id"].map(index))
-    per_span = pd.DataFrame({"hardware_cost": cost, "embodied_g": grams}, index=devices.index)
-    per_span = per_span.groupby(devices["span_id"]).sum(min_count=1)
-    spans["hardware_cost"] = spans["span_id"].map(per_span["hardware_cost"]).astype("float64")
-    spans["embodied_g"] = spans["span_id"].map(per_span["embodied_g"]).fillna(0.0).astype("float64")
-    _total_cost(spans, "self_energy_j", sources, source_of_span)
-
-    w = sel.windows
-    if w is None:
-        return
-    source_of_window = w["run_id"].map(index)
-    _price_energy(w, "idle_j", sources, source_of_window)
-    w["hardware_cost"], w["embodied_g"] = _price_device_time(w["idle_s"], w["kind"], sources, source_of_window)
-    _total_cost(w, "idle_j", sources, source_of_window)
-
-
-def _priced_selection(ledger_or_url, lo, hi, model, *, idle: bool, accounting: Any):
-    sel = _load(ledger_or_url, lo, hi, model, idle=idle)
-    run_ids = sorted(set(sel.spans["run_id"]) | (set(sel.windows["run_id"]) if sel.windows is not None else set()))
-    sources, index = _sources_for(sel.runs, run_ids, _resolve_accounting(accounting))
-    _price_selection(sel, sources, index)
-    return sel, sources, index
-
-
-def priced_spans(
-    ledger_or_url: Ledger | str | os.PathLike | None = None,
-    *,
-    since: date | datetime | str | None = None,
-    until: date | datetime | str | None = None,
-    model: str | None = None,
-    accounting: Any = None,
-) -> "pd.DataFrame":
-    """The selected spans with carbon and cost of their own share, re-computed from energy.
-
-    One row per span (the columns :class:`ExtraColumn` describes), priced as :func:`summarize`
-    prices them: with each run's recorded accounting, or ``accounting`` (an
-    :class:`~greenmaas.accounting.AccountingConfig` for every run, or a dict of settings to
-    replace, e.g. ``{"location": "FR", "tariff": "0.25EUR/kWh"}``). Unlike the recorded
-    ``carbon_g`` of :func:`~greenmaas.analysis.read_ledger` (which covers a span's children too),
-    these columns sum over any set of spans without double counting.
-    """
-    sel, _, _ = _priced_selection(ledger_or_url, to_utc(since), to_utc(until, upper=True), model,
-                                  idle=False, accounting=accounting)
-    return sel.spans
-
-
 # ----------------------------------------------------------------------------------- grouping
 
 
@@ -518,10 +197,10 @@ def summary(
     lo, hi = to_utc(since), to_utc(until, upper=True)
     idle = by in _IDLE_GROUPS and model is None
     if accounting is False:
-        sel = _load(ledger_or_url, lo, hi, model, idle=idle)
-        sources: list[_Source] = []
+        sel = load_selection(ledger_or_url, lo, hi, model, idle=idle)
+        sources: list[AccountingSource] = []
     else:
-        sel, sources, _ = _priced_selection(ledger_or_url, lo, hi, model, idle=idle, accounting=accounting)
+        sel, sources, _ = priced_selection(ledger_or_url, lo, hi, model, idle=idle, accounting=accounting)
     priced = accounting is not False
     market = any(s.config.market_intensity_g_per_kwh is not None for s in sources)
     out = Summary(by=by, rows=[], sci=sci, priced=priced)
@@ -547,7 +226,7 @@ def summary(
             w[f"__{c.key}"] = float("nan")
         (row,) = _rows(w, pd.Series(IDLE, index=w.index), **keys, idle=True)
         for c in extra_columns:
-            row[c.key] = _float(c.idle(sel.windows)) if c.idle is not None else None
+            row[c.key] = as_float(c.idle(sel.windows)) if c.idle is not None else None
         rows.append(row)
     out.rows = rows
     _describe(out, sel, sources)
@@ -626,7 +305,7 @@ def _rows(frame: "pd.DataFrame", key: "pd.Series", *, priced: bool, market: bool
             elif c == "functional_units":
                 row[c] = int(v) if float(v).is_integer() else float(v)
             else:
-                row[c] = _float(v)
+                row[c] = as_float(v)
         rows.append(row)
     return rows
 
@@ -686,7 +365,7 @@ def _note(out: Summary, text: str) -> None:
 # ----------------------------------------------------------------------------------- sources
 
 
-def _describe(out: Summary, sel: _Selection, sources: list[_Source]) -> None:
+def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> None:
     """Fill in what a summary's figures rest on: sources, methods, period, per-group facts."""
     from .accounting.config import describe
 
@@ -704,8 +383,8 @@ def _describe(out: Summary, sel: _Selection, sources: list[_Source]) -> None:
     methods = set(spans["method"]) | (set(windows["method"]) if windows is not None else set())
     out.methods = [
         {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(counts.get(m, 0)),
-         "energy_j": _float(energy.get(m)) if len(spans) else None}
-        for m in sorted(methods, key=_method_order)
+         "energy_j": as_float(energy.get(m)) if len(spans) else None}
+        for m in sorted(methods, key=method_rank)
     ]
     if len(spans):
         out.period = (spans["start"].min().to_pydatetime(), spans["end"].max().to_pydatetime())
@@ -722,7 +401,7 @@ def _describe(out: Summary, sel: _Selection, sources: list[_Source]) -> None:
     # report of 100,000 requests loops over few rows.
     if spans.empty:
         return
-    described = _device_kinds(sel.runs)
+    described = device_kinds(sel.runs)
     index = {run: i for i, s in enumerate(sources) for run in s.runs}
     pairs = spans[["group", "run_id", "method"]].drop_duplicates()
     runs = pairs[["group", "run_id"]].drop_duplicates()
@@ -746,121 +425,6 @@ def _describe(out: Summary, sel: _Selection, sources: list[_Source]) -> None:
         if name not in facts[group]["devices"]:
             facts[group]["devices"].append(name)
     for f in facts.values():
-        f.update(sources=sorted(f["sources"]), methods=sorted(f["methods"], key=_method_order),
+        f.update(sources=sorted(f["sources"]), methods=sorted(f["methods"], key=method_rank),
                  runs=sorted(f["runs"]))
     out.groups = facts
-
-
-def _method_order(method: str) -> int:
-    order = ("counter", "replay", "power", "estimate", UNMEASURABLE)
-    return order.index(method) if method in order else len(order)
-
-
-# ----------------------------------------------------------------------------------- devices, runs
-
-
-def totals(
-    ledger_or_url: Ledger | str | os.PathLike | None = None,
-    *,
-    since: date | datetime | str | None = None,
-    until: date | datetime | str | None = None,
-    run: str | None = None,
-) -> list[dict[str, Any]]:
-    """What each device consumed: ``{"device", "method", "total_j", "attributed_j", "idle_j",
-    "gap_s", "idle_s", "windows"}`` summed over attribution windows (and runs), by device.
-
-    ``method`` lists the distinct methods if a device was measured in several ways. Devices that
-    could not be measured have None energies (never 0 J). ``idle_s`` is device time no span used.
-    """
-    from sqlalchemy import func, select
-
-    from .ledger.models import DeviceTotal, Run
-
-    lo, hi = to_utc(since), to_utc(until, upper=True)
-    when = func.coalesce(DeviceTotal.start, Run.start)
-    query = select(*(getattr(DeviceTotal, c) for c in _WINDOW_COLUMNS)).join(
-        Run, Run.run_id == DeviceTotal.run_id
-    )
-    if lo is not None:
-        query = query.where(when >= lo)
-    if hi is not None:
-        query = query.where(when < hi)
-    if run is not None:
-        query = query.where(DeviceTotal.run_id == run)
-    with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        windows = _frame(conn.execute(query).all(), _WINDOW_COLUMNS)
-
-    out = []
-    for device, g in windows.groupby("device", sort=True):
-        measured = g[g["method"] != UNMEASURABLE]
-        out.append(
-            {
-                "device": device,
-                "method": ", ".join(sorted(set(g["method"]))),
-                "total_j": _float(measured["total_j"].sum(min_count=1)),
-                "attributed_j": _float(measured["attributed_j"].sum(min_count=1)),
-                "idle_j": _float(measured["idle_j"].sum(min_count=1)),
-                "gap_s": float(g["gap_s"].sum()),
-                "idle_s": float(g["idle_s"].fillna(0.0).sum()),
-                "windows": int(len(g)),
-            }
-        )
-    return out
-
-
-def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """One row per run, oldest first: run_id, host, pid, start, end, status, spans, energy_j.
-
-    ``energy_j`` is what the run's devices consumed (the sum of their totals, spans and idle
-    alike); for a run without device totals, the sum of its spans' self energy.
-    """
-    from sqlalchemy import func, select
-
-    from .ledger.models import DeviceTotal, Run, Span
-
-    span_stats = (
-        select(
-            Span.run_id,
-            func.count().label("spans"),
-            func.sum(Span.self_energy_j).label("span_j"),
-        )
-        .group_by(Span.run_id)
-        .subquery()
-    )
-    device_stats = (
-        select(DeviceTotal.run_id, func.sum(DeviceTotal.total_j).label("total_j"))
-        .where(DeviceTotal.method != UNMEASURABLE)
-        .group_by(DeviceTotal.run_id)
-        .subquery()
-    )
-    query = (
-        select(
-            Run.run_id,
-            Run.host,
-            Run.pid,
-            Run.start,
-            Run.end,
-            Run.status,
-            span_stats.c.spans,
-            span_stats.c.span_j,
-            device_stats.c.total_j,
-        )
-        .outerjoin(span_stats, span_stats.c.run_id == Run.run_id)
-        .outerjoin(device_stats, device_stats.c.run_id == Run.run_id)
-        .order_by(Run.start, Run.run_id)
-    )
-    with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        rows = conn.execute(query).all()
-    return [
-        {
-            "run_id": r.run_id,
-            "host": r.host,
-            "pid": r.pid,
-            "start": r.start,
-            "end": r.end,
-            "status": r.status,
-            "spans": int(r.spans or 0),
-            "energy_j": _float(r.total_j if r.total_j is not None else r.span_j),
-        }
-        for r in rows
-    ]

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from greenmaas.errors import ConfigError
 from greenmaas.ledger import Ledger
+from greenmaas.listings import list_runs, totals
+from greenmaas.period import to_utc
 from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SpanRecord
-from greenmaas.report import GROUPS, IDLE, NONE, ExtraColumn, list_runs, summarize, to_utc, totals
+from greenmaas.report import GROUPS, IDLE, NONE, ExtraColumn, summarize
 
 DAY1 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
 DAY2 = datetime(2024, 5, 2, 0, 30, tzinfo=timezone.utc)
@@ -246,7 +248,8 @@ def test_carbon_always_adds_up_to_the_self_energy_times_intensity(tree, by):
 from greenmaas.accounting import AccountingConfig  # noqa: E402
 from greenmaas.errors import AccountingError  # noqa: E402
 from greenmaas.modelcard import model_cards, source_lines, sources_markdown  # noqa: E402
-from greenmaas.report import priced_spans, summary  # noqa: E402
+from greenmaas.pricing import priced_spans  # noqa: E402
+from greenmaas.report import summary  # noqa: E402
 
 KWH = 3.6e6
 GPU = [{"id": "gpu:0", "kind": "gpu", "name": "NVIDIA H100 80GB HBM3", "method": "counter"}]
@@ -464,3 +467,15 @@ def test_bad_accounting_arguments(served):
         summarize(served, accounting={"colour": "green"})
     with pytest.raises(ConfigError, match="functional unit"):
         summarize(served, sci="watt")
+
+
+def test_report_reexports_stay_the_same_objects():
+    import greenmaas.listings
+    import greenmaas.period
+    import greenmaas.pricing
+    import greenmaas.report
+
+    assert greenmaas.report.priced_spans is greenmaas.pricing.priced_spans
+    assert greenmaas.report.totals is greenmaas.listings.totals
+    assert greenmaas.report.list_runs is greenmaas.listings.list_runs
+    assert greenmaas.report.to_utc is greenmaas.period.to_utc

@@ -25,6 +25,7 @@ __all__ = [
     "Detection",
     "METHOD_UNCERTAINTY",
     "weakest_method",
+    "method_rank",
 ]
 
 #: A hardware cumulative energy counter (NVML total energy, RAPL energy_uj).
@@ -51,6 +52,12 @@ def weakest_method(methods) -> str:
         if m in ms:
             return m
     return UNMEASURABLE
+
+
+def method_rank(method: str) -> int:
+    """Sort key listing methods strongest first (``counter`` is 0); a method not known sorts last."""
+    return len(_STRENGTH) - 1 - _STRENGTH.index(method) if method in _STRENGTH else len(_STRENGTH)
+
 
 #: Relative uncertainty we state for each method, for reports and model cards. Counter and power
 #: figures follow the published NVML studies summarised in FIELD.md; the estimate is a TDP model.

@@ -1,0 +1,128 @@
+"""What the ledger holds per device and per run: device totals and the list of runs.
+
+Energy only, as recorded (nothing is priced here; see :mod:`greenmaas.pricing`). ``greenmaas
+runs`` lists :func:`list_runs`; :func:`totals` adds up each device's attribution windows.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from .analysis import opened
+from .period import to_utc
+from .pricing import WINDOW_COLUMNS, as_float, ledger_frame
+from .sources.base import UNMEASURABLE
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+__all__ = ["totals", "list_runs"]
+
+
+def totals(
+    ledger_or_url: Ledger | str | os.PathLike | None = None,
+    *,
+    since: date | datetime | str | None = None,
+    until: date | datetime | str | None = None,
+    run: str | None = None,
+) -> list[dict[str, Any]]:
+    """What each device consumed: ``{"device", "method", "total_j", "attributed_j", "idle_j",
+    "gap_s", "idle_s", "windows"}`` summed over attribution windows (and runs), by device.
+
+    ``method`` lists the distinct methods if a device was measured in several ways. Devices that
+    could not be measured have None energies (never 0 J). ``idle_s`` is device time no span used.
+    """
+    from sqlalchemy import func, select
+
+    from .ledger.models import DeviceTotal, Run
+
+    lo, hi = to_utc(since), to_utc(until, upper=True)
+    when = func.coalesce(DeviceTotal.start, Run.start)
+    query = select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS)).join(
+        Run, Run.run_id == DeviceTotal.run_id
+    )
+    if lo is not None:
+        query = query.where(when >= lo)
+    if hi is not None:
+        query = query.where(when < hi)
+    if run is not None:
+        query = query.where(DeviceTotal.run_id == run)
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        windows = ledger_frame(conn.execute(query).all(), WINDOW_COLUMNS)
+
+    out = []
+    for device, g in windows.groupby("device", sort=True):
+        measured = g[g["method"] != UNMEASURABLE]
+        out.append(
+            {
+                "device": device,
+                "method": ", ".join(sorted(set(g["method"]))),
+                "total_j": as_float(measured["total_j"].sum(min_count=1)),
+                "attributed_j": as_float(measured["attributed_j"].sum(min_count=1)),
+                "idle_j": as_float(measured["idle_j"].sum(min_count=1)),
+                "gap_s": float(g["gap_s"].sum()),
+                "idle_s": float(g["idle_s"].fillna(0.0).sum()),
+                "windows": int(len(g)),
+            }
+        )
+    return out
+
+
+def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One row per run, oldest first: run_id, host, pid, start, end, status, spans, energy_j.
+
+    ``energy_j`` is what the run's devices consumed (the sum of their totals, spans and idle
+    alike); for a run without device totals, the sum of its spans' self energy.
+    """
+    from sqlalchemy import func, select
+
+    from .ledger.models import DeviceTotal, Run, Span
+
+    span_stats = (
+        select(
+            Span.run_id,
+            func.count().label("spans"),
+            func.sum(Span.self_energy_j).label("span_j"),
+        )
+        .group_by(Span.run_id)
+        .subquery()
+    )
+    device_stats = (
+        select(DeviceTotal.run_id, func.sum(DeviceTotal.total_j).label("total_j"))
+        .where(DeviceTotal.method != UNMEASURABLE)
+        .group_by(DeviceTotal.run_id)
+        .subquery()
+    )
+    query = (
+        select(
+            Run.run_id,
+            Run.host,
+            Run.pid,
+            Run.start,
+            Run.end,
+            Run.status,
+            span_stats.c.spans,
+            span_stats.c.span_j,
+            device_stats.c.total_j,
+        )
+        .outerjoin(span_stats, span_stats.c.run_id == Run.run_id)
+        .outerjoin(device_stats, device_stats.c.run_id == Run.run_id)
+        .order_by(Run.start, Run.run_id)
+    )
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        rows = conn.execute(query).all()
+    return [
+        {
+            "run_id": r.run_id,
+            "host": r.host,
+            "pid": r.pid,
+            "start": r.start,
+            "end": r.end,
+            "status": r.status,
+            "spans": int(r.spans or 0),
+            "energy_j": as_float(r.total_j if r.total_j is not None else r.span_j),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,359 @@
+"""A selection of the ledger, priced: the spans (and idle device windows) a report covers, with
+carbon and cost computed from their recorded energy.
+
+This is what :mod:`greenmaas.report` groups into rows, and what :func:`priced_spans` returns one
+row per span of.
+
+Carbon and cost
+---------------
+Energy is the recorded fact; carbon and cost are computed from it each time, with the accounting
+each run recorded in ``config["accounting"]`` (as used at the time: the stored grid figure, not a
+new lookup; see :func:`greenmaas.accounting.recorded`) or with settings given now
+(``accounting=``), without re-running anything. Per span:
+
+* ``carbon_g`` (location-based) and ``carbon_market_g`` (only where a market-based intensity is
+  set) price ``self_energy_j`` × PUE, spread uniformly over the span and split over time where
+  the intensity varies — never the inclusive energy, which would count children twice;
+* ``energy_cost`` prices the same energy with the tariff (time-of-use periods split likewise);
+* ``hardware_cost`` charges the span's own device time (``span_devices.self_device_s``, shared
+  among concurrent spans by the same rules as energy) at the hourly price of each device's kind;
+* ``cost = energy_cost + hardware_cost`` in ``currency`` (None where neither is configured);
+* ``embodied_g`` amortises each device kind's embodied carbon over that device time, and
+  ``facility_energy_j`` is ``self_energy_j`` × PUE (both for SCI).
+
+Idle device windows (``device_totals``) are priced the same way: their idle energy (``idle_j``)
+and their idle device time (``idle_s``), so a report's ``(idle)`` row is the operator's own line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .analysis import opened
+from .errors import ConfigError
+from .period import to_utc
+from .sources.base import UNMEASURABLE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from .accounting.config import AccountingConfig
+    from .ledger import Ledger
+
+__all__ = ["priced_spans"]
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+_SPAN_COLUMNS = (
+    "span_id", "parent_id", "run_id", "kind", "model", "phase", "request_id", "tenant", "name",
+    "start", "end", "duration_s", "energy_j", "self_energy_j", "method", "tokens_in", "tokens_out",
+    "items",
+)
+_DEVICE_COLUMNS = ("span_id", "device", "self_j", "self_device_s", "method")
+WINDOW_COLUMNS = (
+    "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s", "idle_s",
+)
+
+
+def ledger_frame(rows, columns) -> "pd.DataFrame":
+    """Ledger rows as a DataFrame: times as UTC timestamps, ``*_j``/``*_s``/``*_g`` and counts as floats."""
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(rows, columns=list(columns))
+    for c in columns:
+        if c in ("start", "end"):
+            df[c] = pd.to_datetime(df[c], utc=True)
+        elif c.endswith(("_j", "_s", "_g")) or c in ("tokens_in", "tokens_out", "items"):
+            df[c] = df[c].astype("float64")
+    return df
+
+
+def as_float(value) -> float | None:
+    """A pandas or numpy number as a float, or None where it is missing (never NaN in a row)."""
+    import pandas as pd
+
+    return None if value is None or pd.isna(value) else float(value)
+
+
+@dataclass
+class Selection:
+    """What a report covers, as read from the ledger (priced in place by :func:`priced_selection`)."""
+
+    spans: "pd.DataFrame"
+    devices: "pd.DataFrame"  # span_devices of the selected spans
+    windows: "pd.DataFrame | None"  # idle windows, when the grouping has an (idle) row
+    runs: dict[str, dict[str, Any]]  # run_id -> config, devices, start, end
+
+
+def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
+    """The spans starting in ``[lo, hi)`` (of ``model``, if given), their devices and the runs'
+    configs; with ``idle``, the measured device windows in that period too. Not priced."""
+    import pandas as pd
+    from sqlalchemy import func, select
+
+    from .ledger.models import DeviceTotal, Run, Span, SpanDevice
+
+    conditions = []
+    if lo is not None:
+        conditions.append(Span.start >= lo)
+    if hi is not None:
+        conditions.append(Span.start < hi)
+    if model is not None:
+        conditions.append(Span.model == model)
+    span_query = select(*(getattr(Span, c) for c in _SPAN_COLUMNS)).where(*conditions)
+    device_query = (
+        select(*(getattr(SpanDevice, c) for c in _DEVICE_COLUMNS))
+        .join(Span, Span.span_id == SpanDevice.span_id)
+        .where(*conditions)
+    )
+    when = func.coalesce(DeviceTotal.start, Run.start)
+    window_query = (
+        select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS))
+        .join(Run, Run.run_id == DeviceTotal.run_id)
+        .where(DeviceTotal.method != UNMEASURABLE)
+    )
+    if lo is not None:
+        window_query = window_query.where(when >= lo)
+    if hi is not None:
+        window_query = window_query.where(when < hi)
+    run_query = select(Run.run_id, Run.config, Run.devices, Run.start, Run.end)
+
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        spans = ledger_frame(conn.execute(span_query).all(), _SPAN_COLUMNS)
+        devices = ledger_frame(conn.execute(device_query).all(), _DEVICE_COLUMNS)
+        windows = ledger_frame(conn.execute(window_query).all(), WINDOW_COLUMNS) if idle else None
+        runs = {
+            r.run_id: {"config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end}
+            for r in conn.execute(run_query)
+        }
+    described = device_kinds(runs)
+    devices["run_id"] = devices["span_id"].map(dict(zip(spans["span_id"], spans["run_id"])))
+    devices["kind"] = _kinds(described, devices["run_id"], devices["device"])
+    if windows is not None:
+        # A window without times takes its run's.
+        starts = pd.to_datetime(windows["run_id"].map({k: r["start"] for k, r in runs.items()}), utc=True)
+        ends = pd.to_datetime(windows["run_id"].map({k: r["end"] for k, r in runs.items()}), utc=True)
+        windows["start"] = windows["start"].fillna(starts)
+        windows["end"] = windows["end"].fillna(ends).fillna(windows["start"])
+        windows["kind"] = _kinds(described, windows["run_id"], windows["device"])
+    return Selection(spans, devices, windows, runs)
+
+
+# ----------------------------------------------------------------------------------- pricing
+
+
+@dataclass
+class AccountingSource:
+    """One accounting configuration in use, what a reader must know about it, and the runs it prices."""
+
+    config: "AccountingConfig"
+    notes: list[str]
+    runs: list[str] = field(default_factory=list)
+
+
+def _resolve_accounting(accounting: Any) -> "AccountingConfig | dict[str, Any] | None":
+    """``accounting=`` as a whole configuration, parsed overrides, or None (as recorded)."""
+    from .accounting.config import AccountingConfig, parse_setting
+
+    if accounting is None or isinstance(accounting, AccountingConfig):
+        return accounting
+    if not isinstance(accounting, Mapping):
+        raise ConfigError(
+            f"accounting={accounting!r}: expected an AccountingConfig, a dict of settings to replace, "
+            "None (as recorded) or False (energy only)"
+        )
+    fields = AccountingConfig.__dataclass_fields__
+    unknown = set(accounting) - set(fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown accounting setting(s) {', '.join(sorted(unknown))}; expected {', '.join(fields)}"
+        )
+    return {
+        name: parse_setting(name, value) if isinstance(value, str) else value
+        for name, value in accounting.items()
+        if value is not None
+    }
+
+
+def _sources_for(
+    runs: Mapping[str, dict], run_ids: Sequence[str], accounting: Any
+) -> tuple[list[AccountingSource], dict]:
+    """The accounting each run is priced with, deduplicated: (sources, run_id -> source index)."""
+    from .accounting.config import AccountingConfig, recorded
+    from .accounting.locations import NoLocationWarning
+
+    sources: list[AccountingSource] = []
+    seen: dict[str, int] = {}
+    cache: dict[str, tuple[Any, list[str]]] = {}
+    index: dict[str, int] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoLocationWarning)  # the report's sources state the default
+        for run_id in run_ids:
+            if isinstance(accounting, AccountingConfig):
+                config, notes = accounting, []
+            else:
+                stored = (runs.get(run_id) or {}).get("config", {}).get("accounting")
+                key = json.dumps(stored, sort_keys=True, default=str)
+                if key not in cache:
+                    config, notes = recorded(stored)
+                    if accounting:
+                        config = config.with_overrides(**accounting)
+                        if accounting.keys() & {"location", "series"}:
+                            notes = []  # they were about the recorded intensity
+                    cache[key] = (config, notes)
+                config, notes = cache[key]
+            key = json.dumps([config.to_dict(), notes], sort_keys=True, default=str)
+            if key not in seen:
+                seen[key] = len(sources)
+                sources.append(AccountingSource(config, list(notes)))
+            index[run_id] = seen[key]
+            sources[seen[key]].runs.append(run_id)
+    return sources, index
+
+
+def device_kinds(runs: Mapping[str, dict]) -> dict[tuple[str, str], dict]:
+    """(run_id, device id) -> the run's description of that device (kind, name, ...)."""
+    out = {}
+    for run_id, run in runs.items():
+        for d in run.get("devices") or []:
+            if isinstance(d, dict) and d.get("id"):
+                out[(run_id, d["id"])] = d
+    return out
+
+
+def _kinds(described: dict, run_ids: "pd.Series", devices: "pd.Series") -> list[str]:
+    """Device kind of each (run, device): as the run described it, else the id's prefix."""
+    out = []
+    for run_id, device in zip(run_ids, devices):
+        d = described.get((run_id, device))
+        out.append(str((d.get("kind") if d else None) or str(device).split(":", 1)[0]).lower())
+    return out
+
+
+def _price_energy(
+    frame: "pd.DataFrame", energy: str, sources: list[AccountingSource], source_of: "pd.Series"
+) -> None:
+    """carbon_g, carbon_market_g, energy_cost, facility_energy_j of ``frame[energy]`` (J) spread
+    over ``[start, end)``, each row with the accounting ``sources[source_of]``; in place."""
+    import numpy as np
+
+    from .accounting.config import price
+
+    for c in ("carbon_g", "carbon_market_g", "energy_cost", "facility_energy_j"):
+        frame[c] = np.full(len(frame), np.nan)
+    for i, src in enumerate(sources):
+        mask = (source_of == i).to_numpy()
+        if not mask.any():
+            continue
+        part = frame.loc[mask, ["start", "end"]].assign(energy_j=frame.loc[mask, energy])
+        priced = price(part, src.config)
+        for c in ("carbon_g", "carbon_market_g", "energy_cost"):
+            frame.loc[mask, c] = priced[c].to_numpy()
+        frame.loc[mask, "facility_energy_j"] = part["energy_j"].to_numpy(dtype=np.float64) * src.config.pue
+
+
+def _price_device_time(seconds: "pd.Series", kinds: "pd.Series", sources: list[AccountingSource],
+                       source_of: "pd.Series") -> tuple["np.ndarray", "np.ndarray"]:
+    """Hardware cost (NaN where the kind has no price) and embodied grams of device time."""
+    import numpy as np
+
+    sec = seconds.fillna(0.0).to_numpy(dtype=np.float64)
+    cost, grams = np.full(len(sec), np.nan), np.zeros(len(sec))
+    for i, src in enumerate(sources):
+        mask = (source_of == i).to_numpy()
+        if not mask.any():
+            continue
+        prices, embodied = src.config.hardware_prices, src.config.embodied
+        kind = kinds[mask]
+        if prices:
+            rate = kind.map(lambda k: prices[k].per_hour if k in prices else np.nan).to_numpy(dtype=np.float64)
+            cost[mask] = sec[mask] / 3600.0 * rate
+        if embodied:
+            per_s = kind.map(lambda k: embodied[k].amortised_g(1.0) if k in embodied else 0.0)
+            grams[mask] = sec[mask] * per_s.to_numpy(dtype=np.float64)
+    return cost, grams
+
+
+def _total_cost(
+    frame: "pd.DataFrame", energy: str, sources: list[AccountingSource], source_of: "pd.Series"
+) -> None:
+    """cost = energy_cost + hardware_cost (NaN where both are), and its currency; in place.
+
+    Unknown energy under a tariff is an unknown cost, not the hardware share alone.
+    """
+    import numpy as np
+
+    e, h = frame["energy_cost"], frame["hardware_cost"]
+    tariffed = source_of.map({i: s.config.tariff is not None for i, s in enumerate(sources)}).fillna(False)
+    known = (e.notna() | h.notna()) & ~(frame[energy].isna() & tariffed.astype(bool))
+    frame["cost"] = (e.fillna(0.0) + h.fillna(0.0)).where(known, np.nan)
+    currency = source_of.map({i: s.config.currency for i, s in enumerate(sources)})
+    frame["currency"] = currency.astype(object).where(frame["cost"].notna(), None)
+
+
+def _price_selection(sel: Selection, sources: list[AccountingSource], index: dict[str, int]) -> None:
+    """Priced columns on ``sel.spans`` (their own share) and ``sel.windows`` (idle), in place."""
+    import pandas as pd
+
+    spans, devices = sel.spans, sel.devices
+    source_of_span = spans["run_id"].map(index)
+    _price_energy(spans, "self_energy_j", sources, source_of_span)
+    # Device time is priced per (span, device) by the device's kind, then summed per span.
+    cost, grams = _price_device_time(devices["self_device_s"], devices["kind"], sources,
+                                     devices["run_id"].map(index))
+    per_span = pd.DataFrame({"hardware_cost": cost, "embodied_g": grams}, index=devices.index)
+    per_span = per_span.groupby(devices["span_id"]).sum(min_count=1)
+    spans["hardware_cost"] = spans["span_id"].map(per_span["hardware_cost"]).astype("float64")
+    spans["embodied_g"] = spans["span_id"].map(per_span["embodied_g"]).fillna(0.0).astype("float64")
+    _total_cost(spans, "self_energy_j", sources, source_of_span)
+
+    w = sel.windows
+    if w is None:
+        return
+    source_of_window = w["run_id"].map(index)
+    _price_energy(w, "idle_j", sources, source_of_window)
+    w["hardware_cost"], w["embodied_g"] = _price_device_time(w["idle_s"], w["kind"], sources, source_of_window)
+    _total_cost(w, "idle_j", sources, source_of_window)
+
+
+def priced_selection(
+    ledger_or_url, lo, hi, model, *, idle: bool, accounting: Any
+) -> tuple[Selection, list[AccountingSource], dict[str, int]]:
+    """:func:`load_selection`, priced: (selection, accounting sources, run_id -> source index)."""
+    sel = load_selection(ledger_or_url, lo, hi, model, idle=idle)
+    run_ids = sorted(set(sel.spans["run_id"]) | (set(sel.windows["run_id"]) if sel.windows is not None else set()))
+    sources, index = _sources_for(sel.runs, run_ids, _resolve_accounting(accounting))
+    _price_selection(sel, sources, index)
+    return sel, sources, index
+
+
+def priced_spans(
+    ledger_or_url: Ledger | str | os.PathLike | None = None,
+    *,
+    since: date | datetime | str | None = None,
+    until: date | datetime | str | None = None,
+    model: str | None = None,
+    accounting: Any = None,
+) -> "pd.DataFrame":
+    """The selected spans with carbon and cost of their own share, re-computed from energy.
+
+    One row per span (the columns :class:`~greenmaas.report.ExtraColumn` describes), priced as
+    :func:`~greenmaas.report.summarize` prices them: with each run's recorded accounting, or
+    ``accounting`` (an :class:`~greenmaas.accounting.AccountingConfig` for every run, or a dict of
+    settings to replace, e.g. ``{"location": "FR", "tariff": "0.25EUR/kWh"}``). Unlike the recorded
+    ``carbon_g`` of :func:`~greenmaas.analysis.read_ledger` (which covers a span's children too),
+    these columns sum over any set of spans without double counting.
+    """
+    sel, _, _ = priced_selection(ledger_or_url, to_utc(since), to_utc(until, upper=True), model,
+                                 idle=False, accounting=accounting)
+    return sel.spans
+
+
