@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import AccountingError
+from ._kinds import kind_items
 
 __all__ = ["Embodied", "SECONDS_PER_YEAR", "parse_embodied", "format_embodied"]
 
@@ -91,19 +92,9 @@ def parse_embodied(spec: "str | Mapping[str, Any] | None") -> dict[str, Embodied
     """
     if spec is None:
         return {}
-    if isinstance(spec, Mapping):
-        items = list(spec.items())
-    else:
-        items = []
-        for part in str(spec).split(","):
-            if not part.strip():
-                continue
-            kind, sep, value = part.partition("=")
-            if not sep or not kind.strip():
-                raise AccountingError(f"malformed embodied carbon {part.strip()!r} in {spec!r}: expected {_EMBODIED_FORM}")
-            items.append((kind, value))
-        if not items:
-            raise AccountingError(f"malformed embodied carbon {spec!r}: expected {_EMBODIED_FORM}")
+    items = kind_items(spec, "embodied carbon", _EMBODIED_FORM)
+    if not items and not isinstance(spec, Mapping):
+        raise AccountingError(f"malformed embodied carbon {spec!r}: expected {_EMBODIED_FORM}")
     out: dict[str, Embodied] = {}
     for kind, value in items:
         if isinstance(value, str):

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import AccountingError
+from ._kinds import kind_items
 from .timeseries import J_PER_KWH, StepFunction, to_epoch_ns
 
 __all__ = [
@@ -135,20 +136,7 @@ def parse_hardware_prices(spec: str | Mapping[str, Any] | None) -> dict[str, Hou
     """Hardware prices per device kind from ``gpu=2.50USD/h,cpu=0.10USD/h`` or a dict."""
     if spec is None:
         return {}
-    if isinstance(spec, Mapping):
-        items = list(spec.items())
-    else:
-        items = []
-        for part in str(spec).split(","):
-            if not part.strip():
-                continue
-            kind, sep, price = part.partition("=")
-            if not sep or not kind.strip():
-                raise AccountingError(
-                    f"malformed hardware price {part.strip()!r} in {spec!r}: "
-                    "expected <kind>=<price>, e.g. gpu=2.50USD/h"
-                )
-            items.append((kind, price))
+    items = kind_items(spec, "hardware price", "<kind>=<price>, e.g. gpu=2.50USD/h")
     out = {str(kind).strip().lower(): parse_hourly_price(price) for kind, price in items}
     common_currency(*((f"{kind} hardware price", p.currency) for kind, p in out.items()))
     return out
