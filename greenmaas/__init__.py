@@ -40,6 +40,7 @@ __all__ = [
     "batch",
     "get_meter",
     "current_span",
+    "bind",
     # PyTorch
     "track_module",
     "track_optimizer",
@@ -69,6 +70,7 @@ _LAZY = {
     "Span": ".spans",
     "SpanResult": ".spans",
     "current_span": ".spans",
+    "bind": ".spans",
     "track_module": ".integrations.torch",
     "track_optimizer": ".integrations.torch",
     "read_ledger": ".analysis",
@@ -98,4 +100,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ledger.store import Ledger
     from .meter import Meter, batch, get_meter, measure, request
     from .sources.detect import detect
-    from .spans import Span, SpanResult, current_span
+    from .spans import Span, SpanResult, bind, current_span

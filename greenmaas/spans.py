@@ -23,7 +23,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .meter import Meter
 
-__all__ = ["Span", "SpanResult", "current_span"]
+__all__ = ["Span", "SpanResult", "current_span", "bind"]
 
 PHASES = ("training", "inference", "other")
 
@@ -37,6 +37,22 @@ CONTAINER_KINDS = frozenset({"request", "batch"})
 def current_span() -> "Span | None":
     """The innermost open span in this context, or None."""
     return _current.get()
+
+
+def bind(fn: Callable) -> Callable:
+    """``fn`` bound to the current context, so spans it opens nest under the current span.
+
+    ``asyncio`` tasks and ``asyncio.to_thread`` carry the context by themselves; a plain thread
+    pool does not: ``pool.submit(greenmaas.bind(work), batch)`` or
+    ``loop.run_in_executor(pool, greenmaas.bind(work), batch)``. Each call runs in its own copy,
+    so one bound function may run in several workers at once."""
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def bound(*args, **kwargs):
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return bound
 
 
 @dataclass

@@ -261,3 +261,22 @@ def test_device_time_is_shared_like_energy():
     assert b.acc.self_s["gpu:0"] == pytest.approx(0.5)
     meter.stop()
     assert meter.totals["gpu:0"]["idle_j"] == pytest.approx(100.0)
+
+
+def test_bind_carries_the_span_into_a_thread_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import greenmaas
+
+    meter, clock = make_meter()
+
+    def work(i):
+        with meter.measure(f"part-{i}") as part:
+            return part
+
+    with meter.measure("request", model="m") as outer:
+        with ThreadPoolExecutor(2) as pool:
+            unbound = pool.submit(work, 0).result()
+            bound = [f.result() for f in [pool.submit(greenmaas.bind(work), i) for i in range(1, 4)]]
+    assert unbound.parent is None  # a plain pool does not carry the context
+    assert all(p.parent is outer and p.model == "m" for p in bound)
