@@ -27,6 +27,7 @@ test: venv
 
 bench: venv
 	$(PY) examples/bench_attribution.py
+	$(PY) examples/bench_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
