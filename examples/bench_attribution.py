@@ -118,7 +118,6 @@ def accuracy(seeds=range(5), read_s: float = 0.01) -> dict:
     for seed in seeds:
         reqs, truth, rt, counter, inst = synth(seed, read_s=read_s)
         tl_g = Timeline("gpu:0")
-        tl_c = Timeline("gpu:0")
         tl_p = Timeline("gpu:0", "power")
         for t, c, p in zip(rt, counter, inst):
             tl_g.append(float(t), Reading(energy_j=float(c), power_w=float(p)))
@@ -139,7 +138,6 @@ def accuracy(seeds=range(5), read_s: float = 0.01) -> dict:
             errs[k].extend(np.abs(v - truth) / truth)
             totals[k][0] += float(v.sum())
             totals[k][1] += float(truth.sum())
-        n_req = len(reqs)
     out = {}
     for k, e in errs.items():
         e = np.asarray(e)

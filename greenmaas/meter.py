@@ -18,7 +18,6 @@ failing, the ledger unwritable) are logged to ``logging.getLogger("greenmaas")``
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import itertools
 import logging
@@ -32,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from .attribution.engine import POLICIES
-from .attribution.live import LiveAttributor, WindowTotals, gap_seconds
+from .attribution.live import LiveAttributor, WindowTotals
 from .clock import Clock, SystemClock
 from .errors import ConfigError, GreenmaasError
 from .records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
@@ -355,7 +354,8 @@ class Meter:
         if totals:
             self._record_totals(totals)
         if done:
-            records = [self._record_of(s) for s in done]
+            timelines = self.sampler.timelines
+            records = [self._record_of(s, timelines) for s in done]
             self._price(records)
             for s, r in zip(done, records):
                 s.record = r
@@ -365,8 +365,7 @@ class Meter:
             for tl in timelines.values():
                 tl.trim(attr.watermark - 5.0)
 
-    def _record_of(self, s: Span) -> SpanRecord:
-        timelines = self.sampler.timelines
+    def _record_of(self, s: Span, timelines: dict) -> SpanRecord:
         inc = s.acc.inclusive()
         devs = []
         for dev, tl in timelines.items():
@@ -379,7 +378,7 @@ class Meter:
                     self_j=s.acc.self_j.get(dev, 0.0),
                     self_device_s=s.acc.self_s.get(dev, 0.0),
                     method=tl.method,
-                    gap_s=gap_seconds(tl, s.start, s.end),  # type: ignore[arg-type]
+                    gap_s=tl.gap_seconds(s.start, s.end),  # type: ignore[arg-type]
                 )
             )
         tenant = s.tenant
@@ -451,7 +450,7 @@ class Meter:
                     total_j=w.total_j,
                     attributed_j=w.attributed_j,
                     idle_j=w.idle_j,
-                    gap_s=gap_seconds(tl, w.t0, w.t1) if tl is not None else 0.0,
+                    gap_s=tl.gap_seconds(w.t0, w.t1) if tl is not None else 0.0,
                     idle_s=w.idle_s,
                     start=self.clock.to_utc(w.t0),
                     end=self.clock.to_utc(w.t1),

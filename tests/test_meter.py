@@ -1,5 +1,4 @@
 import asyncio
-import math
 import contextvars
 import threading
 

@@ -27,7 +27,7 @@ before the start of a provisional span (its GPU times are still being resolved).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -232,14 +232,3 @@ def _subtract(a: float, b: float, children: Iterable[Span], t_open: float) -> li
         out.append((cur, b))
     return out
 
-
-def gap_seconds(tl: Timeline, a: float, b: float) -> float:
-    """Seconds of [a, b] during which the device could not be read."""
-    total = 0.0
-    for g in tl.gaps:
-        ge = b if g.end is None else g.end
-        total += max(0.0, min(b, ge) - max(a, g.start))
-    return total
-
-
-Callback = Callable[[list[Span], list[WindowTotals]], None]

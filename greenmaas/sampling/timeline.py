@@ -131,6 +131,16 @@ class Timeline:
         with self._lock:
             return list(self._gaps) + ([self._open_gap] if self._open_gap else [])
 
+    def gap_seconds(self, a: float, b: float) -> float:
+        """Seconds of [a, b] during which the device could not be read."""
+        if not self._gaps and self._open_gap is None:
+            return 0.0
+        total = 0.0
+        for g in self.gaps:
+            ge = b if g.end is None else g.end
+            total += max(0.0, min(b, ge) - max(a, g.start))
+        return total
+
     @property
     def resets(self) -> int:
         """How many times the hardware counter restarted (driver reloads)."""

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from greenmaas.accounting.tariff import (
     EnergyPrice,
     HourlyPrice,
-    Tariff,
     parse_energy_price,
     parse_hardware_prices,
     parse_hourly_price,

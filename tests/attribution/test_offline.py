@@ -5,7 +5,6 @@ import pytest
 from click.testing import CliRunner
 
 from greenmaas.attribution.offline import attribute_trace, curve_from_trace, load_spans
-from greenmaas.errors import InputError
 from greenmaas.sources.replay import TraceData
 from greenmaas_cli.attribute import attribute
 

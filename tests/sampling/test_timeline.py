@@ -69,7 +69,6 @@ def test_counter_shaped_by_power():
     # counter steps every 100 ms; power says the first half of each step ran at 300 W, the
     # second at 100 W. The counter fixes each 100 ms total, power the split inside.
     tl = Timeline("gpu:0")
-    e = 0.0
     last_pub = 0.0
     for i in range(101):
         t = i * 0.01
