@@ -14,6 +14,7 @@ import click
 
 from greenmaas.errors import GreenmaasError
 
+from .attribute import attribute
 from .devices import devices
 from .report import report
 from .runs import runs
@@ -44,6 +45,22 @@ class GreenmaasGroup(click.Group):
         except GreenmaasError as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             raise click.ClickException(message) from exc
+        except BrokenPipeError:
+            # `greenmaas report ... | head`: the reader left; stop quietly, as cat does.
+            _silence_stdout()
+            ctx.exit(141)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull so the interpreter's final flush cannot raise again."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's buffer)
+        pass
 
 
 @click.group(cls=GreenmaasGroup)
@@ -59,11 +76,4 @@ def cli(verbose: int) -> None:
 cli.add_command(devices)
 cli.add_command(runs)
 cli.add_command(report)
-
-try:
-    from .attribute import attribute
-except ModuleNotFoundError as exc:  # until cli/attribute.py exists
-    if exc.name != f"{__package__}.attribute":
-        raise
-else:
-    cli.add_command(attribute)
+cli.add_command(attribute)
