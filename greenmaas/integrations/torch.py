@@ -106,14 +106,17 @@ class TrackHandle:
 # ---------------------------------------------------------------------- the shared machinery
 
 
-class _Frame:
-    __slots__ = ("span", "starts", "exc", "cuda")
+# ``Span(name, **kw)`` is ``Span.__new__(Span)`` then ``__init__(span, name, **kw)``; calling the
+# two directly skips the keyword dict that ``type.__call__`` builds for a Python ``__init__``,
+# a good part of the cost of building a span (it is built on every tracked call).
+_new_span = Span.__new__
+_init_span = Span.__init__
 
-    def __init__(self, span: Span, starts: list | None, exc: BaseException | None, cuda: list) -> None:
-        self.span = span
-        self.starts = starts
-        self.exc = exc
-        self.cuda = cuda
+# A frame on a tracker's per-thread stack is a plain tuple ``(span, exc, cuda, starts)`` (a tuple
+# is the cheapest thing to build twice per tracked call): ``exc`` is the exception being handled
+# when the span opened, ``cuda`` the devices timed with CUDA (empty: host time) and ``starts``
+# their start events in ``events`` mode, else None. None stands for a span that was not opened.
+_Frame = tuple
 
 
 class _Tracker:
@@ -156,6 +159,10 @@ class _Tracker:
         self._torch_devices: tuple[torch.device, ...] = ()
         self._ids: dict[int, str] = {}
         self._ids_meter: Any = None
+        # What the devices imply, recomputed only when torch_devices() returns a new tuple (the
+        # module moved) or the resolver changed; one tuple, so that threads read it whole:
+        # (tdevs, resolver, timed devices, device ids fixed?, the device ids if fixed).
+        self._plan: tuple = (None, None, (), False, None)
         self._warned = False
 
     # -------------------------------------------------------------- per-call plumbing
@@ -168,12 +175,6 @@ class _Tracker:
         if self._resolver is None:
             self._resolver = default_resolver()
         return self._resolver
-
-    def _stack(self) -> list:
-        st = getattr(self._local, "stack", None)
-        if st is None:
-            st = self._local.stack = []
-        return st
 
     def torch_devices(self) -> tuple[torch.device, ...]:
         """The devices the tracked tensors live on. Scanning them every call costs more than the
@@ -219,58 +220,97 @@ class _Tracker:
             out.append(dev_id)
         return tuple(out)
 
+    def _replan(self, tdevs: tuple[torch.device, ...]) -> tuple:
+        """Cache what ``tdevs`` imply (:meth:`_timed`, and :meth:`device_ids` where it does not
+        depend on the meter), so that a call on unchanged devices asks torch nothing (no
+        ``torch.cuda.is_available()``, no device scan)."""
+        timed = tuple(self._timed(tdevs))
+        if self.devices is not None:
+            fixed, ids = True, self.devices
+        elif not tdevs or any(d.type != "cuda" for d in tdevs):
+            fixed, ids = True, None
+        else:  # GPU ids: per meter, looked up by device_ids (cached there)
+            fixed, ids = False, None
+        plan = self._plan = (tdevs, self._resolver, timed, fixed, ids)  # _timed may set _resolver
+        return plan
+
     # -------------------------------------------------------------- boundaries
 
-    def open(self) -> None:
+    def open(self, phase: str | None = None) -> None:
         """Start a span (pre-hook). Always pushes a frame, None when no span could be opened,
-        so the matching :meth:`close` pops the right one."""
-        stack = self._stack()
+        so the matching :meth:`close` pops the right one. ``phase``: the call's phase where the
+        hook knows it, else the tracker's ``phase()`` is asked."""
+        # Runs on every tracked call: kept flat (no helper calls on the host-time path), as the
+        # span itself is what should cost.
+        try:
+            stack = self._local.stack
+        except AttributeError:
+            stack = self._local.stack = []
         frame = None
         try:
-            frame = self._open()
+            meter = self.meter or get_meter()
+            # torch_devices(), its common case inline: the probe tensor has not moved.
+            probe = self._probe() if self._probe is not None else None
+            if probe is not None and probe.device == self._dev_key:
+                tdevs = self._torch_devices
+            else:
+                tdevs = self.torch_devices()
+            plan = self._plan
+            if plan[0] is not tdevs or plan[1] is not self._resolver:
+                plan = self._replan(tdevs)
+            _, _, timed, ids_fixed, ids = plan
+            # A CUDA graph capture: nothing runs now, so nothing to measure (frame None).
+            if not timed or not any(self.resolver().backend.capturing(d) for d in timed):
+                span = _new_span(Span)  # Span(...), without type.__call__'s keyword repacking
+                _init_span(
+                    span,
+                    self.name,
+                    meter=meter,
+                    kind=self.kind,
+                    model=self.model,
+                    phase=self._phase() if phase is None else phase,
+                    devices=ids if ids_fixed else self.device_ids(tdevs, meter),
+                )
+                if timed and self.sync == "sync":
+                    for d in timed:
+                        self.resolver().backend.synchronize(d)
+                try:  # _enter(span), inline
+                    span.__enter__()
+                except BaseException:
+                    _detach(span)
+                    raise
+                if span.model is None:
+                    span.model = self.default_model
+                self.last_span = span
+                if timed and self.sync == "events":
+                    frame = self._record_starts(span, meter, sys.exc_info()[1], timed)
+                else:
+                    frame = (span, sys.exc_info()[1], timed, None)
         except Exception as exc:
             self._warn(f"{self.kind} span for {self.name!r} not recorded: {exc}")
         stack.append(frame)
 
-    def _open(self) -> _Frame | None:
-        meter = self.meter or get_meter()
-        tdevs = self.torch_devices()
-        timed = self._timed(tdevs)
-        if timed and any(self.resolver().backend.capturing(d) for d in timed):
-            return None  # a CUDA graph capture: nothing runs now, so nothing to measure
-        span = Span(
-            self.name,
-            meter=meter,
-            kind=self.kind,
-            model=self.model,
-            phase=self._phase(),
-            devices=self.device_ids(tdevs, meter),
-        )
-        if timed and self.sync == "sync":
-            for d in timed:
-                self.resolver().backend.synchronize(d)
-        _enter(span)
-        if span.model is None:
-            span.model = self.default_model
-        self.last_span = span
-        frame = _Frame(span, None, sys.exc_info()[1], timed)
-        if timed and self.sync == "events":
-            try:
-                frame.starts = [self.resolver().record(d) for d in timed]
-                # Hold attribution at the host start until the GPU times are known, so the
-                # start can move to when the GPU actually began.
-                span.provisional = True
-                if not getattr(meter, "_greenmaas_events_hook", False):
-                    meter._greenmaas_events_hook = True
-                    meter.on_stop(lambda: self.resolver().wait(self.resolver().stop_wait_s))
-            except Exception as exc:  # keep the span, on host time
-                self._warn(f"CUDA events unavailable, {self.name!r} uses host time: {exc}")
-                frame.cuda = []
-        return frame
+    def _record_starts(self, span: Span, meter: Meter, exc: BaseException | None, timed: tuple) -> _Frame:
+        """The frame of a span just opened in ``events`` mode: its start events recorded."""
+        try:
+            starts = [self.resolver().record(d) for d in timed]
+            # Hold attribution at the host start until the GPU times are known, so the
+            # start can move to when the GPU actually began.
+            span.provisional = True
+            if not getattr(meter, "_greenmaas_events_hook", False):
+                meter._greenmaas_events_hook = True
+                meter.on_stop(lambda: self.resolver().wait(self.resolver().stop_wait_s))
+        except Exception as err:  # keep the span, on host time
+            self._warn(f"CUDA events unavailable, {self.name!r} uses host time: {err}")
+            return (span, exc, (), None)
+        return (span, exc, timed, starts)
 
     def close(self, *, error: bool | None = None) -> None:
         """End the innermost span of this tracker on this thread (post-hook)."""
-        stack = self._stack()
+        try:
+            stack = self._local.stack
+        except AttributeError:
+            return
         if not stack:
             return
         frame = stack.pop()
@@ -280,26 +320,36 @@ class _Tracker:
             # The always-call post-hook runs inside torch's ``except`` block when forward raised:
             # an exception being handled now that was not being handled at the pre-hook.
             exc = sys.exc_info()[1]
-            error = exc is not None and exc is not frame.exc
-        self._finish(frame, error=error)
+            error = exc is not None and exc is not frame[1]
+        if frame[2]:  # CUDA timing
+            self._finish(frame, error)
+            return
+        span = frame[0]  # _finish(frame, error), its host-time case inline
+        if error:
+            span.status = "error"
+        try:
+            span.__exit__(None, None, None)
+        except Exception as err:
+            self._warn(f"{self.kind} span for {self.name!r} not closed: {err}")
 
-    def _finish(self, frame: _Frame, *, error: bool, status: str = "error") -> None:
-        span = frame.span
+    def _finish(self, frame: _Frame, error: bool, status: str = "error") -> None:
+        span, _, cuda, starts = frame
         if error:
             span.status = status
-        try:
-            if frame.cuda and self.sync == "sync":
-                for d in frame.cuda:
-                    self.resolver().backend.synchronize(d)
-            if frame.cuda and self.sync == "events" and frame.starts is not None:
-                ends = [self.resolver().record(d) for d in frame.cuda]
-                _detach(span)
-                span.attrs.setdefault("timing", "cuda-events")
-                host_end = span._meter.clock.monotonic()  # type: ignore[union-attr]
-                self.resolver().submit(frame.starts, ends, _Applier(span, host_end))
-                return
-        except Exception as exc:  # CUDA failed (a sticky error, say): close on host time
-            self._warn(f"CUDA timing for {self.name!r} failed, host time used: {exc}")
+        if cuda:
+            try:
+                if self.sync == "sync":
+                    for d in cuda:
+                        self.resolver().backend.synchronize(d)
+                elif self.sync == "events" and starts is not None:
+                    ends = [self.resolver().record(d) for d in cuda]
+                    _detach(span)
+                    span.attrs.setdefault("timing", "cuda-events")
+                    host_end = span._meter.clock.monotonic()  # type: ignore[union-attr]
+                    self.resolver().submit(starts, ends, _Applier(span, host_end))
+                    return
+            except Exception as exc:  # CUDA failed (a sticky error, say): close on host time
+                self._warn(f"CUDA timing for {self.name!r} failed, host time used: {exc}")
         try:
             span.__exit__(None, None, None)
         except Exception as exc:
@@ -307,11 +357,14 @@ class _Tracker:
 
     def close_stale(self, status: str = "error") -> None:
         """Close frames left open on this thread (a step that raised has no post-hook)."""
-        stack = self._stack()
+        try:
+            stack = self._local.stack
+        except AttributeError:
+            return
         while stack:
             frame = stack.pop()
             if frame is not None:
-                self._finish(frame, error=True, status=status)
+                self._finish(frame, True, status)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -394,6 +447,12 @@ def _compiling() -> bool:
         return False
 
 
+try:  # what _compiling() asks, without its wrapper frame: the hooks call it twice per call
+    _is_compiling: Callable[[], bool] = torch.compiler.is_compiling
+except AttributeError:  # a torch without torch.compiler
+    _is_compiling = _compiling
+
+
 # ---------------------------------------------------------------------- public API
 
 
@@ -441,13 +500,15 @@ def track_module(
     )
     _prepare(tracker)
 
+    open_, close = tracker.open, tracker.close
+
     def pre_hook(module: torch.nn.Module, args: Any) -> None:
-        if not _compiling():
-            tracker.open()
+        if not _is_compiling():
+            open_("training" if module.training and torch.is_grad_enabled() else "inference")  # phase()
 
     def post_hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        if not _compiling():
-            tracker.close()
+        if not _is_compiling():
+            close()
 
     # The pre-hook goes first so that a later pre-hook raising still finds our frame pushed
     # (the always-call post-hook will pop it).
@@ -493,14 +554,17 @@ def track_optimizer(
     )
     _prepare(tracker)
 
+    local = tracker._local
+
     def pre_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if _compiling():
+        if _is_compiling():
             return
-        tracker.close_stale()  # the previous step raised
-        tracker.open()
+        if getattr(local, "stack", None):
+            tracker.close_stale()  # the previous step raised
+        tracker.open("training")
 
     def post_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not _compiling():
+        if not _is_compiling():
             tracker.close(error=False)
 
     h1 = optimizer.register_step_pre_hook(pre_hook)

@@ -282,6 +282,62 @@ def test_devices_follow_the_module_when_it_moves(meter):
     assert all(s.devices is None for s in meter.of_kind("forward"))
 
 
+def test_steady_calls_ask_torch_about_devices_once_per_move(meter, clock, monkeypatch):
+    asked = []
+    real = torch.cuda.is_available
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: asked.append(1) or real())
+    model = torch.nn.Linear(2, 2)
+    with track_module(model, meter=meter, sync="sync") as handle:  # no resolver: asks CUDA
+        for _ in range(5):
+            model(torch.randn(1, 2))
+        assert len(asked) == 1
+        model.to("meta")
+        for _ in range(3):
+            model(torch.randn(1, 2, device="meta"))
+        assert len(asked) == 2
+        assert handle._tracker.torch_devices() == (torch.device("meta"),)
+    spans = meter.of_kind("forward")
+    assert len(spans) == 8 and all(s.devices is None and s.end is not None for s in spans)
+
+
+def test_gpu_device_ids_are_looked_up_per_meter_through_the_hooks(meter, clock, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=""))
+    model = torch.nn.Linear(2, 2)
+    cuda = (torch.device("cuda", 0), torch.device("cuda", 1))
+    with track_module(model, meter=meter) as handle:
+        handle._tracker.torch_devices = lambda: cuda  # type: ignore[method-assign]
+        model(torch.randn(1, 2))
+        model(torch.randn(1, 2))
+        other = type(meter)(sources=[], ledger=False, clock=clock, background=False, accounting=False)
+        with other:
+            handle._tracker.meter = other
+            model(torch.randn(1, 2))
+    a, b = meter.of_kind("forward")
+    (c,) = other.of_kind("forward")
+    assert a.devices == b.devices == c.devices == ("gpu:0", "gpu:1")
+    assert handle._tracker._ids_meter() is other
+
+
+def test_nothing_is_recorded_while_torch_compiles(meter, clock, monkeypatch):
+    import greenmaas.integrations.torch as integration
+
+    model = Timed(clock)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with track_module(model, meter=meter) as h1, track_optimizer(opt, meter=meter) as h2:
+        monkeypatch.setattr(integration, "_is_compiling", lambda: True)
+        model(torch.randn(1, 4)).sum().backward()
+        opt.step()
+        assert meter.opened == []
+        assert not getattr(h1._tracker._local, "stack", []) and not getattr(h2._tracker._local, "stack", [])
+        monkeypatch.undo()
+        model(torch.randn(1, 4)).sum().backward()
+        opt.step()
+    assert [s.kind for s in meter.opened] == ["forward", "step"]
+    assert all(s.end is not None for s in meter.opened)
+
+
 def test_every_mode_is_host_time_on_the_cpu(meter, clock):
     model = Timed(clock)
     for mode in ("none", "sync", "events"):
