@@ -136,7 +136,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---|",
         *[
             f"| {k} | {m['steps_s']:.0f} | {m['main_us']:.0f} | {m['other_us']:.0f} | "
-            f"{m['main_us'] + m['other_us'] - base['main_us'] - base['other_us']:.0f} | "
+            f"{m['main_us'] + m['other_us'] - base['main_us'] - base['other_us'] + 0.0:.0f} | "
             f"{', '.join(format(r['steps_s'], '.0f') for r in tp['runs'][k])} |"
             for k, m in tp["median"].items()
         ],
