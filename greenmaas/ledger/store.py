@@ -9,7 +9,9 @@ WAL mode is only switched on once the file is known to be ours.
 SQLite connections run in WAL mode (readers never wait for the writer), with a busy timeout and
 foreign keys on. Every SQLAlchemy or driver error is translated into ``LedgerError`` in one place,
 :meth:`Ledger._translate`, and re-raised ``from`` the original. All values travel as bound
-parameters.
+parameters. Spans, samples and totals, written in bulk, go through INSERTs compiled once per
+dialect with values the ledger converts itself (see "fast inserts" below); they store exactly
+what SQLAlchemy's typed inserts store.
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
 import re
 import secrets
 import sqlite3
+import sys
 import threading
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, GreenmaasError, LedgerError
 from ..records import RUN_STATUSES, DeviceTotals, RunRecord, SampleRecord, SpanRecord
-from ..sources.base import UNMEASURABLE
+from ..sources.base import UNMEASURABLE, weakest_method
 from .models import (
     APPLICATION,
     SCHEMA_VERSION,
@@ -41,6 +45,7 @@ from .models import (
     Sample,
     Span,
     SpanDevice,
+    UTCDateTime,
 )
 
 __all__ = [
@@ -64,6 +69,8 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_PRAGMA = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}"
 _PSEUDONYM = re.compile(r"t-[0-9a-f]{16}")
 _TABLES = frozenset(Base.metadata.tables)
+#: Entries kept by each in-memory cache (tenant pseudonyms, time prefixes) before it starts afresh.
+_CACHE_SIZE = 4096
 
 #: A record the ledger knows how to write, or a callable ``fn(ledger)`` run in the same transaction.
 Writable = SpanRecord | SampleRecord | DeviceTotals | RunRecord | Callable[["Ledger"], Any]
@@ -76,9 +83,14 @@ def resolve_target(url_or_path: str | os.PathLike | None = None) -> str | os.Pat
     return url_or_path
 
 
+# Attributes come from user code: never let an odd value (numpy scalar, Path) fail a batch.
+# Built once: ``json.dumps`` with these options would build a new encoder for every value.
+_JSON_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
 def _json_dumps(value: Any) -> str:
-    # Attributes come from user code: never let an odd value (numpy scalar, Path) fail a batch.
-    return json.dumps(value, default=str, separators=(",", ":"))
+    """``json.dumps(value, default=str, separators=(",", ":"))``: the ledger's JSON text."""
+    return _JSON_ENCODER.encode(value)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,15 +99,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _num(value: Any) -> float | None:
+def _num(value: Any, null: Any = None) -> float | None:
+    """A float, or ``null`` for None and NaN."""
     if value is None:
-        return None
+        return null
     value = float(value)
-    return None if math.isnan(value) else value
+    return value if value == value else null  # NaN is the one float not equal to itself
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _int(value: Any, null: Any = None) -> int | None:
+    return null if value is None else int(value)
 
 
 def _sqlite_file_problem(path: Path) -> str | None:
@@ -121,6 +134,260 @@ def _sqlite_file_problem(path: Path) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------- fast inserts
+#
+# Spans, their devices, samples and totals are written in bulk from the writer thread, which
+# shares the interpreter lock with the user's code. SQLAlchemy's typed ``insert()`` spends most of
+# its time binding each row (a dict per row, a type processor per value), so these tables are
+# written by an INSERT compiled once per dialect (bound parameters only), executed with rows of
+# values already in the form the typed path hands the driver: UTC times as SQLite stores them
+# (naive UTC text) or as the other dialects' own processors make them, JSON as the text of the
+# engine's serializer, floats, ints. ``tests/ledger/test_fast_insert.py`` checks that what is
+# stored is what the typed path stores.
+
+_UTC = timezone.utc
+#: Most rows per multi-row INSERT on SQLite, and the parameters per statement every SQLite allows.
+_ROWS_PER_INSERT = 100
+_SQLITE_MAX_PARAMS = 999
+#: How NULL reaches SQLite. The sqlite3 module before Python 3.12 binds None by way of its adapter
+#: lookup, which raises and clears an AttributeError every time (~0.4 µs, and a span has up to
+#: 16 NULLs). There, nullable columns are bound as ``NULLIF(?, x'<mark>')`` and NULL travels as a
+#: bytearray holding the mark, which binds at once and which the statement turns back into NULL.
+#: Only a value of exactly these 16 bytes could be mistaken for NULL; greenmaas columns hold text
+#: and numbers.
+_SQLITE_NULL_MARK = b"\x00greenmaas:NULL\x00"
+_SQLITE_NULL: bytearray | None = (
+    bytearray(_SQLITE_NULL_MARK) if sys.version_info < (3, 12) else None
+)
+# Built once from our own constant, like _BUSY_PRAGMA: no value ever goes into SQL text.
+_SQLITE_NULL_SQL = f"x'{_SQLITE_NULL_MARK.hex()}'"
+
+#: Column order of the rows built below; it must be the order the compiled INSERT binds.
+_SPAN_COLUMNS = (
+    "span_id", "run_id", "parent_id", "kind", "name", "model", "phase", "request_id", "tenant",
+    "start", "end", "duration_s", "weight", "tokens_in", "tokens_out", "items", "status", "attrs",
+    "energy_j", "self_energy_j", "method", "carbon_g", "carbon_market_g", "cost", "currency",
+)  # fmt: skip
+_SPAN_DEVICE_COLUMNS = (
+    "span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s",
+)  # fmt: skip
+_SAMPLE_COLUMNS = ("run_id", "device", "t", "energy_j", "power_w", "method")
+_DEVICE_TOTAL_COLUMNS = (
+    "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s",
+    "idle_s",
+)  # fmt: skip
+_FAST_TABLES = {
+    Span.__tablename__: _SPAN_COLUMNS,
+    SpanDevice.__tablename__: _SPAN_DEVICE_COLUMNS,
+    Sample.__tablename__: _SAMPLE_COLUMNS,
+    DeviceTotal.__tablename__: _DEVICE_TOTAL_COLUMNS,
+}
+
+
+def _bind_failed(exc: Exception):
+    """What SQLAlchemy raises when a value cannot be bound (so it becomes a LedgerError)."""
+    from sqlalchemy.exc import StatementError
+
+    name = f"{type(exc).__module__}.{type(exc).__name__}"
+    return StatementError(f"({name}) {exc}", None, None, exc)
+
+
+def _guarded(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process`` (a typed bind processor), failing the way it fails inside SQLAlchemy."""
+
+    def bind(value: Any) -> Any:
+        try:
+            return process(value)
+        except Exception as exc:
+            raise _bind_failed(exc) from exc
+
+    return bind
+
+
+@dataclass(frozen=True)
+class _Insert:
+    """One table's INSERT, compiled for one dialect. Rows are tuples in the table's
+    ``_FAST_TABLES`` order; ``names`` (named paramstyles only) turns them into dicts, and
+    ``procs`` are the dialect's bind processors the row builders do not already apply. Where
+    ``per`` > 1, ``many_sql`` inserts ``per`` rows at once (a multi-row VALUES), in order."""
+
+    sql: str
+    names: tuple[str, ...] | None
+    procs: tuple[tuple[int, Callable[[Any], Any]], ...]
+    many_sql: str = ""
+    per: int = 1
+
+    def execute(self, conn, rows: list[tuple]) -> None:
+        """Insert ``rows``, in order, as bound parameters."""
+        if self.procs:
+            rows = [self._process(row) for row in rows]
+        if self.names is not None:
+            names = self.names
+            rows = [dict(zip(names, row)) for row in rows]
+        per = self.per
+        if per > 1 and len(rows) >= per:
+            whole = len(rows) - len(rows) % per
+            groups = [tuple(chain.from_iterable(rows[i : i + per])) for i in range(0, whole, per)]
+            conn.exec_driver_sql(self.many_sql, groups)
+            rows = rows[whole:]
+        if rows:
+            conn.exec_driver_sql(self.sql, rows)
+
+    def _process(self, row: tuple) -> tuple:
+        values = list(row)
+        for i, process in self.procs:
+            values[i] = process(values[i])
+        return tuple(values)
+
+
+class _FastInserts:
+    """For one dialect: the compiled INSERTs, how times and JSON become driver values (``time``,
+    ``json``), and what stands for NULL in a nullable column (``null``)."""
+
+    def __init__(self, dialect):
+        from sqlalchemy import JSON, Float
+
+        self.dialect = dialect
+        sqlite = dialect.name == "sqlite"
+        self.null = _SQLITE_NULL if sqlite else None  # read when made: tests switch it
+        processors = {}
+        for name, columns in _FAST_TABLES.items():
+            table = Base.metadata.tables[name]
+            for key in columns:
+                col_type = table.c[key].type
+                process = col_type.dialect_impl(dialect).bind_processor(dialect)
+                processors[name, key] = (col_type, process)
+        time_process = processors["spans", "start"][1]
+        json_process = processors["spans", "attrs"][1]
+        if sqlite:
+            self.time = _sqlite_time_factory(_guarded(time_process))
+            self.json = _sqlite_json(dialect, json_process)
+        else:
+            self.time = _guarded(time_process) if time_process else (lambda v: v)
+            self.json = _guarded(json_process) if json_process else (lambda v: v)
+        self.inserts: dict[str, _Insert] = {}
+        for name, columns in _FAST_TABLES.items():
+            procs = []
+            for i, key in enumerate(columns):
+                col_type, process = processors[name, key]
+                # Times and JSON are converted by the row builders (self.time, self.json); Float
+                # values are already float or None (``_num``), all a Float processor would do.
+                if process is None or isinstance(col_type, (UTCDateTime, JSON, Float)):
+                    continue
+                procs.append((i, _guarded(process)))
+            self.inserts[name] = self._compile(Base.metadata.tables[name], columns, tuple(procs))
+
+    def _compile(self, table, columns: tuple[str, ...], procs) -> _Insert:
+        from sqlalchemy import bindparam, func, literal_column
+
+        values = {k: bindparam(k, type_=table.c[k].type) for k in columns}
+        if self.null is not None:
+            for k in columns:
+                if table.c[k].nullable:
+                    values[k] = func.nullif(values[k], literal_column(_SQLITE_NULL_SQL))
+        compiled = table.insert().values(values).compile(dialect=self.dialect, for_executemany=True)
+        sql = str(compiled)
+        names = [compiled.escaped_bind_names.get(k, k) for k in columns]
+        if compiled.positiontup is None:  # named parameters: rows go as dicts
+            if set(compiled.binds) != set(columns):
+                raise RuntimeError(f"{table.name}: unexpected parameters {sorted(compiled.binds)}")
+            return _Insert(sql, tuple(names), procs)
+        if list(compiled.positiontup) != names:
+            raise RuntimeError(f"{table.name}: unexpected parameter order {compiled.positiontup}")
+        if self.dialect.name != "sqlite":
+            return _Insert(sql, None, procs)
+        # SQLite runs a multi-row VALUES markedly faster than as many one-row INSERTs: the same
+        # statement with its row of placeholders repeated, within the 999 parameters any SQLite
+        # allows.
+        head, _, row = sql.partition(" VALUES ")
+        if not (row.startswith("(") and row.endswith(")") and row.count("?") == len(columns)):
+            raise RuntimeError(f"{table.name}: unexpected INSERT {sql}")
+        per = min(_ROWS_PER_INSERT, _SQLITE_MAX_PARAMS // len(columns))
+        return _Insert(sql, None, procs, f"{head} VALUES {', '.join([row] * per)}", per)
+
+
+_ZERO, _MINUTE = timedelta(0), timedelta(minutes=1)
+_SECONDS = tuple("%02d." % i for i in range(60))
+_DIGITS3 = tuple("%03d" % i for i in range(1000))
+
+
+def _sqlite_time_factory(typed: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """UTC times as SQLite stores them: naive UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``.
+
+    The common case (an aware ``datetime`` in ``timezone.utc``, as the meter makes them) is
+    formatted here in SQLite DATETIME's format: the text up to the minute is kept from the last
+    time in the same minute (a batch's times are close together), seconds and microseconds come
+    from the difference. Anything else goes through the typed path's own processors
+    (``UTCDateTime``, then SQLite's DATETIME).
+    """
+    # (the start of a minute, its text), kept as one: threads may share this
+    last = [(datetime.min.replace(tzinfo=_UTC), "0001-01-01 00:00:")]
+
+    def time(value: Any) -> Any:
+        if type(value) is datetime and value.tzinfo is _UTC:
+            minute, prefix = last[0]
+            into = value - minute
+            if not (_ZERO <= into < _MINUTE):
+                minute = value.replace(second=0, microsecond=0)
+                prefix = "%04d-%02d-%02d %02d:%02d:" % (
+                    value.year, value.month, value.day, value.hour, value.minute
+                )
+                last[0] = (minute, prefix)
+                into = value - minute
+            us = into.microseconds
+            return prefix + _SECONDS[into.seconds] + _DIGITS3[us // 1000] + _DIGITS3[us % 1000]
+        if value is None:
+            return None
+        return typed(value)
+
+    return time
+
+
+def _sqlite_json(dialect, typed: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """JSON as SQLite stores it: the text made by the engine's serializer (``_json_dumps``)."""
+    if getattr(dialect, "_json_serializer", None) is not _json_dumps or typed is None:
+        return _guarded(typed) if typed else (lambda v: v)
+    slow = _guarded(typed)
+
+    def to_json(value: Any) -> Any:
+        if type(value) is dict:
+            try:
+                text = _flat_json(value)
+            except Exception:  # let the typed path raise, as it would have
+                text = None
+            if text is not None:
+                return text
+        return slow(value)
+
+    return to_json
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # what the encoder does to str (ensure_ascii)
+_JSON_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
+def _flat_json(value: dict) -> str | None:
+    """``_json_dumps(value)`` for the usual span attributes (a flat dict of str keys to str, int,
+    finite float, bool or None), built here without an encoder per call; None for anything else.
+
+    Exact ``int`` and ``float`` format (``f"{v}"``) as ``repr``, which is what the encoder writes.
+    """
+    parts = []
+    for k, v in value.items():
+        if type(k) is not str:
+            return None
+        t = type(v)
+        if t is str:
+            parts.append(f"{_encode_str(k)}:{_encode_str(v)}")
+        elif t is int or (t is float and v - v == 0.0):  # v - v is NaN for NaN and infinities
+            parts.append(f"{_encode_str(k)}:{v}")
+        elif v is None or t is bool:
+            parts.append(f"{_encode_str(k)}:{_JSON_CONSTANTS[v]}")
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
+
+
 class Ledger:
     """A greenmaas ledger. Open it with :meth:`Ledger.open`; close it (or use ``with``) when done.
 
@@ -139,6 +406,9 @@ class Ledger:
         self._closed = False
         self._local = threading.local()
         self._tenant_key: bytes | None = None
+        self._pseudonyms: dict[str, str] = {}  # tenant -> pseudonym (see pseudonymise)
+        self._tenants: dict[str, str] = {}  # tenant in a record -> as stored (_stored_tenant)
+        self._fast_inserts: _FastInserts | None = None
         # One shared connection (in-memory SQLite) must not run two transactions at once.
         self._lock = threading.RLock() if isinstance(engine.pool, StaticPool) else nullcontext()
 
@@ -397,52 +667,66 @@ class Ledger:
         """Store spans and their per-device energy. Raw tenant names are pseudonymised first."""
         if not spans:
             return
+        fast = self._fast()
+        with self._translate():  # a value that cannot be bound fails as the typed insert would
+            span_rows, device_rows = self._span_rows(spans, fast)
         with self._writing() as conn:
-            span_rows = [self._span_row(s) for s in spans]
-            device_rows = [_device_row(s.span_id, d) for s in spans for d in s.devices]
-            conn.execute(Span.__table__.insert(), span_rows)
+            fast.inserts["spans"].execute(conn, span_rows)
             if device_rows:
-                conn.execute(SpanDevice.__table__.insert(), device_rows)
+                fast.inserts["span_devices"].execute(conn, device_rows)
 
     def write_samples(self, samples: Sequence[SampleRecord]) -> None:
         """Store points of devices' cumulative-energy curves."""
         if not samples:
             return
-        rows = [
-            {
-                "run_id": s.run_id,
-                "device": s.device,
-                "t": s.t,
-                "energy_j": _num(s.energy_j),
-                "power_w": _num(s.power_w),
-                "method": s.method,
-            }
-            for s in samples
-        ]
+        fast = self._fast()
+        time, null = fast.time, fast.null
+        with self._translate():
+            rows = [
+                (
+                    s.run_id,
+                    s.device,
+                    time(s.t),
+                    _num(s.energy_j, null),
+                    _num(s.power_w, null),
+                    s.method,
+                )
+                for s in samples
+            ]
         with self._writing() as conn:
-            conn.execute(Sample.__table__.insert(), rows)
+            fast.inserts["samples"].execute(conn, rows)
 
     def write_device_totals(self, totals: Sequence[DeviceTotals]) -> None:
         """Store per-device consumed / attributed / idle energy, one row per attribution window."""
         if not totals:
             return
-        rows = [
-            {
-                "run_id": d.run_id,
-                "device": d.device,
-                "method": d.method,
-                "start": d.start,
-                "end": d.end,
-                "total_j": _num(d.total_j),
-                "attributed_j": _num(d.attributed_j),
-                "idle_j": _num(d.idle_j),
-                "gap_s": _num(d.gap_s) or 0.0,
-                "idle_s": _num(d.idle_s) or 0.0,
-            }
-            for d in totals
-        ]
+        fast = self._fast()
+        time, null = fast.time, fast.null
+        with self._translate():
+            rows = [
+                (
+                    d.run_id,
+                    d.device,
+                    d.method,
+                    null if (t := time(d.start)) is None else t,
+                    null if (t := time(d.end)) is None else t,
+                    _num(d.total_j, null),
+                    _num(d.attributed_j, null),
+                    _num(d.idle_j, null),
+                    _num(d.gap_s) or 0.0,
+                    _num(d.idle_s) or 0.0,
+                )
+                for d in totals
+            ]
         with self._writing() as conn:
-            conn.execute(DeviceTotal.__table__.insert(), rows)
+            fast.inserts["device_totals"].execute(conn, rows)
+
+    def _fast(self) -> _FastInserts:
+        self._check_open(write=True)  # fail as writing would, before converting anything
+        fast = self._fast_inserts
+        if fast is None:
+            fast = self._fast_inserts = _FastInserts(self._engine.dialect)
+        return fast
 
     def write(self, records: Iterable[Writable]) -> None:
         """Write a mix of records (and callables ``fn(ledger)``) in order, in one transaction."""
@@ -478,8 +762,14 @@ class Ledger:
         HMAC-SHA256 keyed by ``$GREENMAAS_TENANT_KEY`` when set, else by a random salt kept in the
         ledger (so pseudonyms are stable within one ledger and unlinkable across ledgers).
         """
-        digest = hmac.new(self._key(), str(tenant).encode("utf-8"), hashlib.sha256).hexdigest()
-        return "t-" + digest[:16]
+        text = tenant if type(tenant) is str else str(tenant)
+        pseudonym = self._pseudonyms.get(text)
+        if pseudonym is None:
+            # Cached (in memory only): the key is fixed for the ledger's life, an HMAC is not free.
+            digest = hmac.new(self._key(), text.encode("utf-8"), hashlib.sha256).hexdigest()
+            pseudonym = "t-" + digest[:16]
+            _remember(self._pseudonyms, text, pseudonym)
+        return pseudonym
 
     def _key(self) -> bytes:
         if self._tenant_key is None:
@@ -504,38 +794,94 @@ class Ledger:
                     conn.execute(Meta.__table__.insert(), [{"key": "tenant_salt", "value": salt}])
         return salt
 
-    def _span_row(self, s: SpanRecord) -> dict[str, Any]:
-        measured = any(d.method != UNMEASURABLE for d in s.devices)
-        tenant = s.tenant
-        if tenant is not None and not _PSEUDONYM.fullmatch(tenant):
-            tenant = self.pseudonymise(tenant)
-        return {
-            "span_id": s.span_id,
-            "run_id": s.run_id,
-            "parent_id": s.parent_id,
-            "kind": s.kind,
-            "name": s.name,
-            "model": s.model,
-            "phase": s.phase,
-            "request_id": s.request_id,
-            "tenant": tenant,
-            "start": s.start,
-            "end": s.end,
-            "duration_s": _num(s.duration_s),
-            "weight": _num(s.weight),
-            "tokens_in": _int(s.tokens_in),
-            "tokens_out": _int(s.tokens_out),
-            "items": _int(s.items),
-            "status": s.status,
-            "attrs": dict(s.attrs),
-            "energy_j": _num(s.energy_j) if measured else None,
-            "self_energy_j": _num(s.self_energy_j) if measured else None,
-            "method": s.method,
-            "carbon_g": _num(s.carbon_g),
-            "carbon_market_g": _num(s.carbon_market_g),
-            "cost": _num(s.cost),
-            "currency": s.currency,
-        }
+    def _stored_tenant(self, tenant: Any) -> str:
+        """The tenant as stored: a pseudonym is kept as is, anything else pseudonymised."""
+        stored = self._tenants.get(tenant) if type(tenant) is str else None
+        if stored is None:
+            stored = tenant if _PSEUDONYM.fullmatch(tenant) else self.pseudonymise(tenant)
+            _remember(self._tenants, tenant, stored)
+        return stored
+
+    def _span_rows(self, spans: Sequence[SpanRecord], fast: _FastInserts) -> tuple[list, list]:
+        """Rows for ``spans`` and ``span_devices`` (in ``_SPAN_COLUMNS`` and
+        ``_SPAN_DEVICE_COLUMNS`` order) holding what the typed insert would hand the driver.
+
+        This runs for every span, on a thread that holds the interpreter lock, so it is one pass
+        with as few calls as it takes: numbers are what ``_num`` / ``_int`` make of them (a float
+        or an int; NULL for None and NaN) with the common cases checked inline, and the span's
+        energies and method are what ``SpanRecord.energy_j`` / ``self_energy_j`` / ``method``
+        compute. Energies are NULL where no device was measured (never 0 J). Nullable values that
+        are None go as ``fast.null``.
+        """
+        span_rows: list[tuple] = []
+        device_rows: list[tuple] = []
+        add_span, add_device = span_rows.append, device_rows.append
+        time, to_json, null = fast.time, fast.json, fast.null
+        stored_tenant = self._stored_tenant
+        weakest = _WEAKEST.get
+        for s in spans:
+            span_id = s.span_id
+            devices = s.devices
+            methods = []
+            measured = False
+            for d in devices:
+                method = d.method
+                methods.append(method)
+                if method != UNMEASURABLE:
+                    measured = True
+                    e, e_self = _num(d.energy_j, null), _num(d.self_j, null)
+                else:
+                    e = e_self = null
+                gap, busy = _num(d.gap_s) or 0.0, _num(d.self_device_s) or 0.0
+                add_device((span_id, d.device, e, e_self, method, gap, busy))
+            if not measured:
+                energy = self_energy = null
+            elif len(devices) == 1:  # sum() of one item is 0 + item
+                energy = _num(0 + devices[0].energy_j, null)
+                self_energy = _num(0 + devices[0].self_j, null)
+            else:
+                energy = _num(sum([d.energy_j for d in devices]), null)
+                self_energy = _num(sum([d.self_j for d in devices]), null)
+            attrs = s.attrs
+            add_span(
+                (
+                    span_id,
+                    s.run_id,
+                    null if (v := s.parent_id) is None else v,
+                    s.kind,
+                    s.name,
+                    null if (v := s.model) is None else v,
+                    null if (v := s.phase) is None else v,
+                    null if (v := s.request_id) is None else v,
+                    null if (v := s.tenant) is None else stored_tenant(v),
+                    time(s.start),
+                    time(s.end),
+                    v if type(v := s.duration_s) is float and v == v else _num(v),
+                    v if type(v := s.weight) is float and v == v else _num(v),
+                    null if (v := s.tokens_in) is None else v if type(v) is int else int(v),
+                    null if (v := s.tokens_out) is None else v if type(v) is int else int(v),
+                    null if (v := s.items) is None else v if type(v) is int else int(v),
+                    s.status,
+                    to_json(attrs if type(attrs) is dict else dict(attrs)),
+                    energy,
+                    self_energy,
+                    weakest(tuple(methods)) or _weakest(methods),
+                    (
+                        null if (v := s.carbon_g) is None
+                        else v if type(v) is float and v == v else _num(v, null)
+                    ),
+                    (
+                        null if (v := s.carbon_market_g) is None
+                        else v if type(v) is float and v == v else _num(v, null)
+                    ),
+                    (
+                        null if (v := s.cost) is None
+                        else v if type(v) is float and v == v else _num(v, null)
+                    ),
+                    null if (v := s.currency) is None else v,
+                )
+            )
+        return span_rows, device_rows
 
     # ----------------------------------------------------------------------------- closing
 
@@ -556,14 +902,21 @@ class Ledger:
         return f"<Ledger {self.display} {mode}{' closed' if self._closed else ''}>"
 
 
-def _device_row(span_id: str, d) -> dict[str, Any]:
-    measured = d.method != UNMEASURABLE
-    return {
-        "span_id": span_id,
-        "device": d.device,
-        "energy_j": _num(d.energy_j) if measured else None,
-        "self_j": _num(d.self_j) if measured else None,
-        "method": d.method,
-        "gap_s": _num(d.gap_s) or 0.0,
-        "self_device_s": _num(d.self_device_s) or 0.0,
-    }
+#: ``weakest_method`` of each combination of device methods seen (there are only a handful).
+_WEAKEST: dict[tuple, str] = {}
+
+
+def _weakest(methods: list) -> str:
+    """``SpanRecord.method``: the weakest of its devices' methods (remembered in ``_WEAKEST``)."""
+    method = weakest_method(methods)
+    _remember(_WEAKEST, tuple(methods), method)
+    return method
+
+
+def _remember(cache: dict, key: Any, value: Any) -> None:
+    """Add to one of the small in-memory caches, which start afresh when full."""
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+

@@ -3,6 +3,7 @@
 
 import os
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -58,3 +59,52 @@ def test_newer_schema_refused_and_unchanged(url):
     with engine.begin() as conn:
         assert conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == "999"
     engine.dispose()
+
+
+def _reset(url):
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def _dump(url) -> dict[str, list[str]]:
+    """Every table as PostgreSQL holds it, each row as its JSON text (JSON columns verbatim)."""
+    order = {"runs": "run_id", "spans": "span_id", "span_devices": "span_id, device",
+             "samples": "id", "device_totals": "id"}
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        out = {t: conn.execute(sa.text(f"SELECT row_to_json(x)::text FROM {t} x ORDER BY {o}"))
+               .scalars().all() for t, o in order.items()}
+    engine.dispose()
+    return out
+
+
+def test_fast_path_stores_what_the_typed_path_stored(url, monkeypatch):
+    from fast_insert_cases import run, samples, spans, totals, typed_write
+
+    from greenmaas.analysis import TABLES
+
+    monkeypatch.setenv("GREENMAAS_TENANT_KEY", "test-key")
+    records = spans(sqlite=False) + samples() + totals()
+    stored = []
+    for fast in (False, True):
+        _reset(url)
+        with Ledger.open(url) as led:
+            led.start_run(run())
+            if fast:
+                led.write(records)
+            else:
+                typed_write(led, records)
+        frames = {t: read_ledger(url, t) for t in TABLES}
+        for df in frames.values():
+            for col in ("attrs", "config", "devices"):
+                if col in df:
+                    df[col] = df[col].map(repr)
+        stored.append((_dump(url), frames))
+    (typed_rows, typed_frames), (fast_rows, fast_frames) = stored
+    assert len(fast_rows["spans"]) == 260 and len(fast_rows["samples"]) == 400
+    assert fast_rows == typed_rows
+    for table in TABLES:
+        pd.testing.assert_frame_equal(fast_frames[table], typed_frames[table])
