@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["DeviceEnergy", "SpanRecord", "RunRecord", "SampleRecord", "DeviceTotals"]
+__all__ = ["DeviceEnergy", "SpanRecord", "RunRecord", "SampleRecord", "ReadRecord", "DeviceTotals"]
 
 PHASES = ("training", "inference", "other")
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
@@ -27,6 +27,10 @@ class DeviceEnergy:
     self_j: float = 0.0  # attributed to the span alone, excluding children (sums without double counting)
     self_device_s: float = 0.0  # device time shared by the same rules as energy (hardware cost)
     gap_s: float = 0.0  # seconds of the span during which the device could not be read
+    # ± J: how far the attributed figure may be from the truth. From the counter grid's timing
+    # uncertainty and the shape fit's residual for measured devices; the method's stated
+    # relative uncertainty for estimates. None where nothing can be said (replay of a file).
+    uncertainty_j: float | None = None
 
 
 @dataclass
@@ -57,6 +61,12 @@ class SpanRecord:
     attrs: dict[str, Any] = field(default_factory=dict)
     devices: list[DeviceEnergy] = field(default_factory=list)
 
+    # Monotonic seconds on the recording process's clock (the clock of the run's raw reads), so
+    # an offline re-attribution of the run's trace sees exactly the times the live meter saw.
+    start_mono: float | None = None
+    end_mono: float | None = None
+    link_id: str | None = None  # a batch share's request span
+
     carbon_g: float | None = None  # location-based, as configured when recorded
     carbon_market_g: float | None = None  # market-based, only where configured
     cost: float | None = None  # electricity + hardware share, in ``currency``
@@ -69,6 +79,13 @@ class SpanRecord:
     @property
     def self_energy_j(self) -> float:
         return sum(d.self_j for d in self.devices)
+
+    @property
+    def uncertainty_j(self) -> float | None:
+        """± J over devices (summed: devices' errors are not assumed to cancel); None when no
+        device states one."""
+        us = [d.uncertainty_j for d in self.devices if d.uncertainty_j is not None]
+        return sum(us) if us else None
 
     @property
     def method(self) -> str:
@@ -105,6 +122,26 @@ class SampleRecord:
 
 
 @dataclass
+class ReadRecord:
+    """One raw read of one device, exactly as the sampler recorded it: the trace that an offline
+    re-attribution (``greenmaas export`` then ``greenmaas attribute``) replays.
+
+    ``t_mono`` is the sampler's monotonic stamp (s). ``energy_j`` is the raw cumulative counter
+    as read (before wrap/reset correction), ``max_energy_j`` where the counter wraps (RAPL).
+    A failed read has both values None and ``error`` set: the device was failing from then until
+    its next good read.
+    """
+
+    run_id: str
+    device: str
+    t_mono: float
+    energy_j: float | None = None
+    power_w: float | None = None
+    max_energy_j: float | None = None
+    error: str | None = None
+
+
+@dataclass
 class DeviceTotals:
     """Per run and device: what the device consumed, what spans got, and idle.
 
@@ -121,3 +158,4 @@ class DeviceTotals:
     start: datetime | None = None
     idle_s: float = 0.0  # device time with no span running (the operator's hardware cost)
     end: datetime | None = None
+    uncertainty_j: float | None = None  # ± J of idle_j (attributed_j carries the same, mirrored)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 __all__ = [
+    "POWER_FIELDS",
     "COUNTER",
     "POWER",
     "ESTIMATE",
@@ -40,6 +41,10 @@ REPLAY = "replay"
 UNMEASURABLE = "unmeasurable"
 
 METHODS = (COUNTER, POWER, ESTIMATE, REPLAY, UNMEASURABLE)
+
+#: Kinds of power field (see :attr:`Device.power_field`) and the averaging window of each (s):
+#: how long before a read the power it reports was drawn, for integrating power-only devices.
+POWER_FIELDS = {"instant": 0.0, "average_1s": 1.0, "part_time": 0.1}
 
 #: Weakest first. A figure that combines devices carries the weakest of their methods.
 _STRENGTH = (UNMEASURABLE, ESTIMATE, POWER, REPLAY, COUNTER)
@@ -85,6 +90,12 @@ class Device:
     uuid: str | None = None
     note: str | None = None  # e.g. "MIG instance: measuring parent GPU GPU-..."
     tdp_w: float | None = None
+    #: What the power values in this device's readings are, as the source knows them:
+    #: ``instant`` (a sample of the power at the read), ``average_1s`` (the mean over about the
+    #: last second, nvmlDeviceGetPowerUsage on Ampere and newer), ``part_time`` (a value refreshed
+    #: every ~100 ms holding the mean of a ~25 ms window), or None when readings carry no power.
+    #: Only ``instant`` samples are used as the shape of power inside counter updates.
+    power_field: str | None = None
 
 
 @dataclass(frozen=True)
