@@ -28,6 +28,7 @@ class Batch:
         self.meter = meter
         self.span = Span(name, meter=meter, kind="batch", model=model, phase=tags.pop("phase", "inference"), **tags)
         self.members: list[Span] = []
+        links: list[Span | None] = []
         for i, r in enumerate(requests):
             link = r if isinstance(r, Span) else None
             info: Mapping[str, Any] = r if isinstance(r, Mapping) else {}
@@ -53,16 +54,16 @@ class Batch:
                 items=items,
                 weight=w,
             )
-            m.link = link
             self.members.append(m)
+            links.append(link)
         total = sum(m.weight or 0.0 for m in self.members)
-        for m in self.members:
-            m.rate_override = (m.weight or 0.0) / total if total > 0 else 0.0
+        self._links = links
+        self._total = total
 
     def __enter__(self) -> "Batch":
         # A batch is never inside one of its own requests (a test or a simple server may open
         # it from a request's context): nest it under the nearest span that is not a member.
-        links = {id(m.link) for m in self.members if m.link is not None}
+        links = {id(link) for link in self._links if link is not None}
         outer = _current.get()
         while outer is not None and id(outer) in links:
             outer = outer.parent
@@ -71,21 +72,17 @@ class Batch:
             self.span.__enter__()
         finally:
             self.span._token = token  # exiting the batch restores the caller's context
-        for m in self.members:
-            if m.link is not None:
-                m.link.has_children = True
+        for m, link in zip(self.members, self._links):
+            m._as_share(link, (m.weight or 0.0) / self._total if self._total > 0 else 0.0)
             m.__enter__()
             # Members sit side by side under the batch, not inside each other.
             _current.set(self.span)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        now = self.meter.clock.monotonic()
+        now = self.meter._now()
         for m in self.members:
-            m.end = now
-            if exc_type is not None:
-                m.status = "error"
-            m._token = None
+            m._close_at(now, exc_type is not None)
         self.span.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> "Batch":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import math
 import logging
 import os
 import socket
@@ -34,19 +35,27 @@ from .attribution.engine import POLICIES
 from .attribution.live import LiveAttributor, WindowTotals
 from .clock import Clock, SystemClock
 from .errors import ConfigError, GreenmaasError
-from .records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
+from .records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 from .sampling.sampler import Sampler
-from .sources.base import Source, weakest_method
+from .sources.base import METHOD_UNCERTAINTY, Source, weakest_method
 from .batch import Batch
 from .spans import Span, SpanResult
 
 __all__ = ["Meter", "get_meter", "measure", "request", "batch"]
+
+#: A background meter never ends a window closer to now than this: a span is stamped, then
+#: registered, and a window must not pass a stamp whose span is not registered yet.
+_SETTLE_MARGIN_S = 0.02
 
 log = logging.getLogger("greenmaas")
 
 _current_meter: contextvars.ContextVar["Meter | None"] = contextvars.ContextVar("greenmaas_meter", default=None)
 _default_meter: "Meter | None" = None
 _default_lock = threading.Lock()
+# Meters started and not yet stopped in this process, oldest first: a span opened where no meter
+# is current (a thread pool without greenmaas.bind) joins the most recent one.
+_active: "weakref.WeakValueDictionary[int, Meter]" = weakref.WeakValueDictionary()
+_active_order = itertools.count()
 
 
 class Meter:
@@ -71,6 +80,12 @@ class Meter:
         default from the environment (``GREENMAAS_LOCATION``, ``GREENMAAS_PRICE``, …).
     ``sample_interval_s``
         Spacing of the cumulative-energy points written to the ledger's samples table.
+    ``result_wait_s``
+        How long ``span.result`` may wait for a span's energy to settle (an energy counter
+        reveals energy at its next update); past it the result is provisional.
+    ``record_reads``
+        Write every raw read to the ledger (default True), so ``greenmaas export`` and
+        ``greenmaas attribute`` can re-attribute the run offline to the same figures.
     """
 
     def __init__(
@@ -86,6 +101,8 @@ class Meter:
         flush_interval_s: float = 0.5,
         sample_interval_s: float = 1.0,
         config: Mapping[str, Any] | None = None,
+        result_wait_s: float = 0.3,
+        record_reads: bool = True,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
@@ -95,6 +112,7 @@ class Meter:
         self.flush_interval_s = flush_interval_s
         self.sample_interval_s = sample_interval_s
         self.unused: list = []
+        given_sources = sources is not None
         if sources is None:
             from .sources.detect import detect
 
@@ -102,7 +120,10 @@ class Meter:
             sources = found.sources
             self.unused = list(found.unused)
         self.sources = list(sources)
-        self.sampler = Sampler(self.sources, clock=self.clock, period_s=period_s)
+        self._owns_sources = not given_sources
+        self.result_wait_s = result_wait_s
+        self.record_reads = record_reads
+        self.sampler = Sampler(self.sources, clock=self.clock, period_s=period_s, on_read=self._on_read)
         self._ledger_arg = ledger
         self.ledger = None
         self._writer = None
@@ -135,9 +156,10 @@ class Meter:
         self._started = True
         self._open_ledger()
         self._load_accounting()
-        self.sampler.sample_now()
         self._t_start = self.clock.monotonic()
-        self._attr = LiveAttributor(self.policy, self._t_start)
+        self._attr = LiveAttributor(
+            self.policy, self._t_start, settle_margin_s=_SETTLE_MARGIN_S if self.background else 0.0
+        )
         devices = [
             {"id": d.id, "kind": d.kind, "name": d.name, "method": d.method, "uuid": d.uuid, "note": d.note}
             for d in list(self.sampler.devices) + list(self.sampler.unmeasurable)
@@ -145,6 +167,7 @@ class Meter:
         config = {
             "policy": self.policy,
             "periods_s": {c.device.id: c.period_s for c in self.sampler._channels},
+            "t0_mono": self._t_start,
             "unused": [{"source": u.source, "reason": u.reason} for u in self.unused],
             **self._config,
         }
@@ -163,6 +186,8 @@ class Meter:
             devices=devices,
         )
         self._submit(self.run)
+        self.sampler.sample_now()
+        _active[next(_active_order)] = self
         if self.background:
             self.sampler.start()
             self._thread = threading.Thread(target=self._flush_loop, name="greenmaas-flush", daemon=True)
@@ -181,17 +206,20 @@ class Meter:
             except Exception as exc:  # a hook must not keep the run from ending
                 self._error(f"stop hook {fn!r} failed: {exc}")
         self._stopped = True
+        for key, m in list(_active.items()):
+            if m is self:
+                _active.pop(key, None)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
         self.sampler.stop()
-        self.sampler.sample_now()
         now = self.clock.monotonic()
         with self._lock:
-            for s in [s for s in list(self._attr._spans.values()) if s.end is None]:  # type: ignore[union-attr]
-                s.end = now
-                s.status = "interrupted"
-            self._flush(now, force=True)
+            for s in self._attr.open_spans():  # type: ignore[union-attr]
+                s._interrupt(now)
+        self._settle(now)
+        with self._lock:
+            self._flush(self.clock.monotonic(), force=True)
         if self.run is not None:
             self.run.end = self.clock.to_utc(now)
             self.run.status = status
@@ -201,8 +229,29 @@ class Meter:
                 self._writer.close()
             except Exception as exc:
                 self._error(f"ledger writer did not close cleanly: {exc}")
+        if self._owns_sources:
+            for src in self.sources:
+                try:
+                    src.close()
+                except Exception as exc:  # closing must not keep the run from ending
+                    self._error(f"source {getattr(src, 'name', src)} did not close: {exc}")
         if self._finalizer is not None:
             self._finalizer.detach()
+
+    def _settle(self, t: float) -> None:
+        """Read until every counter has published past ``t`` (at most ``result_wait_s`` plus a
+        counter period; at once without a background thread, where time does not pass)."""
+        import time as _time
+
+        deadline = _time.monotonic() + max(self.result_wait_s, 0.0) + 0.2
+        while True:
+            self.sampler.sample_now()
+            pending = [
+                tl for tl in self.sampler.timelines.values() if tl.has_counter and (tl.settled() or -math.inf) < t
+            ]
+            if not pending or not self.background or _time.monotonic() >= deadline:
+                return
+            _time.sleep(0.005)
 
     def __enter__(self) -> "Meter":
         self.start()
@@ -281,41 +330,65 @@ class Meter:
         self._on_stop.append(fn)
 
     def retime(self, span: Span, start: float | None, end: float | None) -> None:
-        """Settle a provisional span's times (monotonic s) once they are known, e.g. from CUDA
-        events. Times before what has already been attributed are clamped to it."""
+        """Settle a held span's times (monotonic s) once they are known, e.g. from CUDA events,
+        and release it. Times before what has already been attributed are clamped to it."""
         with self._lock:
-            wm = self._attr.watermark if self._attr is not None else float("-inf")
-            if start is not None and not span.finalized:
-                span.start = max(start, wm) if span.start is None or span.start >= wm else span.start
+            attr = self._attr
+            wm = attr.watermark if attr is not None else -math.inf
+            new_start = None
+            if start is not None and span.start is not None and span.start >= wm:
+                new_start = max(start, wm)
+            new_end = None
             if end is not None:
-                span.end = max(end, wm, span.start if span.start is not None else end)
-            span.provisional = False
+                first = new_start if new_start is not None else span.start
+                new_end = max(end, wm, first if first is not None else end)
+            span._retime(new_start, new_end)
+            if attr is not None:
+                attr.release(span)
 
-    def _open_span(self, span: Span) -> None:
+    def hold(self, span: Span) -> None:
+        """Hold attribution at ``span``'s start until :meth:`retime` settles its times."""
+        if self._attr is not None:
+            self._attr.hold(span)
+
+    def _is_held(self, span: Span) -> bool:
+        return self._attr is not None and self._attr.is_held(span)
+
+    def _now(self) -> float:
+        return self.clock.monotonic()
+
+    def _open_span(self, span: Span) -> tuple[str, str, float]:
+        """Register a span opening now: its id, this run's id and its start."""
         if not self._started:
             self.start()
-        span.span_id = f"{self._id_prefix}-{next(self._ids):x}"
-        span.run_id = self.run_id
-        span.start = self.clock.monotonic()
+        span_id = f"{self._id_prefix}-{next(self._ids):x}"
+        start = self.clock.monotonic()
         if self._attr is not None:
             self._attr.add(span)
+        return span_id, self.run_id, start
 
-    def _close_span(self, span: Span) -> None:
-        span.end = self.clock.monotonic()
+    def _result(self, span: Span) -> SpanResult:
+        """A closed span's result: final once its energy has settled (waiting for that at most
+        ``result_wait_s``), else provisional."""
+        attr = self._attr
+        if attr is None:
+            return self._result_of(span)
+        if attr.is_final(span):
+            return self._result_of(span)
+        import time as _time
 
-    def _resolve(self, span: Span) -> None:
-        """Bring a closed span's result up to date (reads the devices once if needed)."""
-        if span.finalized:
-            return
+        deadline = _time.monotonic() + max(self.result_wait_s, 0.0)
         try:
-            with self._lock:
-                if not span.finalized:
-                    cov = self.sampler.coverage()
-                    if cov is None or cov < span.end:  # type: ignore[operator]
-                        self.sampler.sample_now()
+            while True:
+                with self._lock:
+                    self.sampler.sample_now()
                     self._flush(self.clock.monotonic())
+                if attr.is_final(span) or not self.background or self._stopped or _time.monotonic() >= deadline:
+                    break
+                _time.sleep(0.005)
         except Exception as exc:  # a result is never worth crashing the caller
             self._error(f"result of {span.name!r}: {exc}")
+        return self._result_of(span)
 
     # ------------------------------------------------------------------ background work
 
@@ -345,28 +418,36 @@ class Meter:
         attr = self._attr
         if attr is None:
             return
-        cov = self.sampler.coverage()
         timelines = self.sampler.timelines
-        t = now if force else (cov if cov is not None else attr.watermark)
-        if not timelines:
-            t = now
-        done, totals = attr.advance(min(t, now), timelines, force=force)
+        done, totals = attr.advance(now, timelines, force=force)
         if totals:
             self._record_totals(totals)
         if done:
-            timelines = self.sampler.timelines
             records = [self._record_of(s, timelines) for s in done]
             self._price(records)
             for s, r in zip(done, records):
-                s.record = r
+                attr.set_record(s, r)
                 self._submit(r)
+            attr.forget(done)
         self._record_samples(attr.watermark)
         if not force:
             for tl in timelines.values():
                 tl.trim(attr.watermark - 5.0)
 
+    def _on_read(self, device: str, t: float, reading: Any, error: str | None) -> None:
+        if not self.record_reads or self._writer is None:
+            return
+        if reading is None:
+            rec = ReadRecord(self.run_id, device, t, error=error)
+        else:
+            rec = ReadRecord(self.run_id, device, t, reading.energy_j, reading.power_w, reading.max_energy_j)
+        self._submit(rec)
+
     def _record_of(self, s: Span, timelines: dict) -> SpanRecord:
-        inc = s.acc.inclusive()
+        acc = self._attr.accumulator(s)  # type: ignore[union-attr]
+        assert acc is not None
+        inc = acc.inclusive()
+        inc_u = acc.inclusive_u()
         devs = []
         for dev, tl in timelines.items():
             if s.devices is not None and dev not in s.devices:
@@ -375,10 +456,11 @@ class Meter:
                 DeviceEnergy(
                     device=dev,
                     energy_j=inc.get(dev, 0.0),
-                    self_j=s.acc.self_j.get(dev, 0.0),
-                    self_device_s=s.acc.self_s.get(dev, 0.0),
+                    self_j=acc.self_j.get(dev, 0.0),
+                    self_device_s=acc.self_s.get(dev, 0.0),
                     method=tl.method,
                     gap_s=tl.gap_seconds(s.start, s.end),  # type: ignore[arg-type]
+                    uncertainty_j=inc_u.get(dev, 0.0),
                 )
             )
         tenant = s.tenant
@@ -404,22 +486,32 @@ class Meter:
             status=s.status,
             attrs=s.attrs,
             devices=devs,
+            start_mono=s.start,
+            end_mono=s.end,
+            link_id=s.link.span_id if s.link is not None else None,
         )
 
-    def _result_of(self, s: Span, *, final: bool) -> SpanResult:
-        """A span's result: from its ledger record once finalised, else from the running sums."""
-        rec = s.record
+    def _result_of(self, s: Span) -> SpanResult:
+        """A span's result: from its ledger record once final, else from the running sums."""
+        attr = self._attr
+        rec = attr.record(s) if attr is not None else None
         if rec is not None:
             by_dev = {d.device: d.energy_j for d in rec.devices}
             methods = {d.device: d.method for d in rec.devices}
             self_j = rec.self_energy_j
             gap = max((d.gap_s for d in rec.devices), default=0.0)
+            unc = rec.uncertainty_j
+            dev_s = {d.device: d.self_device_s for d in rec.devices}
         else:
-            inc = s.acc.inclusive() if s.acc is not None else {}
+            acc = attr.accumulator(s) if attr is not None else None
+            inc = acc.inclusive() if acc is not None else {}
+            inc_u = acc.inclusive_u() if acc is not None else {}
             methods = {d: tl.method for d, tl in self.sampler.timelines.items()}
             by_dev = {d: inc.get(d, 0.0) for d in methods if s.devices is None or d in s.devices}
-            self_j = sum(s.acc.self_j.values()) if s.acc is not None else 0.0
+            self_j = sum(acc.self_j.values()) if acc is not None else 0.0
             gap = 0.0
+            unc = sum(inc_u.get(d, 0.0) for d in by_dev)
+            dev_s = {d: acc.self_s.get(d, 0.0) for d in by_dev} if acc is not None else {}
         end = s.end if s.end is not None else self.clock.monotonic()
         return SpanResult(
             duration_s=end - s.start,  # type: ignore[operator]
@@ -429,10 +521,12 @@ class Meter:
             method=weakest_method(methods[d] for d in by_dev),
             methods={d: methods[d] for d in by_dev},
             gap_s=gap,
-            final=final and rec is not None,
+            final=rec is not None,
             carbon_g=rec.carbon_g if rec is not None else None,
             cost=rec.cost if rec is not None else None,
             currency=rec.currency if rec is not None else None,
+            uncertainty_j=unc,
+            device_s=dev_s,
         )
 
     def _record_totals(self, totals: list[WindowTotals]) -> None:
@@ -454,6 +548,7 @@ class Meter:
                     idle_s=w.idle_s,
                     start=self.clock.to_utc(w.t0),
                     end=self.clock.to_utc(w.t1),
+                    uncertainty_j=w.uncertainty_j,
                 )
             )
 
@@ -581,9 +676,13 @@ def get_meter() -> Meter:
     m = _current_meter.get()
     if m is not None:
         return m
+    active = _active_meter()
+    if active is not None:
+        return active
     global _default_meter
     with _default_lock:
         if _default_meter is None or _default_meter._stopped:
+            log.info("greenmaas: no meter active; starting the process default meter")
             try:
                 _default_meter = Meter().start()
             except GreenmaasError as exc:
@@ -593,6 +692,15 @@ def get_meter() -> Meter:
                 _default_meter = Meter(ledger=False).start()
                 _default_meter._error(f"ledger not opened: {exc}")
         return _default_meter
+
+
+def _active_meter() -> Meter | None:
+    """The most recently started meter of this process that has not stopped."""
+    items = sorted(_active.items())
+    for _, m in reversed(items):
+        if m._started and not m._stopped:
+            return m
+    return None
 
 
 def measure(name: str, **tags: Any) -> Span:

@@ -18,20 +18,18 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from .attribution.structure import CONTAINER_KINDS
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .meter import Meter
 
-__all__ = ["Span", "SpanResult", "current_span", "bind"]
+__all__ = ["Span", "SpanResult", "current_span", "bind", "CONTAINER_KINDS"]
 
 PHASES = ("training", "inference", "other")
 
 _current: contextvars.ContextVar["Span | None"] = contextvars.ContextVar("greenmaas_span", default=None)
 
-#: Span kinds whose own time does not compete once they have children: a request waiting in a
-#: queue for its batch consumes nothing; its batch shares do.
-CONTAINER_KINDS = frozenset({"request", "batch"})
 
 
 def current_span() -> "Span | None":
@@ -59,9 +57,13 @@ def bind(fn: Callable) -> Callable:
 class SpanResult:
     """What a span consumed. ``energy_j`` sums devices; ``by_device_j`` per device id.
 
-    ``final`` is False when other spans that share its devices were still open, so its share
-    could still change (only with the ``weighted`` policy); ``method`` is the weakest method
-    among its devices; ``gap_s`` is time when some device could not be read.
+    ``final`` is False while the result is provisional: the devices' energy up to the span's
+    end has not all settled yet (an energy counter reveals energy at its next update, ~100 ms
+    later on NVIDIA GPUs), so ``energy_j`` so far is what has been attributed, a lower bound.
+    The span's ledger row is written once final. ``method`` is the weakest method among its
+    devices; ``uncertainty_j`` is ± J (from the counter grid's timing and the shape fit, or the
+    method's stated relative uncertainty for estimates); ``gap_s`` is time when some device
+    could not be read.
     """
 
     duration_s: float
@@ -75,10 +77,15 @@ class SpanResult:
     carbon_g: float | None = None
     cost: float | None = None
     currency: str | None = None
+    uncertainty_j: float | None = None
+    #: Seconds of each device's time this span had to itself, shared among concurrent spans by
+    #: the same rules as energy: what hardware rental is charged on.
+    device_s: dict[str, float] = field(default_factory=dict)
 
     def __repr__(self) -> str:
+        unc = "" if self.uncertainty_j is None else f" ± {self.uncertainty_j:.4f}"
         return (
-            f"SpanResult(duration_s={self.duration_s:.4f}, energy_j={self.energy_j:.4f}, "
+            f"SpanResult(duration_s={self.duration_s:.4f}, energy_j={self.energy_j:.4f}{unc}, "
             f"method={self.method!r}, final={self.final})"
         )
 
@@ -114,12 +121,8 @@ class Span:
         "link",
         "_token",
         "_result",
-        "record",
-        "acc",
-        "rate_override",
-        "finalized",
+        "share_rate",
         "run_id",
-        "provisional",
         "__weakref__",
     )
 
@@ -166,14 +169,8 @@ class Span:
         self.link: Span | None = None  # a batch share's request span
         self._token = None
         self._result: SpanResult | None = None
-        self.record = None  # the SpanRecord written to the ledger, once finalised
-        self.acc = None  # the attributor's accumulators
-        self.rate_override: float | None = None
-        self.finalized = False
+        self.share_rate: float | None = None  # a batch member's share of its batch (time policy)
         self.run_id: str | None = None
-        # True while the span's true times are not known yet (CUDA events pending): windows
-        # are not attributed past its start until Meter.retime() settles it.
-        self.provisional = False
 
     # ------------------------------------------------------------------ context manager
 
@@ -216,7 +213,7 @@ class Span:
                 self.request_id = parent.request_id
             if self.tenant is None:
                 self.tenant = parent.tenant
-        meter._open_span(self)
+        self.span_id, self.run_id, self.start = meter._open_span(self)
         self._token = _current.set(self)  # only once opened: a failed open leaves no trace
         return self
 
@@ -229,7 +226,44 @@ class Span:
                 _current.reset(token)
             except ValueError:  # exited in another context (e.g. a generator); restore parent
                 _current.set(self.parent)
-        self._meter._close_span(self)  # type: ignore[union-attr]
+        self.end = self._meter._now()  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ structure (batches)
+
+    def _as_share(self, link: "Span | None", rate: float) -> None:
+        """Make this span a member of a batch: ``rate`` is its share of the batch under the
+        ``time`` policy, ``link`` the request it serves (which becomes a container)."""
+        self.kind = "share"
+        self.link = link
+        self.share_rate = rate
+        if link is not None:
+            link.has_children = True
+
+    def _close_at(self, t: float, error: bool) -> None:
+        """End a batch member with its batch."""
+        self.end = t
+        if error:
+            self.status = "error"
+        self._token = None
+
+    def _interrupt(self, t: float) -> None:
+        """The meter stopped while this span was open."""
+        self.end = t
+        self.status = "interrupted"
+
+    def _retime(self, start: float | None, end: float | None) -> None:
+        """The meter settles a held span's times (see :meth:`Meter.retime`)."""
+        if start is not None:
+            self.start = start
+        if end is not None:
+            self.end = end
+
+    @property
+    def provisional(self) -> bool:
+        """True while the span's true times are being resolved (CUDA events pending): energy is
+        not attributed past its start until they are."""
+        m = self._meter
+        return m is not None and m._is_held(self)
 
     async def __aenter__(self) -> "Span":
         return self.__enter__()
@@ -266,16 +300,17 @@ class Span:
 
     @property
     def result(self) -> SpanResult:
-        """The span's energy. Reading it before the span has closed raises; afterwards it waits
-        for the sampler to read past the span's end (at most one read of each device)."""
+        """The span's energy. Reading it before the span has closed raises. Afterwards, with a
+        background meter, it waits (at most the meter's ``result_wait_s``, 0.3 s by default)
+        for the devices' energy up to the span's end to settle, and returns the final figure;
+        if that takes longer it returns a provisional one (``final`` False) — read it again
+        later for the final figure, which the ledger gets in any case."""
         if self._result is not None and self._result.final:
             return self._result
         if self.end is None:
             raise ConfigError(f"span {self.name!r} is still open: its result exists after it exits")
-        if self.record is None:
-            self._meter._resolve(self)  # type: ignore[union-attr]
         # Built on first read only: most spans' results (a server's requests) are never read.
-        self._result = self._meter._result_of(self, final=self.record is not None)  # type: ignore[union-attr]
+        self._result = self._meter._result(self)  # type: ignore[union-attr]
         return self._result
 
     def __repr__(self) -> str:

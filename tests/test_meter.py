@@ -256,8 +256,8 @@ def test_device_time_is_shared_like_energy():
     meter, clock = make_meter()
     a, b = overlapping_pair(meter, clock)
     step(meter, clock, 1.0)
-    assert a.acc.self_s["gpu:0"] == pytest.approx(1.5)
-    assert b.acc.self_s["gpu:0"] == pytest.approx(0.5)
+    assert a.result.device_s["gpu:0"] == pytest.approx(1.5)
+    assert b.result.device_s["gpu:0"] == pytest.approx(0.5)
     meter.stop()
     assert meter.totals["gpu:0"]["idle_j"] == pytest.approx(100.0)
 

@@ -1,39 +1,45 @@
-"""Live attribution: turn open and closed spans into per-device energy shares, window by window.
+"""Live attribution: turn open and closed spans into per-device energy shares as energy settles.
 
-The meter calls :meth:`LiveAttributor.advance` with a time ``T`` up to which every healthy device
-has been read. The window ``[watermark, T]`` is attributed with :func:`share_energy`, spans that
-ended by ``T`` are finalised, and the watermark moves to ``T``. Every window keeps the books:
-attributed + idle = what each device consumed.
+The meter calls :meth:`LiveAttributor.advance` from one thread. Each device advances on its own:
 
-Who competes at an instant (the rule, which equals "a parent gets everything on its devices
-during its life" whenever one span tree runs alone):
+* a counter device up to its last *settled* update — an update of the counter that has been seen
+  and timed on its grid (:mod:`greenmaas.sampling.grid`). Energy after it is not known yet (the
+  next update will reveal it), so nothing after it is attributed: no energy is ever attributed
+  twice or lost. The delay is one counter period plus one read (about 110 ms for NVML's 100 ms
+  counter read every 10 ms). The energy between updates is shaped by
+  :class:`~greenmaas.attribution.shape.DeviceShaper`;
+* a power-only device up to its last read (less the power field's lag).
 
-* a span competes when it is active and none of its children is active then (its *self* time);
-  a parent's energy is its self energy plus its children's;
-* ``request`` and ``batch`` spans with children are containers: their self time takes nothing
-  (a request waiting in a queue for its batch consumes nothing; its batch share does);
-* with the ``weighted`` policy a parent's self time takes nothing either (its rate, weight per
-  second of its life, would not be comparable with its children's);
-* batch members split their batch by weight: under ``time`` the batch as a whole counts as one
-  span (member rate = weight / sum of the batch's weights), under ``weighted`` each member's rate
-  is weight / duration.
+Windows are further held back, for every device, before the start of any open span that could
+still change who competes (:meth:`limit`). Each window is divided by
+:func:`~greenmaas.attribution.engine.share_energy` among the self intervals of the spans
+(:mod:`greenmaas.attribution.structure`), so every window keeps the books: attributed + idle =
+what the device consumed, and over a run, spans + idle = the counter's delta. An offline
+re-attribution of the same reads and spans (:func:`greenmaas.attribution.offline.attribute_run`)
+computes the same figures.
 
-A window can only end where every span that might still change a share is known: under
-``weighted``, before the start of any open span without children (its rate needs its duration);
-under both, before the start of an open request without children (it may yet join a batch), and
-before the start of a provisional span (its GPU times are still being resolved).
+This module owns every piece of per-span attribution state (energy so far, records, holds for
+spans whose GPU times are still being resolved); a :class:`~greenmaas.spans.Span` is only the
+user's handle.
 """
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..sampling.timeline import Timeline
-from ..spans import CONTAINER_KINDS, Span
+from ..sources.base import ESTIMATE, METHOD_UNCERTAINTY
 from .engine import share_energy, share_time
+from .shape import DeviceShaper
+from .structure import CONTAINER_KINDS, Intervals, Node, competing
+
+if TYPE_CHECKING:
+    from ..spans import Span
 
 __all__ = ["LiveAttributor", "Accumulator", "WindowTotals"]
 
@@ -44,24 +50,29 @@ class Accumulator:
 
     self_j: dict[str, float] = field(default_factory=dict)
     child_j: dict[str, float] = field(default_factory=dict)
+    # ± J of self_j and child_j, shared by the same rules as the energy.
+    self_u: dict[str, float] = field(default_factory=dict)
+    child_u: dict[str, float] = field(default_factory=dict)
     # Device time (s) shared by the same rules as energy: what a rented device's price is
     # charged by. Self only; a parent's time is not summed from its children.
     self_s: dict[str, float] = field(default_factory=dict)
 
-    def add_self_s(self, device: str, s: float) -> None:
-        self.self_s[device] = self.self_s.get(device, 0.0) + s
-
-    def add_self(self, device: str, j: float) -> None:
-        self.self_j[device] = self.self_j.get(device, 0.0) + j
-
-    def add_child(self, device: str, j: float) -> None:
-        self.child_j[device] = self.child_j.get(device, 0.0) + j
-
     def inclusive(self) -> dict[str, float]:
-        out = dict(self.self_j)
-        for d, j in self.child_j.items():
-            out[d] = out.get(d, 0.0) + j
-        return out
+        return _merged(self.self_j, self.child_j)
+
+    def inclusive_u(self) -> dict[str, float]:
+        return _merged(self.self_u, self.child_u)
+
+
+def _merged(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    out = dict(a)
+    for d, j in b.items():
+        out[d] = out.get(d, 0.0) + j
+    return out
+
+
+def _add(target: dict[str, float], device: str, value: float) -> None:
+    target[device] = target.get(device, 0.0) + value
 
 
 @dataclass
@@ -74,34 +85,98 @@ class WindowTotals:
     attributed_j: float
     idle_j: float
     idle_s: float = 0.0  # device time with no span: the operator's own, for hardware cost
+    uncertainty_j: float = 0.0  # ± J of idle_j
+
+
+class _State:
+    __slots__ = ("span", "acc", "held")
+
+    def __init__(self, span: "Span") -> None:
+        self.span = span
+        self.acc = Accumulator()
+        self.held = False
+
+
+class _Device:
+    __slots__ = ("wm", "shaper")
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.wm: float | None = None
+        self.shaper = DeviceShaper(samples=timeline.power_field == "instant")
 
 
 class LiveAttributor:
-    """Attributes device energy to spans as time advances.
+    """Attributes device energy to spans as it settles.
 
     :meth:`add` is a dict insert, safe from any thread; :meth:`advance` must be called by one
-    thread at a time (the meter holds its flush lock around it)."""
+    thread at a time (the meter holds its flush lock around it). ``settle_margin_s``: how long
+    after a span's clock read it surely has been added (spans are stamped, then added; a window
+    never ends closer to ``now`` than this).
+    """
 
-    def __init__(self, policy: str, start: float) -> None:
+    def __init__(self, policy: str, start: float, *, settle_margin_s: float = 0.0) -> None:
         self.policy = policy
-        self.watermark = start
-        self._spans: dict[int, Span] = {}
+        self.start = start
+        self.settle_margin_s = settle_margin_s
+        self._states: dict[int, _State] = {}
+        self._devices: dict[str, _Device] = {}
+        self._records: "weakref.WeakKeyDictionary[Span, Any]" = weakref.WeakKeyDictionary()
 
-    def add(self, span: Span) -> None:
-        span.acc = Accumulator()
-        self._spans[id(span)] = span
+    # ------------------------------------------------------------------ span state
+
+    def add(self, span: "Span") -> None:
+        self._states[id(span)] = _State(span)
+
+    def hold(self, span: "Span") -> None:
+        """Keep windows before ``span``'s start until :meth:`release` (its true times are being
+        resolved, e.g. from CUDA events)."""
+        st = self._states.get(id(span))
+        if st is not None:
+            st.held = True
+
+    def release(self, span: "Span") -> None:
+        st = self._states.get(id(span))
+        if st is not None:
+            st.held = False
+
+    def is_held(self, span: "Span") -> bool:
+        st = self._states.get(id(span))
+        return st is not None and st.held
+
+    def accumulator(self, span: "Span") -> Accumulator | None:
+        st = self._states.get(id(span))
+        return st.acc if st is not None else None
+
+    def set_record(self, span: "Span", record: Any) -> None:
+        self._records[span] = record
+
+    def record(self, span: "Span") -> Any:
+        return self._records.get(span)
+
+    def is_final(self, span: "Span") -> bool:
+        return span in self._records
 
     @property
     def pending(self) -> int:
-        return len(self._spans)
+        return len(self._states)
 
-    def limit(self, t: float) -> float:
+    @property
+    def watermark(self) -> float:
+        """The earliest time not yet attributed on some device."""
+        wms = [d.wm for d in self._devices.values() if d.wm is not None]
+        return min(wms) if wms else self.start
+
+    def open_spans(self) -> list["Span"]:
+        return [st.span for st in list(self._states.values()) if st.span.end is None]
+
+    def limit(self) -> float:
         """The latest window end that no open span can still change."""
-        lim = t
-        for s in list(self._spans.values()):
+        lim = math.inf
+        for st in list(self._states.values()):
+            s = st.span
             if s.end is not None or s.start is None:
                 continue
-            if s.provisional:
+            if st.held:
                 lim = min(lim, s.start)
                 continue
             if s.has_children:
@@ -110,125 +185,141 @@ class LiveAttributor:
                 lim = min(lim, s.start)
         return lim
 
-    def advance(
-        self,
-        t: float,
-        timelines: dict[str, Timeline],
-        *,
-        force: bool = False,
-    ) -> tuple[list[Span], list[WindowTotals]]:
-        """Attribute ``[watermark, t]`` (limited by :meth:`limit` unless ``force``) and return
-        the spans finalised and the per-device totals of the window."""
-        t0 = self.watermark
-        t1 = max(t0, t if force else self.limit(t))
-        spans = [s for s in list(self._spans.values()) if s.start is not None and s.start <= t1]
-        kids: dict[int, list[Span]] = {}
-        for s in spans:
-            if s.parent is not None:
-                kids.setdefault(id(s.parent), []).append(s)
+    # ------------------------------------------------------------------ advancing
 
-        # Self intervals of every span inside the window, and the rate they compete with.
-        starts: list[float] = []
-        ends: list[float] = []
-        rates: list[float] = []
-        owner_of: list[int] = []
-        owners: list[Span] = []
-        for s in spans:
-            a = max(s.start, t0)  # type: ignore[type-var]
-            b = t1 if s.end is None else min(s.end, t1)
-            if b <= a:
+    def advance(
+        self, now: float, timelines: dict[str, Timeline], *, force: bool = False
+    ) -> tuple[list["Span"], list[WindowTotals]]:
+        """Attribute what has settled on every device (limited by :meth:`limit` unless
+        ``force``, which ends every device at its last settled energy) and return the spans
+        finalised and the per-device totals of the windows."""
+        lim = math.inf if force else min(self.limit(), now - self.settle_margin_s)
+        states = [st for st in list(self._states.values()) if st.span.start is not None]
+        nodes = _nodes(states)
+
+        plans: list[tuple[str, Timeline, _Device, float]] = []
+        for dev, tl in timelines.items():
+            d = self._devices.get(dev)
+            if d is None:
+                d = self._devices[dev] = _Device(tl)
+            settled = tl.settled()
+            if settled is None:
                 continue
-            rate = self._rate(s)
-            if rate <= 0:
-                continue
-            idx = len(owners)
-            owners.append(s)
-            for ia, ib in _subtract(a, b, kids.get(id(s), ()), t1):
-                starts.append(ia)
-                ends.append(ib)
-                rates.append(rate)
-                owner_of.append(idx)
+            if d.wm is None:
+                if tl.has_counter:
+                    kt = tl.knots()[0]
+                    if not (tl.first_knot_final or force):
+                        continue  # the first knot may still move back (a stepping counter)
+                    d.wm = float(kt[0])
+                else:
+                    d.wm = float(tl.t_first) - tl.power_lag_s  # type: ignore[arg-type]
+            plans.append((dev, tl, d, min(settled, lim)))
+        if not plans:
+            return self._finalise(timelines, force), []
+        t_lo = min(d.wm for _, _, d, _ in plans)  # type: ignore[type-var]
+        t_hi = max(target for *_, target in plans)
+        work = competing(nodes, t_lo, max(t_hi, t_lo), self.policy) if t_hi > t_lo else None
 
         totals: list[WindowTotals] = []
-        st = np.asarray(starts, dtype=np.float64)
-        en = np.asarray(ends, dtype=np.float64)
-        rt = np.asarray(rates, dtype=np.float64)
-        ow = np.asarray(owner_of, dtype=np.int64)
-        # Span boundaries (not the window's edges) are where power is expected to change.
-        bps = np.asarray(
-            [x for s in spans for x in (s.start, s.end) if x is not None and t0 < x < t1], dtype=np.float64
-        )
-        for dev, tl in timelines.items() if t1 > t0 else ():
-            on_dev = np.array(
-                [owners[i].devices is None or dev in owners[i].devices for i in range(len(owners))], dtype=bool
-            )
-            mask = on_dev[ow] if ow.size else np.zeros(0, dtype=bool)
-            ct, ce = tl.curve(bps)
-            sh = share_energy(ct, ce, st[mask], en[mask], rt[mask], ow[mask], len(owners), t0, t1)
-            for i in np.nonzero(sh.by_owner)[0]:
-                owners[i].acc.add_self(dev, float(sh.by_owner[i]))
-            tm = share_time(st[mask], en[mask], rt[mask], ow[mask], len(owners), t0, t1)
-            for i in np.nonzero(tm.by_owner)[0]:
-                owners[i].acc.add_self_s(dev, float(tm.by_owner[i]))
-            totals.append(
-                WindowTotals(dev, tl.method, t0, t1, sh.total_j, sh.attributed_j, sh.idle_j, tm.idle_j)
-            )
+        for dev, tl, d, target in plans:
+            if work is None:
+                continue
+            on_dev = work.on_device(nodes, dev)
+            if tl.has_counter:
+                kt, kv, kh = tl.knots()
+                st_, sw_ = tl.power_samples() if d.shaper.use_samples else (None, None)
+                d.shaper.extend(kt, kv, kh, target, on_dev, st_, sw_)
+                ready = d.shaper.t_end
+                ct, ce, cu = d.shaper.curve()
+                if tl.method == ESTIMATE:
+                    cu = ce * (METHOD_UNCERTAINTY.get(ESTIMATE) or 0.0)
+            else:
+                ready = target
+                bps = np.concatenate([on_dev.starts, on_dev.ends])
+                ct, ce = tl.curve(bps)
+                cu = ce * (METHOD_UNCERTAINTY.get(tl.method) or 0.0)
+            t0 = d.wm
+            if ready is None or t0 is None or ready <= t0:
+                continue
+            w = self._window(dev, tl.method, states, on_dev, ct, ce, cu, t0, ready)
+            totals.append(w)
+            d.wm = ready
+            if tl.has_counter:
+                d.shaper.trim(ready)
+        return self._finalise(timelines, force), totals
 
-        # Finalise spans that ended by t1: children before parents.
-        done = [s for s in spans if s.end is not None and s.end <= t1]
-        done.sort(key=lambda s: (s.end, -_depth(s)))
-        for s in done:
-            inc = s.acc.inclusive()
+    def _window(self, dev, method, states, work: Intervals, ct, ce, cu, t0, t1) -> WindowTotals:
+        n = len(states)
+        sh = share_energy(ct, ce, work.starts, work.ends, work.rates, work.owners, n, t0, t1)
+        su = share_energy(ct, cu, work.starts, work.ends, work.rates, work.owners, n, t0, t1)
+        tm = share_time(work.starts, work.ends, work.rates, work.owners, n, t0, t1)
+        for i in np.nonzero(sh.by_owner)[0].tolist():
+            acc = states[i].acc
+            _add(acc.self_j, dev, float(sh.by_owner[i]))
+            _add(acc.self_u, dev, float(su.by_owner[i]))
+        for i in np.nonzero(tm.by_owner)[0].tolist():
+            _add(states[i].acc.self_s, dev, float(tm.by_owner[i]))
+        return WindowTotals(dev, method, t0, t1, sh.total_j, sh.attributed_j, sh.idle_j, tm.idle_j, su.idle_j)
+
+    def _finalise(self, timelines: dict[str, Timeline], force: bool) -> list["Span"]:
+        """Spans every one of whose devices has been attributed past their end."""
+        wms = {dev: d.wm for dev, d in self._devices.items()}
+        done: list[_State] = []
+        for st in list(self._states.values()):
+            s = st.span
+            if s.end is None or s.start is None:
+                continue
+            if not force:
+                devs = timelines if s.devices is None else [x for x in s.devices if x in timelines]
+                if any(wms.get(x) is None or wms[x] < s.end for x in devs):  # type: ignore[operator]
+                    continue
+            done.append(st)
+        done.sort(key=lambda st: (st.span.end, -_depth(st.span)))
+        for st in done:
+            s = st.span
+            inc = st.acc.inclusive()
+            inc_u = st.acc.inclusive_u()
             for target in (s.parent, s.link):
-                if target is not None and target.acc is not None and not target.finalized:
-                    for d, j in inc.items():
-                        target.acc.add_child(d, j)
-            s.finalized = True
-            self._spans.pop(id(s), None)
-        self.watermark = t1
-        return done, totals
+                tst = self._states.get(id(target)) if target is not None else None
+                if tst is not None:
+                    for dv, j in inc.items():
+                        _add(tst.acc.child_j, dv, j)
+                    for dv, u in inc_u.items():
+                        _add(tst.acc.child_u, dv, u)
+        return [st.span for st in done]
 
-    def _rate(self, s: Span) -> float:
-        if s.rate_override is not None and self.policy == "time":
-            return s.rate_override
-        if s.has_children and (s.kind in CONTAINER_KINDS or self.policy == "weighted"):
-            return 0.0
-        if self.policy == "time":
-            return 1.0
-        if s.end is None:
-            return 0.0  # unreachable: limit() keeps windows before such spans
-        d = s.end - s.start  # type: ignore[operator]
-        w = s.weight if s.weight is not None else 1.0
-        return w / d if d > 0 else 0.0
+    def forget(self, spans: list["Span"]) -> None:
+        """Drop the state of finalised spans (after the meter has recorded them)."""
+        for s in spans:
+            self._states.pop(id(s), None)
 
 
-def _depth(s: Span) -> int:
+def _nodes(states: list[_State]) -> list[Node]:
+    index = {id(st.span): i for i, st in enumerate(states)}
+    out = []
+    for st in states:
+        s = st.span
+        out.append(
+            Node(
+                start=s.start,  # type: ignore[arg-type]
+                end=s.end,
+                kind=s.kind,
+                name=s.name,
+                parent=index.get(id(s.parent)) if s.parent is not None else None,
+                link=index.get(id(s.link)) if s.link is not None else None,
+                weight=s.weight,
+                share_rate=s.share_rate,
+                devices=s.devices,
+                has_children=s.has_children,
+            )
+        )
+    return out
+
+
+def _depth(s: "Span") -> int:
     n = 0
     p = s.parent
     while p is not None:
         n += 1
         p = p.parent
     return n
-
-
-def _subtract(a: float, b: float, children: Iterable[Span], t_open: float) -> list[tuple[float, float]]:
-    """[a, b] minus the union of the children's lives (open children run to ``t_open``)."""
-    cuts = sorted(
-        (max(c.start, a), min(t_open if c.end is None else c.end, b))  # type: ignore[type-var]
-        for c in children
-        if c.start is not None
-    )
-    out = []
-    cur = a
-    for ca, cb in cuts:
-        if cb <= ca:
-            continue
-        if ca > cur:
-            out.append((cur, ca))
-        cur = max(cur, cb)
-        if cur >= b:
-            break
-    if cur < b:
-        out.append((cur, b))
-    return out
-

@@ -7,13 +7,21 @@ SPANS.csv has a header and one row per span::
     r2,10.01,10.06,gpu:0;gpu:1,80,llama-8b,req-2,
 
 ``start``/``end`` are on the trace's clock (seconds), ``devices`` is ``;``-separated, ``weight``
-defaults to 1, ``model``/``request_id``/``tenant`` are optional. Spans are attributed as flat
-leaves. Every device's energy over its trace is split into span shares plus idle.
+defaults to 1, ``model``/``request_id``/``tenant`` are optional. Optional structure columns, as
+``greenmaas export`` writes them: ``parent`` (a span id), ``kind`` (``span``, ``request``,
+``batch``, ``share``, …), ``link`` (a batch share's request), ``name``. Without them spans are
+flat leaves.
+
+The trace is replayed through the same timelines, counter grid, shaping and division as the
+live meter (:class:`~greenmaas.attribution.live.LiveAttributor`), so a run exported from the
+ledger is re-attributed to the same figures the live meter recorded. Every device's energy from
+its first to its last settled reading is split into span shares plus idle.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -21,11 +29,12 @@ import numpy as np
 
 from .._parsing import finite_number
 from ..errors import InputError
-from ..sampling.timeline import build_curve
+from ..sampling.timeline import Timeline, build_curve
+from ..sources.base import COUNTER, POWER, Reading
 from ..sources.replay import TraceData, load_trace
-from .engine import rates_for, share_energy
+from .live import LiveAttributor
 
-__all__ = ["SpanTable", "load_spans", "attribute_trace", "AttributionResult", "curve_from_trace"]
+__all__ = ["SpanTable", "load_spans", "attribute_trace", "AttributionResult", "curve_from_trace", "timeline_of"]
 
 _REQUIRED = ("id", "start", "end", "devices")
 
@@ -42,6 +51,10 @@ class SpanTable:
     model: list[str | None] = field(default_factory=list)
     request_id: list[str | None] = field(default_factory=list)
     tenant: list[str | None] = field(default_factory=list)
+    parent: list[str | None] = field(default_factory=list)
+    kind: list[str | None] = field(default_factory=list)
+    link: list[str | None] = field(default_factory=list)
+    name: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,6 +77,7 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
     models: list[str | None] = []
     rids: list[str | None] = []
     tenants: list[str | None] = []
+    structure: dict[str, list[str | None]] = {"parent": [], "kind": [], "link": [], "name": []}
     seen: set[str] = set()
     with f:
         reader = csv.reader(f)
@@ -124,10 +138,29 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
                 models.append(opt(row, "model"))
                 rids.append(opt(row, "request_id"))
                 tenants.append(opt(row, "tenant"))
+                for col, values in structure.items():
+                    values.append(opt(row, col))
         except csv.Error as exc:
             raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text: {exc.reason}", path=path, line=reader.line_num + 1) from exc
+    for col in ("parent", "link"):
+        for i, ref in enumerate(structure[col]):
+            if ref is not None and ref not in seen:
+                raise InputError(f"span {ids[i]!r}: {col} {ref!r} is not a span of this file", path=path)
     return SpanTable(
-        ids, np.asarray(starts), np.asarray(ends), np.asarray(weights), devices, models, rids, tenants
+        ids,
+        np.asarray(starts),
+        np.asarray(ends),
+        np.asarray(weights),
+        devices,
+        models,
+        rids,
+        tenants,
+        structure["parent"],
+        structure["kind"],
+        structure["link"],
+        structure["name"],
     )
 
 
@@ -148,13 +181,16 @@ def curve_from_trace(td: TraceData, breakpoints: np.ndarray | None = None) -> tu
 
 @dataclass
 class AttributionResult:
-    """Energy per span (total and by device), idle and measured total per device (J)."""
+    """Energy per span (inclusive of its children, total and by device), its ± J, idle and
+    measured total per device (J)."""
 
     spans: SpanTable
     by_device: dict[str, np.ndarray]  # device -> energy per span (0 for spans not on it)
     idle_j: dict[str, float]
     total_j: dict[str, float]
     policy: str
+    uncertainty_by_device: dict[str, np.ndarray] = field(default_factory=dict)
+    idle_uncertainty_j: dict[str, float] = field(default_factory=dict)
 
     def span_energy_j(self) -> np.ndarray:
         out = np.zeros(len(self.spans))
@@ -162,18 +198,80 @@ class AttributionResult:
             out += arr
         return out
 
+    def span_uncertainty_j(self) -> np.ndarray:
+        out = np.zeros(len(self.spans))
+        for arr in self.uncertainty_by_device.values():
+            out += arr
+        return out
+
     def to_json(self) -> dict:
         energy = self.span_energy_j()
+        unc = self.span_uncertainty_j()
         rows = []
         for i, sid in enumerate(self.spans.ids):
             rows.append(
                 {
                     "id": sid,
                     "energy_j": float(energy[i]),
+                    "uncertainty_j": float(unc[i]),
                     "by_device": {d: float(a[i]) for d, a in self.by_device.items() if d in self.spans.devices[i]},
                 }
             )
-        return {"policy": self.policy, "spans": rows, "idle_j": dict(self.idle_j), "total_j": dict(self.total_j)}
+        return {
+            "policy": self.policy,
+            "spans": rows,
+            "idle_j": dict(self.idle_j),
+            "idle_uncertainty_j": dict(self.idle_uncertainty_j),
+            "total_j": dict(self.total_j),
+        }
+
+
+class _OfflineSpan:
+    """A span of a spans file, shaped like the live handle for the attributor."""
+
+    __slots__ = (
+        "start", "end", "kind", "name", "parent", "link", "weight", "share_rate", "devices", "has_children",
+        "__weakref__",
+    )
+
+    def __init__(self, start: float, end: float, kind: str, name: str, weight: float, devices: tuple[str, ...]):
+        self.start = start
+        self.end = end
+        self.kind = kind
+        self.name = name
+        self.weight = weight
+        self.devices = devices
+        self.parent: _OfflineSpan | None = None
+        self.link: _OfflineSpan | None = None
+        self.share_rate: float | None = None
+        self.has_children = False
+
+
+def timeline_of(device: str, td: TraceData) -> Timeline:
+    """A device's timeline, rebuilt read by read from its trace (failures included)."""
+    has_e = bool(np.any(~np.isnan(td.energy_j)))
+    method = td.method or (COUNTER if has_e else POWER)
+    has_p = bool(np.any(~np.isnan(td.power_w)))
+    tl = Timeline(device, method, td.power_field or ("instant" if has_p else None))
+    errors = td.errors or {}
+    mx = td.max_energy_j
+    for i in range(len(td)):
+        t = float(td.t[i])
+        if i in errors:
+            tl.mark_failed(t, errors[i])
+            continue
+        e = float(td.energy_j[i])
+        p = float(td.power_w[i])
+        m = float(mx[i]) if mx is not None else math.nan
+        tl.append(
+            t,
+            Reading(
+                energy_j=None if math.isnan(e) else e,
+                power_w=None if math.isnan(p) else p,
+                max_energy_j=None if math.isnan(m) else m,
+            ),
+        )
+    return tl
 
 
 def attribute_trace(
@@ -182,25 +280,60 @@ def attribute_trace(
     *,
     policy: str = "time",
 ) -> AttributionResult:
-    """Attribute a recorded trace to spans. Each device's window is its whole trace."""
+    """Attribute a recorded trace to spans, by the live meter's rules and code."""
+    if policy not in ("time", "weighted"):
+        raise InputError(f"unknown policy {policy!r}: expected time or weighted")
     data = load_trace(trace) if not isinstance(trace, dict) else trace
     table = load_spans(spans, set(data)) if not isinstance(spans, SpanTable) else spans
     n = len(table)
-    rates = rates_for(policy, table.weight, table.end - table.start)
-    by_device: dict[str, np.ndarray] = {}
-    idle: dict[str, float] = {}
-    total: dict[str, float] = {}
-    # Intervals per device: a span on k devices contributes one interval to each.
-    owners_by_dev: dict[str, list[int]] = {d: [] for d in data}
-    for i, devs in enumerate(table.devices):
-        for d in devs:
-            owners_by_dev.setdefault(d, []).append(i)
-    for dev, td in data.items():
-        idx = np.asarray(owners_by_dev.get(dev, []), dtype=np.int64)
-        ct, ce = curve_from_trace(td, np.concatenate([table.start[idx], table.end[idx]]))
-        t0, t1 = float(td.t[0]), float(td.t[-1])
-        sh = share_energy(ct, ce, table.start[idx], table.end[idx], rates[idx], idx, n, t0, t1)
-        by_device[dev] = sh.by_owner
-        idle[dev] = sh.idle_j
-        total[dev] = sh.total_j
-    return AttributionResult(table, by_device, idle, total, policy)
+    nodes = []
+    for i in range(n):
+        kind = (table.kind[i] if table.kind else None) or "span"
+        name = (table.name[i] if table.name else None) or ""
+        nodes.append(
+            _OfflineSpan(float(table.start[i]), float(table.end[i]), kind, name, float(table.weight[i]), table.devices[i])
+        )
+    index = {sid: i for i, sid in enumerate(table.ids)}
+    for i in range(n):
+        p = table.parent[i] if table.parent else None
+        lk = table.link[i] if table.link else None
+        if p is not None:
+            nodes[i].parent = nodes[index[p]]
+            nodes[index[p]].has_children = True
+        if lk is not None:
+            nodes[i].link = nodes[index[lk]]
+            nodes[index[lk]].has_children = True
+    # Batch members share their batch by weight (the live Batch gives them the same rates).
+    members: dict[int, list[int]] = {}
+    for i, nd in enumerate(nodes):
+        if nd.kind == "share" and nd.parent is not None:
+            members.setdefault(id(nd.parent), []).append(i)
+    for group in members.values():
+        total = sum(nodes[i].weight for i in group)
+        for i in group:
+            nodes[i].share_rate = nodes[i].weight / total if total > 0 else 0.0
+
+    timelines = {dev: timeline_of(dev, td) for dev, td in data.items()}
+    start = min((float(td.t[0]) for td in data.values() if len(td)), default=0.0)
+    attr = LiveAttributor(policy, start)
+    for nd in sorted(nodes, key=lambda x: x.start):
+        attr.add(nd)  # type: ignore[arg-type]
+    _, totals = attr.advance(math.inf, timelines, force=True)
+    by_device = {dev: np.zeros(n) for dev in data}
+    unc = {dev: np.zeros(n) for dev in data}
+    for i, nd in enumerate(nodes):
+        acc = attr.accumulator(nd)  # type: ignore[arg-type]
+        if acc is None:
+            continue
+        inc, inc_u = acc.inclusive(), acc.inclusive_u()
+        for dev in data:
+            by_device[dev][i] = inc.get(dev, 0.0)
+            unc[dev][i] = inc_u.get(dev, 0.0)
+    idle = {dev: 0.0 for dev in data}
+    idle_u = {dev: 0.0 for dev in data}
+    total = {dev: 0.0 for dev in data}
+    for w in totals:
+        idle[w.device] += w.idle_j
+        idle_u[w.device] += w.uncertainty_j
+        total[w.device] += w.total_j
+    return AttributionResult(table, by_device, idle, total, policy, unc, idle_u)

@@ -296,7 +296,7 @@ class _Tracker:
             starts = [self.resolver().record(d) for d in timed]
             # Hold attribution at the host start until the GPU times are known, so the
             # start can move to when the GPU actually began.
-            span.provisional = True
+            meter.hold(span)
             if not getattr(meter, "_greenmaas_events_hook", False):
                 meter._greenmaas_events_hook = True
                 meter.on_stop(lambda: self.resolver().wait(self.resolver().stop_wait_s))
@@ -391,7 +391,7 @@ class _Applier:
     def __call__(self, start: float | None, end: float | None, error: str | None) -> None:
         span = self.span
         meter = span._meter
-        if span.end is not None or span.finalized:  # the meter stopped and closed it
+        if span.end is not None:  # the meter stopped and closed it
             return
         if error is not None or start is None or end is None:
             span.attrs["timing"] = "host"

@@ -12,11 +12,11 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..clock import Clock, SystemClock
 from ..errors import GreenmaasError
-from ..sources.base import UNMEASURABLE, Device, Source
+from ..sources.base import UNMEASURABLE, Device, Reading, Source
 from .timeline import Timeline
 
 __all__ = ["Sampler", "DeviceFailure", "DEFAULT_PERIOD_S"]
@@ -43,7 +43,7 @@ class _Channel:
     def __init__(self, source: Source, device: Device, period_s: float):
         self.source = source
         self.device = device
-        self.timeline = Timeline(device.id, device.method)
+        self.timeline = Timeline(device.id, device.method, device.power_field)
         self.period_s = period_s
         self.next_t = 0.0
         self.failing = False
@@ -63,8 +63,12 @@ class Sampler:
         *,
         clock: Clock | None = None,
         period_s: float | None = None,
+        on_read: Callable[[str, float, Reading | None, str | None], None] | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
+        #: Called after every read with (device id, t, reading or None, error or None): the
+        #: meter records the raw trace through it. It must not raise.
+        self.on_read = on_read
         self._channels: list[_Channel] = []
         self.failures: dict[str, DeviceFailure] = {}
         self.unmeasurable: list[Device] = []
@@ -132,9 +136,13 @@ class Sampler:
                 f.count += 1
             ch.failing = True
             ch.next_t = t + max(RETRY_PERIOD_S, ch.period_s)
+            if self.on_read is not None:
+                self.on_read(ch.device.id, t, None, reason)
             return
         t = self.clock.monotonic()
         ch.timeline.append(t, reading)
+        if self.on_read is not None:
+            self.on_read(ch.device.id, t, reading, None)
         if ch.failing:
             ch.failing = False
             log.warning("greenmaas: %s answers again", ch.device.id)

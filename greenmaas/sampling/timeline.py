@@ -4,18 +4,20 @@ A :class:`Timeline` takes the raw reads of one device (cumulative counter, insta
 both, each stamped with monotonic seconds) and answers "how many joules did this device consume
 between t0 and t1". Internally it builds a piecewise-linear cumulative-energy curve:
 
-* **counter only** — the counter values, corrected for wraparound (``max_energy_j``) and resets
-  (a value that goes backwards is a driver reload: the new value is energy since the reload,
-  never a negative delta). When the counter is seen to step (it repeats the same value across
-  reads, as NVML's does every ~100 ms), each change is re-timed to the middle of the gap between
-  the two reads that saw it change: that is when the update happened, give or take half a
-  sampling period.
+* **counter** — the counter values, corrected for wraparound (``max_energy_j``; a counter that
+  reads exactly its maximum and then restarts has wrapped too), stale reads (a value that goes
+  back to one published just before is an old value, dropped) and resets (any other value that
+  goes backwards is a driver reload: the new value is energy since the reload, never a negative
+  delta). Each change of the counter is an update of the hardware's figure; :meth:`knots` times
+  every update on the counter's learnt grid (:mod:`greenmaas.sampling.grid`), giving exact points
+  (time ± uncertainty, cumulative J) on the true curve. Attribution shapes the energy between
+  them (:mod:`greenmaas.attribution.shape`); the plain :meth:`curve` joins them linearly.
 * **power only** — power integrated sample to sample, each read holding for the half-intervals
   on either side of it (every read is kept, so no value is held past its neighbours), never
   across a gap where the device failed.
-* **counter and power** — the counter fixes the totals between re-timed change points and the
-  power samples give the shape in between. This is what resolves 10–50 ms windows when the
-  counter itself steps every ~100 ms.
+* **power fields** — what a power value means depends on the field (``power_field``): an
+  ``instant`` sample is power at the read; averaged and part-time fields describe the power some
+  time before the read, so they are integrated at the middle of their window.
 
 The curve is rebuilt lazily after new reads and cached; appends are O(1) and thread-safe.
 """
@@ -31,7 +33,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..sources.base import COUNTER, ESTIMATE, POWER, REPLAY, Reading
+from ..sources.base import COUNTER, ESTIMATE, POWER, POWER_FIELDS, REPLAY, Reading
+from .grid import WINDOW, time_changes
 
 __all__ = ["Timeline", "Gap"]
 
@@ -58,9 +61,12 @@ class Timeline:
     ``method`` is what the figures rest on: ``counter``, ``power``, ``estimate`` or ``replay``.
     """
 
-    def __init__(self, device_id: str, method: str = COUNTER) -> None:
+    def __init__(self, device_id: str, method: str = COUNTER, power_field: str | None = None) -> None:
         self.device_id = device_id
         self.method = method
+        self.power_field = power_field
+        #: Seconds by which a power value lags the read (the middle of the field's window).
+        self.power_lag_s = POWER_FIELDS.get(power_field or "instant", 0.0) * 0.5
         self._lock = threading.Lock()
         self._t = array("d")
         self._counter = array("d")  # corrected cumulative J, NaN where the read had none
@@ -75,6 +81,22 @@ class Timeline:
         self._cache: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
         # Energy before the first retained read, after trim(); keeps cumulative values stable.
         self._base_j = 0.0
+        self._stale = 0
+        self._recent_raw: list[float] = []  # the last distinct raw counter values
+        # Counter changes: bounds of each update instant, reads it took, value after it.
+        self._chg_lo = array("d")
+        self._chg_hi = array("d")
+        self._chg_reads = array("d")
+        self._chg_v = array("d")
+        self._chg_first = 0  # index (in all changes ever) of _chg_*[0], after trims
+        self._last_c_t: float | None = None  # time of the last read with a counter value
+        self._last_c_v = _NAN
+        self._reads_since = 0
+        # Knots: first counter read, then one per timed change (strictly increasing times).
+        self._kt = array("d")
+        self._kv = array("d")
+        self._kh = array("d")
+        self._timed = 0  # changes timed so far (index in all changes ever)
 
     # ------------------------------------------------------------------ recording
 
@@ -93,6 +115,8 @@ class Timeline:
             corrected = _NAN
             if energy is not None and math.isfinite(energy):
                 corrected = self._correct_counter(float(energy), reading.max_energy_j)
+                if not math.isnan(corrected):
+                    self._note_counter(t, corrected)
             p = _NAN
             if power is not None and math.isfinite(power) and power >= 0:
                 p = float(power)
@@ -103,19 +127,47 @@ class Timeline:
 
     def _correct_counter(self, raw: float, max_energy_j: float | None) -> float:
         last = self._raw_last
-        self._raw_last = raw
         if last is None:
+            self._raw_last = raw
+            self._recent_raw = [raw]
             self._counter_offset = -raw  # cumulative starts at 0 on the first read
             return 0.0
         if raw < last:
-            if max_energy_j and max_energy_j > last:
-                # RAPL wraparound: the counter went past max_energy_range and restarted.
+            if raw in self._recent_raw:
+                # A stale read: the driver returned a value it had already published (seen on
+                # real GPUs under load). It says nothing new; the counter did not go back.
+                self._stale += 1
+                return _NAN
+            if max_energy_j and max_energy_j >= last:
+                # RAPL wraparound: the counter went past max_energy_range (or stood exactly at
+                # it) and restarted from 0.
                 self._counter_offset += max_energy_j
             else:
                 # Driver reload: the counter restarted from 0; raw is energy since then.
                 self._counter_offset += last
                 self._resets += 1
+        self._raw_last = raw
+        if raw != self._recent_raw[-1]:
+            self._recent_raw.append(raw)
+            del self._recent_raw[:-4]
         return raw + self._counter_offset
+
+    def _note_counter(self, t: float, value: float) -> None:
+        """Track the counter's changes (each one bounds an update instant)."""
+        self._reads_since += 1
+        if self._last_c_t is None:
+            self._kt.append(t)
+            self._kv.append(value)
+            self._kh.append(0.0)
+            self._reads_since = 0
+        elif value != self._last_c_v:
+            self._chg_lo.append(self._last_c_t)
+            self._chg_hi.append(t)
+            self._chg_reads.append(float(self._reads_since))
+            self._chg_v.append(value)
+            self._reads_since = 0
+        self._last_c_t = t
+        self._last_c_v = value
 
     def mark_failed(self, t: float, reason: str) -> None:
         """The device stopped answering at ``t``. The gap closes at the next successful read."""
@@ -142,6 +194,72 @@ class Timeline:
         return total
 
     @property
+    def stale_reads(self) -> int:
+        """How many counter reads returned a value the driver had already published."""
+        return self._stale
+
+    @property
+    def has_counter(self) -> bool:
+        return len(self._kt) > 0
+
+    def knots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact points on the cumulative curve from the counter: (times s, cumulative J,
+        time uncertainty ± s), strictly increasing in time. The first is the first counter read;
+        each other is one update of the counter, timed on its learnt grid. Empty without a
+        counter. New changes are timed here, each from the changes up to it only, so a knot
+        never moves once made — except the first, which moves back to one counter period before
+        the first change once three changes are known (shapers wait for that)."""
+        with self._lock:
+            n_chg = len(self._chg_lo)
+            todo = self._chg_first + n_chg - self._timed
+            if todo > 0:
+                first = n_chg - todo  # index in the retained change arrays
+                ctx = max(0, first - (WINDOW - 1))
+                lo = np.frombuffer(self._chg_lo, dtype=np.float64)[ctx:].copy()
+                hi = np.frombuffer(self._chg_hi, dtype=np.float64)[ctx:].copy()
+                rd = np.frombuffer(self._chg_reads, dtype=np.float64)[ctx:].copy()
+                u, h = time_changes(lo, hi, rd, window=WINDOW, already=first - ctx)
+                vals = self._chg_v[first:]
+                prev = self._kt[-1]
+                for i in range(todo):
+                    ui = float(u[i])
+                    if not ui > prev:  # never two knots at one instant
+                        ui = min(float(hi[first - ctx + i]), math.nextafter(prev, math.inf))
+                    self._kt.append(ui)
+                    self._kv.append(vals[i])
+                    self._kh.append(float(h[i]))
+                    prev = ui
+                self._timed += todo
+                if self._chg_first == 0 and first < 3 <= n_chg and len(self._kt) >= 4 and self._chg_reads[0] > 1:
+                    # The first read's value was published one update before the first change:
+                    # its knot goes one period (from the first updates) before that change.
+                    u0, u2 = self._kt[1], self._kt[3]
+                    self._kt[0] = min(self._kt[0], u0 - (u2 - u0) * 0.5)
+            return (
+                np.frombuffer(self._kt, dtype=np.float64).copy(),
+                np.frombuffer(self._kv, dtype=np.float64).copy() + self._base_j,
+                np.frombuffer(self._kh, dtype=np.float64).copy(),
+            )
+
+    @property
+    def first_knot_final(self) -> bool:
+        """Whether the first knot's time is fixed: a counter that moved on the very next read
+        is timed by its reads; a stepping one once three changes have placed the grid."""
+        with self._lock:
+            if self._chg_first > 0 or self._timed >= 3:
+                return True
+            return len(self._chg_reads) > 0 and self._chg_reads[0] <= 1
+
+    def settled(self) -> float | None:
+        """The latest time up to which this device's energy is known and will not change: the
+        last counter update for a counter, the last read (less the power field's lag) for power."""
+        if self.has_counter:
+            kt, _, _ = self.knots()
+            return float(kt[-1])
+        last = self.t_last
+        return None if last is None else last - self.power_lag_s
+
+    @property
     def resets(self) -> int:
         """How many times the hardware counter restarted (driver reloads)."""
         return self._resets
@@ -165,7 +283,11 @@ class Timeline:
         """The piecewise-linear cumulative energy curve: (times in s, cumulative J).
 
         With ``breakpoints`` (span boundaries) the power shape respects them; that curve is
-        built afresh, the plain one is cached until the next read."""
+        built afresh, the plain one is cached until the next read. A counter's curve joins its
+        :meth:`knots` (cumulative J since the first read)."""
+        if self._kt:
+            kt, kv, _ = self.knots()
+            return kt, kv
         if breakpoints is not None and breakpoints.size:
             with self._lock:
                 t = np.frombuffer(self._t, dtype=np.float64).copy()
@@ -173,7 +295,7 @@ class Timeline:
                 p = np.frombuffer(self._power, dtype=np.float64).copy()
                 gaps = list(self._gaps)
                 base = self._base_j
-            ts, es = build_curve(t, c, p, gaps, breakpoints)
+            ts, es = build_curve(t - self.power_lag_s, c, p, gaps, breakpoints)
             return ts, es + base
         with self._lock:
             if self._cache_version != self._version:
@@ -181,7 +303,7 @@ class Timeline:
                 c = np.frombuffer(self._counter, dtype=np.float64).copy()
                 p = np.frombuffer(self._power, dtype=np.float64).copy()
                 gaps = list(self._gaps)
-                ts, es = build_curve(t, c, p, gaps)
+                ts, es = build_curve(t - self.power_lag_s, c, p, gaps)
                 self._cache = (ts, es + self._base_j)
                 self._cache_version = self._version
             return self._cache
@@ -215,8 +337,10 @@ class Timeline:
         return t[ok], p[ok]
 
     def trim(self, before: float) -> None:
-        """Forget reads before ``before`` (keeping one at or before it), so long runs stay small.
-        Cumulative values after the cut are unchanged."""
+        """Forget reads and knots before ``before`` (keeping one at or before it), so long runs
+        stay small. Cumulative values after the cut are unchanged."""
+        if self.has_counter:
+            self.knots()  # time every change before dropping the reads around it
         with self._lock:
             i = bisect_right(self._t, before) - 1
             if i <= 0:
@@ -225,15 +349,27 @@ class Timeline:
         with self._lock:
             keep_from = i
             t_keep = self._t[keep_from]
-            base = float(np.interp(t_keep, xs, es)) if xs.size else 0.0
-            c0 = self._counter[keep_from]
+            base = float(np.interp(t_keep, xs, es)) if xs.size and not self._kt else 0.0
             self._t = self._t[keep_from:]
-            self._counter = array("d", (x - c0 if not math.isnan(x) else x for x in self._counter[keep_from:]))
-            if not math.isnan(c0):
-                self._counter_offset -= c0
+            self._counter = self._counter[keep_from:]
             self._power = self._power[keep_from:]
             self._gaps = [g for g in self._gaps if g.end is None or g.end > t_keep]
-            self._base_j = base
+            if self._kt:
+                k = bisect_right(self._kt, before) - 1
+                if k > 0:
+                    self._kt = self._kt[k:]
+                    self._kv = self._kv[k:]
+                    self._kh = self._kh[k:]
+                # The grid needs the last WINDOW changes as context for the next ones.
+                drop = max(0, len(self._chg_lo) - WINDOW)
+                if drop:
+                    self._chg_lo = self._chg_lo[drop:]
+                    self._chg_hi = self._chg_hi[drop:]
+                    self._chg_reads = self._chg_reads[drop:]
+                    self._chg_v = self._chg_v[drop:]
+                    self._chg_first += drop
+            else:
+                self._base_j = base
             self._version += 1
 
 

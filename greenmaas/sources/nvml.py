@@ -12,6 +12,16 @@ by UUID) and reads, per GPU, the best figure NVML offers:
   can say so, and every read of it raises :class:`~greenmaas.errors.DeviceReadError`: it is never
   reported as 0 J.
 
+Each device states what its power values are (:attr:`~greenmaas.sources.base.Device.power_field`):
+``instant`` when the ``NVML_FI_DEV_POWER_INSTANT`` field answers, ``average_1s`` for
+``nvmlDeviceGetPowerUsage`` on Ampere and newer (or an architecture NVML does not report),
+``instant`` for it on older GPUs, None when no power is read. NVML cannot tell a part-time field
+(a value refreshed every ~100 ms holding a ~25 ms mean, as measured on A100/H100) from an instant
+one, so such a field is labelled ``instant``; the timeline detects held values itself. A device
+reads one kind of power only: when the instant field fails at a read, that read has no power
+(``power_w=None`` beside the counter; a :class:`~greenmaas.errors.DeviceReadError` for a
+power-only device) rather than an averaged value mixed into a series of instant ones.
+
 NVML errors become greenmaas errors in one place, :func:`_translate`, re-raised ``from`` the
 original. ``pynvml`` is imported when a source is built, never when greenmaas is imported.
 """
@@ -38,6 +48,7 @@ _CODES = {
     "NVML_ERROR_LIBRARY_NOT_FOUND": 12,
     "NVML_ERROR_LIB_RM_VERSION_MISMATCH": 18,
     "NVML_DEVICE_ARCH_VOLTA": 5,
+    "NVML_DEVICE_ARCH_AMPERE": 7,
     "NVML_FI_DEV_POWER_INSTANT": 186,
     "NVML_DEVICE_MIG_ENABLE": 1,
 }
@@ -215,6 +226,21 @@ class NvmlSource(Source):
         self._closed = True
         self._finalizer()
 
+    @property
+    def nvml(self) -> Any:
+        """The pynvml-like module this source reads through (initialised until :meth:`close`)."""
+        return self._nvml
+
+    def handle(self, device_id: str) -> Any:
+        """The NVML handle ``device_id`` is read through (a MIG instance's parent GPU), for
+        callers that need NVML directly, such as :func:`greenmaas.sources.probe.probe_gpu`.
+        None when NVML could not open the GPU. Raises :class:`DeviceReadError` for an unknown
+        device."""
+        plan = self._plans.get(device_id)
+        if plan is None:
+            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
+        return plan.handle
+
     # ------------------------------------------------------------------ reading power
 
     def _instant_power_w(self, handle: Any) -> float | None:
@@ -233,14 +259,11 @@ class NvmlSource(Source):
         return mw / 1000.0
 
     def _power_w(self, plan: _Plan) -> float | None:
-        """Power in W by the plan's method; the field falls back to nvmlDeviceGetPowerUsage."""
+        """Power in W by the plan's method, or None when the driver gives no valid value; raises
+        NVMLError when the call fails. The instant field never falls back to
+        nvmlDeviceGetPowerUsage: that would mix averaged values into a series of instant ones."""
         if plan.power == _INSTANT:
-            try:
-                w = self._instant_power_w(plan.handle)
-            except self._nvml.NVMLError:
-                w = None
-            if w is not None:
-                return w
+            return self._instant_power_w(plan.handle)
         return self._nvml.nvmlDeviceGetPowerUsage(plan.handle) / 1000.0
 
     # ------------------------------------------------------------------ construction
@@ -361,7 +384,9 @@ class NvmlSource(Source):
         return None
 
     def _probe(self, dev_id: str, choice: _Choice) -> _Plan:
-        """Decide how a device is read: counter, power or unmeasurable."""
+        """Decide how a device is read (counter, power or unmeasurable) and what its power values
+        are (``power_field``). NVML cannot tell a part-time field from an instant one: both are
+        labelled ``instant``, and the timeline detects held values itself."""
         nvml = self._nvml
         host = choice.host
         notes: list[str] = []
@@ -393,19 +418,25 @@ class NvmlSource(Source):
                 pass
 
         power: str | None = None
+        power_field: str | None = None
         try:
             w = self._instant_power_w(h)
         except nvml.NVMLError:
             w = None
         # A GPU that answers 0 W is not drawing nothing: treat 0 as "no valid value".
         if w is not None and w > 0:
-            power = _INSTANT
+            power = power_field = _INSTANT
         else:
             try:
                 if nvml.nvmlDeviceGetPowerUsage(h) > 0:
                     power = _USAGE
             except nvml.NVMLError:
                 pass
+            if power == _USAGE:
+                # An architecture NVML does not report is taken as recent: averaged, so that
+                # its values are never used as the shape of power inside counter steps.
+                averaged = arch is None or arch >= _const(nvml, "NVML_DEVICE_ARCH_AMPERE")
+                power_field = "average_1s" if averaged else "instant"
 
         if has_counter:
             method = COUNTER
@@ -421,7 +452,15 @@ class NvmlSource(Source):
         else:
             method = UNMEASURABLE
             notes.append("neither an energy counter nor a power reading")
-        device = Device(dev_id, "gpu", name, method, uuid=host.uuid, note="; ".join(notes) or None)
+        device = Device(
+            dev_id,
+            "gpu",
+            name,
+            method,
+            uuid=host.uuid,
+            note="; ".join(notes) or None,
+            power_field=power_field,
+        )
         return _Plan(device, h, power=power)
 
 

@@ -7,8 +7,12 @@ A trace CSV has a header row and one row per read::
     0.02,gpu:0,,251.5
 
 ``t`` is seconds (any origin), ``device`` a device id, ``energy_j`` a cumulative counter in J and
-``power_w`` instantaneous power in W; either value may be blank, not both. Other columns are
-ignored, and a trace may leave out one of the two value columns altogether. Times must increase
+``power_w`` power in W; either value may be blank, not both. Optional columns (as
+``greenmaas export`` writes them): ``max_energy_j`` (where the counter wraps), ``error`` (a read
+that failed: both values blank, the device failing from then to its next good read),
+``method`` and ``power_field`` (constant per device: what the figures are, see
+:class:`~greenmaas.sources.base.Device`; power is taken as ``instant`` when not given). Other
+columns are ignored, and a trace may leave out one of the two value columns altogether. Times must increase
 strictly within each device. Every malformed row raises :class:`~greenmaas.errors.InputError`
 naming the file, the line and the problem.
 """
@@ -38,11 +42,17 @@ _VALUES = ("energy_j", "power_w")
 @dataclass(frozen=True)
 class TraceData:
     """One device's trace: times ``t`` (s, strictly increasing), cumulative ``energy_j`` (J) and
-    ``power_w`` (W), NaN where a row left the value blank. Arrays of equal length."""
+    ``power_w`` (W), NaN where a row left the value blank. Arrays of equal length.
+    ``max_energy_j`` (NaN where not given) and ``errors`` (row index -> reason of a failed read)
+    are optional, as are the device's ``method`` and ``power_field``."""
 
     t: np.ndarray
     energy_j: np.ndarray
     power_w: np.ndarray
+    max_energy_j: np.ndarray | None = None
+    errors: Mapping[int, str] | None = None
+    method: str | None = None
+    power_field: str | None = None
 
     def __len__(self) -> int:
         return int(self.t.size)
@@ -80,7 +90,13 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
         i_t, i_dev = names.index("t"), names.index("device")
         i_e = names.index("energy_j") if "energy_j" in names else None
         i_p = names.index("power_w") if "power_w" in names else None
+        opt = {c: names.index(c) for c in ("max_energy_j", "error", "method", "power_field") if c in names}
         width = max(i for i in (i_t, i_dev, i_e, i_p) if i is not None) + 1
+        extra: dict[str, dict] = {}
+
+        def cell(row: list[str], col: str) -> str:
+            i = opt.get(col)
+            return row[i].strip() if i is not None and i < len(row) else ""
         nan = math.nan
         rows = 0
         try:
@@ -96,7 +112,8 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
                 t = finite_number(row[i_t], "t", path, line)
                 e_text = row[i_e].strip() if i_e is not None else ""
                 p_text = row[i_p].strip() if i_p is not None else ""
-                if not e_text and not p_text:
+                error = cell(row, "error")
+                if not e_text and not p_text and not error:
                     raise InputError("energy_j and power_w are both blank", path=path, line=line)
                 e = finite_number(e_text, "energy_j", path, line) if e_text else nan
                 p = finite_number(p_text, "power_w", path, line) if p_text else nan
@@ -112,6 +129,13 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
                 cols = columns.get(device)
                 if cols is None:
                     cols = columns[device] = (array("d"), array("d"), array("d"))
+                x = extra.setdefault(device, {"max": array("d"), "errors": {}, "method": None, "field": None})
+                m_text = cell(row, "max_energy_j")
+                x["max"].append(finite_number(m_text, "max_energy_j", path, line) if m_text else nan)
+                if error:
+                    x["errors"][len(cols[0])] = error
+                x["method"] = x["method"] or cell(row, "method") or None
+                x["field"] = x["field"] or cell(row, "power_field") or None
                 cols[0].append(t)
                 cols[1].append(e)
                 cols[2].append(p)
@@ -120,7 +144,11 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
             raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from exc
     if rows == 0:
         raise InputError("no data rows after the header", path=path, line=2)
-    return {dev: TraceData(_f64(t), _f64(e), _f64(p)) for dev, (t, e, p) in columns.items()}
+    out = {}
+    for dev, (t, e, p) in columns.items():
+        x = extra[dev]
+        out[dev] = TraceData(_f64(t), _f64(e), _f64(p), _f64(x["max"]), x["errors"] or None, x["method"], x["field"])
+    return out
 
 
 def _f64(values: array) -> np.ndarray:

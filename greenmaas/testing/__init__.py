@@ -6,13 +6,25 @@
 * :class:`ReplaySource` — an energy source that replays a trace CSV against a clock.
 * :func:`make_rapl_tree` — writes a powercap sysfs tree into a temporary directory.
 * :class:`StaticSource` — a source whose devices read from functions you give it.
+* :class:`SimulatedGPU` — a :class:`FakeGPU` that behaves like a data-centre GPU (stepping,
+  jittered, resettable energy counter; instantaneous, 1 s averaged or part-time power) over a
+  known true power, given as a function of time or a :class:`PowerTrace` (exact energies).
 """
 
 from __future__ import annotations
 
 from .clock import FakeClock
 
-__all__ = ["FakeClock", "FakeNVML", "FakeGPU", "ReplaySource", "make_rapl_tree", "StaticSource"]
+__all__ = [
+    "FakeClock",
+    "FakeNVML",
+    "FakeGPU",
+    "ReplaySource",
+    "make_rapl_tree",
+    "StaticSource",
+    "SimulatedGPU",
+    "PowerTrace",
+]
 
 
 def __getattr__(name: str):
@@ -32,4 +44,8 @@ def __getattr__(name: str):
         from .static import StaticSource
 
         return StaticSource
+    if name in ("SimulatedGPU", "PowerTrace"):
+        from . import sim
+
+        return getattr(sim, name)
     raise AttributeError(name)

@@ -29,7 +29,8 @@ class StaticSource(Source):
         for dev_id, fns in self._fns.items():
             kind = dev_id.split(":", 1)[0]
             method = COUNTER if "energy_j" in fns else POWER
-            out.append(Device(id=dev_id, kind=kind, name=f"static {dev_id}", method=method))
+            field = "instant" if "power_w" in fns else None  # a function of time at the read
+            out.append(Device(id=dev_id, kind=kind, name=f"static {dev_id}", method=method, power_field=field))
         return out
 
     def read(self, device_id: str) -> Reading:

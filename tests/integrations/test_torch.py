@@ -35,8 +35,9 @@ class RecordingMeter(Meter):
         self.opened = []
 
     def _open_span(self, span):
-        super()._open_span(span)
+        opened = super()._open_span(span)
         self.opened.append(span)
+        return opened
 
     def of_kind(self, kind):
         return [s for s in self.opened if s.kind == kind]

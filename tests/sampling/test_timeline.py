@@ -65,21 +65,52 @@ def test_power_not_integrated_across_failure():
     assert tl.gaps[0].end == 5.0
 
 
-def test_counter_shaped_by_power():
-    # counter steps every 100 ms; power says the first half of each step ran at 300 W, the
-    # second at 100 W. The counter fixes each 100 ms total, power the split inside.
+def test_stepping_counter_knots_sit_on_its_update_grid():
+    # A counter publishing every 100 ms at phase 37 ms, read every ~10 ms with jitter: every
+    # update becomes a knot at its true instant, within the stated uncertainty.
+    rng = np.random.default_rng(3)
+    period, phase = 0.1, 0.037
     tl = Timeline("gpu:0")
-    last_pub = 0.0
-    for i in range(101):
-        t = i * 0.01
-        p = 300.0 if (i % 10) < 5 else 100.0
-        if i and i % 10 == 0:
-            last_pub = e_true(t)
-        tl.append(t, Reading(energy_j=last_pub, power_w=p))
-    # over [0.2, 0.25) the true energy is 300 W * 50 ms = 15 J
-    got = tl.energy_between(0.2, 0.25)
-    plain = 20.0 * 0.5  # plain interpolation of the counter gives half the step
-    assert abs(got - 15.0) < abs(plain - 15.0)
+    t = 0.0
+    while t < 6.0:
+        k = np.floor((t - phase) / period)
+        tl.append(t, Reading(energy_j=300.0 * max(0.0, k * period + phase)))
+        t += rng.uniform(0.008, 0.012)
+    kt, kv, kh = tl.knots()
+    assert np.all(np.diff(kt) > 0)
+    true_t = kv / 300.0  # the published value is the energy at the update instant
+    late = slice(40, None)  # once the grid has a window of changes
+    assert np.all(np.abs(kt[late] - true_t[late]) <= kh[late] + 1e-9)
+    assert np.median(np.abs(kt[late] - true_t[late])) < 0.001  # the read gaps alone give 2.5 ms
+    assert tl.settled() == kt[-1]
+
+
+def test_a_stale_read_is_dropped_not_taken_for_a_reset():
+    tl = Timeline("gpu:0")
+    for t, v in [(0.0, 100.0), (0.1, 130.0), (0.2, 160.0), (0.25, 130.0), (0.3, 190.0)]:
+        tl.append(t, Reading(energy_j=v))
+    assert tl.resets == 0 and tl.stale_reads == 1
+    assert tl.total_j == pytest.approx(90.0)
+
+
+def test_rapl_counter_standing_exactly_at_its_maximum_wraps():
+    # The case from Zeus's tests: the counter reads its maximum, then restarts from 0.
+    tl = Timeline("cpu:0")
+    tl.append(0.0, Reading(energy_j=990.0, max_energy_j=1000.0))
+    tl.append(1.0, Reading(energy_j=1000.0, max_energy_j=1000.0))
+    tl.append(2.0, Reading(energy_j=40.0, max_energy_j=1000.0))
+    assert tl.resets == 0
+    assert tl.total_j == pytest.approx(50.0)
+
+
+def test_averaged_power_is_integrated_at_the_middle_of_its_window():
+    tl = Timeline("gpu:0", "power", power_field="average_1s")
+    for i in range(11):
+        tl.append(float(i), Reading(power_w=100.0))
+    assert tl.power_lag_s == pytest.approx(0.5)
+    assert tl.settled() == pytest.approx(9.5)
+    xs, _ = tl.curve()
+    assert xs[0] == pytest.approx(-0.5)
 
 
 def e_true(t):

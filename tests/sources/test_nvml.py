@@ -243,11 +243,85 @@ def test_counter_alone_when_power_fails():
     assert (r.energy_j, r.power_w) == (3.0, None)
 
 
-def test_instant_field_failing_at_read_falls_back_to_power_usage():
+def _field_error(t):
+    raise NVMLError(fake.NVML_ERROR_UNKNOWN)
+
+
+@pytest.mark.parametrize("lost", [None, _field_error], ids=["not-supported", "error"])
+def test_instant_field_failing_at_read_never_falls_back_to_the_average(lost):
+    # The series stays of one kind: an averaged value among instant samples would be misread.
+    gpu = FakeGPU(energy_mj=lambda t: 1000 * t, instant_power_mw=300_000, power_mw=280_000)
+    src, clock = one(gpu)
+    gpu.instant_power_mw = lost  # the field now answers NOT_SUPPORTED, or an error
+    clock.advance(2)
+    assert (src.read("gpu:0").energy_j, src.read("gpu:0").power_w) == (2.0, None)
+
+
+def test_instant_field_failing_at_read_of_a_power_only_gpu_is_a_read_error():
     gpu = FakeGPU(energy_mj=None, instant_power_mw=300_000, power_mw=280_000)
     src, _ = one(gpu)
+    assert src.read("gpu:0").power_w == 300.0
     gpu.instant_power_mw = None  # the field now answers NOT_SUPPORTED
-    assert src.read("gpu:0").power_w == 280.0
+    with pytest.raises(DeviceReadError, match="gpu:0.*power read failed"):
+        src.read("gpu:0")
+    gpu.instant_power_mw = lambda t: 310_000
+    assert src.read("gpu:0").power_w == 310.0
+
+
+# ---------------------------------------------------------------------- power field labels
+
+
+@pytest.mark.parametrize(
+    "arch, energy_mj, instant, usage, method, field",
+    [
+        (fake.NVML_DEVICE_ARCH_HOPPER, 1000, 300_000, 280_000, COUNTER, "instant"),
+        (fake.NVML_DEVICE_ARCH_HOPPER, 1000, None, 280_000, COUNTER, "average_1s"),
+        (fake.NVML_DEVICE_ARCH_AMPERE, None, None, 280_000, POWER, "average_1s"),
+        (fake.NVML_DEVICE_ARCH_AMPERE, None, 0, 280_000, POWER, "average_1s"),  # 0 W: no value
+        (fake.NVML_DEVICE_ARCH_TURING, 1000, None, 70_000, COUNTER, "instant"),
+        (fake.NVML_DEVICE_ARCH_PASCAL, None, None, 90_000, POWER, "instant"),
+        (fake.NVML_DEVICE_ARCH_PASCAL, None, 90_000, 90_000, POWER, "instant"),
+        (fake.NVML_DEVICE_ARCH_HOPPER, 1000, None, None, COUNTER, None),
+        (fake.NVML_DEVICE_ARCH_HOPPER, None, None, 0, UNMEASURABLE, None),
+    ],
+)
+def test_power_field_label(arch, energy_mj, instant, usage, method, field):
+    src, _ = one(FakeGPU(arch=arch, energy_mj=energy_mj, instant_power_mw=instant, power_mw=usage))
+    dev = src.devices()[0]
+    assert (dev.method, dev.power_field) == (method, field)
+    if field is None and method == COUNTER:
+        assert src.read("gpu:0").power_w is None
+
+
+def test_power_field_of_an_unknown_architecture_is_taken_as_averaged():
+    class NoArch(FakeNVML):
+        def nvmlDeviceGetArchitecture(self, handle):
+            raise NVMLError(fake.NVML_ERROR_NOT_SUPPORTED)
+
+    gpu = FakeGPU(energy_mj=42, instant_power_mw=None, power_mw=100_000)
+    with NvmlSource(nvml=NoArch([gpu], clock=FakeClock()), visible_devices=None) as src:
+        assert src.devices()[0].power_field == "average_1s"
+
+
+def test_power_field_uses_its_own_ampere_code_when_pynvml_lacks_it():
+    class OldPynvml(FakeNVML):
+        def __getattr__(self, name):
+            if name == "NVML_DEVICE_ARCH_AMPERE":
+                raise AttributeError(name)
+            return super().__getattr__(name)
+
+    gpus = [
+        FakeGPU(uuid=UUIDS[0], arch=fake.NVML_DEVICE_ARCH_AMPERE, instant_power_mw=None),
+        FakeGPU(uuid=UUIDS[1], arch=fake.NVML_DEVICE_ARCH_TURING, instant_power_mw=None),
+    ]
+    with NvmlSource(nvml=OldPynvml(gpus, clock=FakeClock()), visible_devices=None) as src:
+        assert [d.power_field for d in src.devices()] == ["average_1s", "instant"]
+
+
+def test_gpu_that_cannot_be_opened_has_no_power_field():
+    denied = FakeGPU(uuid=UUIDS[0], fail=lambda t: fake.NVML_ERROR_NO_PERMISSION)
+    with NvmlSource(nvml=FakeNVML([denied]), visible_devices=None) as src:
+        assert src.devices()[0].power_field is None
 
 
 # ---------------------------------------------------------------------- errors

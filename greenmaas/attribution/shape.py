@@ -1,0 +1,299 @@
+"""The shape of a device's power between two counter updates.
+
+Between two updates of an energy counter the energy is known exactly (the difference of the two
+published values) but not *when* inside the interval it was drawn. Spans mark where power
+changes, so the device's power is modelled as
+
+    power(t) = idle + sum of the draws of the kinds of work running at t
+
+with one draw per *class* of work (span kind and name: every forward pass of one model draws
+alike). The idle level and the draws are fitted, with non-negativity, to the energies of the last
+:data:`FIT_WINDOW` intervals (least squares, :func:`scipy.optimize.nnls`). Where the source gives
+trusted instantaneous power samples (the ``instant`` field, changing on most reads, agreeing with
+the counter), the mean of the samples inside a stretch of constant work replaces the model there,
+scaled by their measured bias against the counter.
+
+Inside each interval the modelled energies are then rescaled to the counter's energy exactly, so
+conservation holds to rounding. The correction goes to the draws, not to idle: the idle level is
+the best-known part of the model (every quiet stretch measures it), and a request alone in an
+interval with idle around it then gets exactly the energy the counter saw beyond idle.
+
+Each interval also gets an uncertainty (a share of its energy): the update instants' timing
+uncertainty over its length, plus — where the interval mixes stretches of different power — how
+far the model missed the counter's energy. Energy attributed inside the interval carries that
+share as ± J.
+
+An interval is shaped once, when both its ends are known and every span that ran in it is known,
+from that interval and the ones before it only. So the live meter (which shapes intervals as
+they settle) and an offline re-attribution (which shapes them all at once) compute the same curve.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .structure import Intervals
+
+__all__ = ["DeviceShaper", "FIT_WINDOW"]
+
+#: Intervals in a fit window: about 3 s of a 100 ms counter.
+FIT_WINDOW = 30
+#: Power samples are used as shape only when fewer than this share of them repeat the previous
+#: value (a held, averaged or part-time field repeats) ...
+_HELD_SHARE = 0.5
+#: ... and when their energy over recent intervals is within this factor of the counter's.
+_AGREE = 2.0
+#: Weight of the prior that pulls each class's draw towards the common draw, relative to the
+#: window's intervals together (a tie-breaker, not a constraint).
+_PRIOR = 0.01
+#: Weight of one power sample's equation relative to one interval's energy.
+_SAMPLE_WEIGHT = 0.3
+
+
+@dataclass
+class _Row:
+    length_s: float
+    busy_s: dict[str, float]  # class -> seconds x active count in the interval
+    energy_j: float
+    sample_ratio: float | None  # samples / the previous fit's power at them (the field's bias)
+    # Per stretch of constant work with samples in it: (class -> active count, mean W, samples).
+    samples: list[tuple[dict[str, float], float, int]]
+
+
+class DeviceShaper:
+    """Shapes one device's counter intervals into a cumulative curve, causally.
+
+    ``samples``: whether the device's power samples may be used as shape (its source says they
+    are instantaneous); each interval still checks them. The curve is :attr:`t`, :attr:`e`
+    (cumulative J since the first knot) and :attr:`u` (cumulative ± J).
+    """
+
+    def __init__(self, *, samples: bool = False, window: int = FIT_WINDOW) -> None:
+        self.use_samples = samples
+        self.window = window
+        self._t: list[float] = []
+        self._e: list[float] = []
+        self._u: list[float] = []
+        self._e0: float | None = None  # counter value at the first knot
+        self._hist: deque[_Row] = deque(maxlen=max(1, window - 1))
+        self._last_fit: tuple[float, dict[str, float]] | None = None
+
+    # ------------------------------------------------------------------ the curve
+
+    @property
+    def t_end(self) -> float | None:
+        return self._t[-1] if self._t else None
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.asarray(self._t), np.asarray(self._e), np.asarray(self._u)
+
+    def trim(self, before: float) -> None:
+        """Drop curve points before ``before`` (keeping one at or before it)."""
+        i = bisect_left(self._t, before) - 1
+        if i > 0:
+            del self._t[:i], self._e[:i], self._u[:i]
+
+    # ------------------------------------------------------------------ shaping
+
+    def extend(
+        self,
+        kt: np.ndarray,
+        kv: np.ndarray,
+        kh: np.ndarray,
+        upto: float,
+        work: Intervals,
+        sample_t: np.ndarray | None = None,
+        sample_w: np.ndarray | None = None,
+    ) -> None:
+        """Shape every interval between knots ``kt``/``kv`` (± ``kh`` s) that ends at or before
+        ``upto`` and is not shaped yet. ``work``: the competing intervals on this device over
+        that range (classes by name). ``sample_t``/``sample_w``: power samples (s, W).
+        """
+        if kt.size == 0:
+            return
+        if not self._t:
+            self._t.append(float(kt[0]))
+            self._e.append(0.0)
+            self._u.append(0.0)
+            self._e0 = float(kv[0])
+        i = int(np.searchsorted(kt, self._t[-1]))
+        if i >= kt.size or kt[i] != self._t[-1]:
+            return  # the knot we ended at was trimmed away: nothing consistent to add
+        j = int(np.searchsorted(kt, upto, side="right")) - 1  # last knot we may end at
+        if j <= i:
+            return
+        order = np.argsort(work.starts, kind="stable")
+        ws, we, wc = work.starts[order], work.ends[order], work.classes[order]
+        names = work.class_names
+        for k in range(i, j):
+            a, b = float(kt[k]), float(kt[k + 1])
+            self._shape(a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws, we, wc, names, sample_t, sample_w)
+            self._e[-1] = float(kv[k + 1]) - self._e0  # type: ignore[operator]  # no drift
+
+    def _shape(self, a, b, energy, timing_s, ws, we, wc, names, st, sw) -> None:
+        length = b - a
+        energy = max(0.0, energy)
+        # Stretches of constant work inside [a, b].
+        live = (ws < b) & (we > a)
+        s_a = np.maximum(ws[live], a)
+        s_b = np.minimum(we[live], b)
+        cls = wc[live]
+        bp = np.unique(np.concatenate(([a, b], s_a, s_b)))
+        seg_len = np.diff(bp)
+        nseg = seg_len.size
+        used = np.unique(cls)
+        counts = np.zeros((nseg, used.size))
+        if used.size:
+            si = np.searchsorted(bp, s_a)
+            ei = np.searchsorted(bp, s_b)
+            col = np.searchsorted(used, cls)
+            delta = np.zeros((nseg + 1, used.size))
+            np.add.at(delta, (si, col), 1.0)
+            np.add.at(delta, (ei, col), -1.0)
+            counts = np.cumsum(delta, axis=0)[:nseg]
+        busy = counts.sum(axis=1) > 0
+        busy_s = {names[c]: float(v) for c, v in zip(used.tolist(), (counts * seg_len[:, None]).sum(axis=0))}
+
+        # Power samples inside the interval, and whether they can be trusted as shape.
+        seg_samples: np.ndarray | None = None
+        ratio = None
+        sample_rows: list[tuple[dict[str, float], float, int]] = []
+        if self.use_samples and st is not None and st.size and energy > 0:
+            lo, hi = np.searchsorted(st, a, side="right"), np.searchsorted(st, b, side="right")
+            pt, pw = st[lo:hi], sw[lo:hi]
+            if pt.size >= 2:
+                seg = np.clip(np.searchsorted(bp, pt, side="right") - 1, 0, nseg - 1)
+                # A held field (averaged, part-time) keeps its value across changes of work;
+                # an instantaneous one follows them.
+                changed = np.any(counts[seg[1:]] != counts[seg[:-1]], axis=1) if used.size else np.zeros(pt.size - 1, bool)
+                held = changed.any() and float(np.mean(pw[1:][changed] == pw[:-1][changed])) >= _HELD_SHARE
+                if not held:
+                    sums = np.bincount(seg, weights=pw, minlength=nseg)
+                    n = np.bincount(seg, minlength=nseg)
+                    seg_samples = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
+                    if self._last_fit is not None:
+                        # How the samples read against the model: the bias of the field.
+                        idle_prev, draws_prev = self._last_fit
+                        d = np.array([draws_prev.get(names[c], 0.0) for c in used.tolist()])
+                        expect = idle_prev + (counts[seg] @ d if used.size else 0.0)
+                        total_expect = float(np.sum(expect))
+                        if total_expect > 0:
+                            ratio = float(np.sum(pw)) / total_expect
+                    for i in np.nonzero(n)[0].tolist():
+                        vec = {names[c]: float(counts[i, j]) for j, c in enumerate(used.tolist()) if counts[i, j]}
+                        sample_rows.append((vec, float(seg_samples[i]), int(n[i])))
+
+        row = _Row(length, busy_s, energy, ratio, sample_rows)
+        bias = self._bias(ratio)
+        idle_w, draws = self._fit(row, bias)
+        model = idle_w + counts @ np.array([draws.get(names[c], 0.0) for c in used.tolist()]) if used.size else np.full(nseg, idle_w)
+        power = np.asarray(model, dtype=np.float64)
+        self._last_fit = (idle_w, draws)
+        if seg_samples is not None and bias is not None:
+            # Samples give the shape where work runs; idle keeps the fitted level (every quiet
+            # stretch of the window measures it better than the few samples here).
+            power = np.where(np.isnan(seg_samples) | ~busy, power, seg_samples / bias)
+        modelled = power * seg_len
+        predicted = float(modelled.sum())
+        residual = energy - predicted
+        draw = np.where(busy, np.maximum(power - idle_w, 0.0) * seg_len, 0.0)
+        dsum = float(draw.sum())
+        if dsum > 0 and residual > -dsum:
+            seg_e = modelled + residual * draw / dsum
+        elif predicted > 0:
+            seg_e = modelled * (energy / predicted)
+        else:
+            seg_e = energy * seg_len / length
+        seg_e = np.maximum(seg_e, 0.0)
+        total = float(seg_e.sum())
+        if total > 0:
+            seg_e *= energy / total  # exact to rounding
+
+        mixed = nseg > 1 and float(np.ptp(power)) > 0
+        share = timing_s / length if length > 0 else 1.0
+        if mixed and energy > 0:
+            share += abs(residual) / energy
+        share = min(1.0, share)
+
+        self._hist.append(row)
+        e_cum = self._e[-1] + np.cumsum(seg_e)
+        u_cum = self._u[-1] + np.cumsum(seg_e * share)
+        self._t.extend(bp[1:].tolist())
+        self._e.extend(e_cum.tolist())
+        self._u.extend(u_cum.tolist())
+
+    def _fit(self, row: _Row, bias: float | None) -> tuple[float, dict[str, float]]:
+        """Idle W and the draw of each class (W) from this interval and the window before it.
+
+        Each interval is one equation in mean power (W). Two steps: idle and one draw for all
+        work alike; then a draw per class, pulled towards that common draw by a weak prior
+        (:data:`_PRIOR`), so classes the window cannot tell apart (they always run together)
+        share alike instead of one taking everything. Trusted power samples add equations of
+        their own (the power of the work running at each, scaled by their bias against the
+        counter), each worth :data:`_SAMPLE_WEIGHT` of an interval."""
+        rows = list(self._hist) + [row]
+        names = sorted({c for r in rows for c in r.busy_s})
+        lengths = np.array([r.length_s for r in rows])
+        energy = np.array([r.energy_j for r in rows])
+        ok = lengths > 0
+        if not ok.any():
+            return 0.0, {}
+        y = energy[ok] / lengths[ok]
+        if not names:
+            return float(energy[ok].sum() / lengths[ok].sum()), {}
+        from scipy.optimize import nnls
+
+        busy = np.zeros((len(rows), len(names)))
+        col = {c: i for i, c in enumerate(names)}
+        for i, r in enumerate(rows):
+            for c, v in r.busy_s.items():
+                busy[i, col[c]] = v
+        busy = busy[ok] / lengths[ok, None]
+        weights = np.ones(y.size)
+        if bias is not None:
+            extra, ys, ws = [], [], []
+            for r in rows:
+                for vec, watts, n in r.samples:
+                    extra.append([vec.get(c, 0.0) for c in names])
+                    ys.append(watts / bias)
+                    ws.append(_SAMPLE_WEIGHT * np.sqrt(n))
+            if extra:
+                busy = np.vstack([busy, np.asarray(extra)])
+                y = np.concatenate([y, ys])
+                weights = np.concatenate([weights, ws])
+        busy = busy * weights[:, None]
+        ones = weights
+        y = y * weights
+        one = np.column_stack([ones, busy.sum(axis=1)])
+        (idle0, draw0), _ = _nnls(nnls, one, y)
+        prior = np.sqrt(_PRIOR * float(np.sum(weights**2)))
+        A = np.vstack([np.column_stack([ones, busy]), np.column_stack([np.zeros(len(names)), np.eye(len(names)) * prior])])
+        b = np.concatenate([y, np.full(len(names), draw0 * prior)])
+        x, _ = _nnls(nnls, A, b)
+        return float(x[0]), {c: float(x[col[c] + 1]) for c in names}
+
+    def _bias(self, ratio: float | None) -> float | None:
+        """How much the samples over-read the counter (median over the window), or None when
+        they disagree too much to be used."""
+        rs = [r.sample_ratio for r in self._hist if r.sample_ratio is not None]
+        if ratio is not None:
+            rs.append(ratio)
+        if not rs:
+            return None
+        m = float(np.median(rs))
+        if not (1.0 / _AGREE <= m <= _AGREE):
+            return None
+        return m
+
+
+def _nnls(nnls, A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    try:
+        return nnls(A, b, maxiter=50 * A.shape[1])
+    except RuntimeError:  # no convergence: the mean power, flat
+        x = np.zeros(A.shape[1])
+        x[0] = max(0.0, float(np.mean(b)))
+        return x, float("nan")
