@@ -125,6 +125,7 @@ class Meter:
         self.record_reads = record_reads
         self.sampler = Sampler(self.sources, clock=self.clock, period_s=period_s, on_read=self._on_read)
         self._ledger_arg = ledger
+        self._owns_ledger = False
         self.ledger = None
         self._writer = None
         self._accounting_arg = accounting
@@ -161,7 +162,15 @@ class Meter:
             self.policy, self._t_start, settle_margin_s=_SETTLE_MARGIN_S if self.background else 0.0
         )
         devices = [
-            {"id": d.id, "kind": d.kind, "name": d.name, "method": d.method, "uuid": d.uuid, "note": d.note}
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "name": d.name,
+                "method": d.method,
+                "uuid": d.uuid,
+                "note": d.note,
+                "power_field": d.power_field,
+            }
             for d in list(self.sampler.devices) + list(self.sampler.unmeasurable)
         ]
         config = {
@@ -229,6 +238,11 @@ class Meter:
                 self._writer.close()
             except Exception as exc:
                 self._error(f"ledger writer did not close cleanly: {exc}")
+        if self.ledger is not None and self._owns_ledger:
+            try:
+                self.ledger.close()
+            except Exception as exc:
+                self._error(f"ledger did not close cleanly: {exc}")
         if self._owns_sources:
             for src in self.sources:
                 try:
@@ -434,13 +448,15 @@ class Meter:
             for tl in timelines.values():
                 tl.trim(attr.watermark - 5.0)
 
-    def _on_read(self, device: str, t: float, reading: Any, error: str | None) -> None:
+    def _on_read(self, device: str, t: float, reading: Any, error: str | None, t_start: float) -> None:
         if not self.record_reads or self._writer is None:
             return
         if reading is None:
-            rec = ReadRecord(self.run_id, device, t, error=error)
+            rec = ReadRecord(self.run_id, device, t, error=error, t_start_mono=t_start)
         else:
-            rec = ReadRecord(self.run_id, device, t, reading.energy_j, reading.power_w, reading.max_energy_j)
+            rec = ReadRecord(
+                self.run_id, device, t, reading.energy_j, reading.power_w, reading.max_energy_j, t_start_mono=t_start
+            )
         self._submit(rec)
 
     def _record_of(self, s: Span, timelines: dict) -> SpanRecord:
@@ -609,6 +625,7 @@ class Meter:
 
         # A ledger that cannot be opened (not a ledger, newer schema) is the user's to fix: it
         # raises LedgerError here, at start, rather than measuring into nothing.
+        self._owns_ledger = not isinstance(arg, Ledger)
         self.ledger = arg if isinstance(arg, Ledger) else Ledger.open(arg)
         self._writer = LedgerWriter(self.ledger)
 

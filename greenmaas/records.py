@@ -126,7 +126,8 @@ class ReadRecord:
     """One raw read of one device, exactly as the sampler recorded it: the trace that an offline
     re-attribution (``greenmaas export`` then ``greenmaas attribute``) replays.
 
-    ``t_mono`` is the sampler's monotonic stamp (s). ``energy_j`` is the raw cumulative counter
+    ``t_mono`` is the sampler's monotonic stamp (s) when the read returned, ``t_start_mono`` when
+    it began. ``energy_j`` is the raw cumulative counter
     as read (before wrap/reset correction), ``max_energy_j`` where the counter wraps (RAPL).
     A failed read has both values None and ``error`` set: the device was failing from then until
     its next good read.
@@ -139,6 +140,7 @@ class ReadRecord:
     power_w: float | None = None
     max_energy_j: float | None = None
     error: str | None = None
+    t_start_mono: float | None = None  # when the read began (the value was taken in between)
 
 
 @dataclass

@@ -89,12 +89,13 @@ class WindowTotals:
 
 
 class _State:
-    __slots__ = ("span", "acc", "held")
+    __slots__ = ("span", "acc", "held", "done")
 
     def __init__(self, span: "Span") -> None:
         self.span = span
         self.acc = Accumulator()
         self.held = False
+        self.done = False
 
 
 class _Device:
@@ -274,14 +275,18 @@ class LiveAttributor:
                 if any(wms.get(x) is None or wms[x] < s.end for x in devs):  # type: ignore[operator]
                     continue
             done.append(st)
+        # Children before parents. A span's energy joins its parent's (and a batch share's its
+        # request's) only while that one is not final: a child that outlives its parent (a
+        # generator, a thread) keeps its energy to itself, whenever the windows fell.
         done.sort(key=lambda st: (st.span.end, -_depth(st.span)))
         for st in done:
+            st.done = True
             s = st.span
             inc = st.acc.inclusive()
             inc_u = st.acc.inclusive_u()
             for target in (s.parent, s.link):
                 tst = self._states.get(id(target)) if target is not None else None
-                if tst is not None:
+                if tst is not None and not tst.done:
                     for dv, j in inc.items():
                         _add(tst.acc.child_j, dv, j)
                     for dv, u in inc_u.items():

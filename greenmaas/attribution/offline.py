@@ -255,8 +255,10 @@ def timeline_of(device: str, td: TraceData) -> Timeline:
     tl = Timeline(device, method, td.power_field or ("instant" if has_p else None))
     errors = td.errors or {}
     mx = td.max_energy_j
+    ts = td.t_start
     for i in range(len(td)):
         t = float(td.t[i])
+        t0 = float(ts[i]) if ts is not None and not math.isnan(ts[i]) else None
         if i in errors:
             tl.mark_failed(t, errors[i])
             continue
@@ -270,6 +272,7 @@ def timeline_of(device: str, td: TraceData) -> Timeline:
                 power_w=None if math.isnan(p) else p,
                 max_energy_j=None if math.isnan(m) else m,
             ),
+            t0,
         )
     return tl
 

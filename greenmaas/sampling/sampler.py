@@ -9,6 +9,7 @@ and the others go on. Nothing here raises into the user's thread or blocks it.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import weakref
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ log = logging.getLogger("greenmaas")
 
 #: Period used for a source that does not state its own.
 DEFAULT_PERIOD_S = 0.1
+#: Relative spread of the read period (uniform), see Sampler._read.
+DITHER = 0.3
 #: A failing device is retried at most this often.
 RETRY_PERIOD_S = 1.0
 
@@ -63,11 +66,11 @@ class Sampler:
         *,
         clock: Clock | None = None,
         period_s: float | None = None,
-        on_read: Callable[[str, float, Reading | None, str | None], None] | None = None,
+        on_read: Callable[[str, float, Reading | None, str | None, float], None] | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
-        #: Called after every read with (device id, t, reading or None, error or None): the
-        #: meter records the raw trace through it. It must not raise.
+        #: Called after every read with (device id, t, reading or None, error or None, the
+        #: time the read began): the meter records the raw trace through it. Must not raise.
         self.on_read = on_read
         self._channels: list[_Channel] = []
         self.failures: dict[str, DeviceFailure] = {}
@@ -85,6 +88,7 @@ class Sampler:
                     continue
                 self._channels.append(_Channel(src, dev, p))
         self._lock = threading.Lock()  # one read of a device at a time
+        self._rng = random.Random(0x6D)  # the dither: seeded, so a run's reads are reproducible
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._finalizer = weakref.finalize(self, _stop_thread, self._stop, None)
@@ -122,6 +126,7 @@ class Sampler:
         self.tick(force=True)
 
     def _read(self, ch: _Channel) -> None:
+        t_start = self.clock.monotonic()
         try:
             reading = ch.source.read(ch.device.id)
         except Exception as exc:  # a device failing must never stop the others or the user
@@ -137,16 +142,19 @@ class Sampler:
             ch.failing = True
             ch.next_t = t + max(RETRY_PERIOD_S, ch.period_s)
             if self.on_read is not None:
-                self.on_read(ch.device.id, t, None, reason)
+                self.on_read(ch.device.id, t, None, reason, t_start)
             return
         t = self.clock.monotonic()
-        ch.timeline.append(t, reading)
+        ch.timeline.append(t, reading, t_start)
         if self.on_read is not None:
-            self.on_read(ch.device.id, t, reading, None)
+            self.on_read(ch.device.id, t, reading, None, t_start)
         if ch.failing:
             ch.failing = False
             log.warning("greenmaas: %s answers again", ch.device.id)
-        ch.next_t = t + ch.period_s
+        # Reads are dithered around the period (±DITHER): reads that fall at every offset from
+        # a counter's updates pin its update grid (greenmaas.sampling.grid) far more tightly
+        # than reads locked in step with it.
+        ch.next_t = t + ch.period_s * (1.0 + DITHER * (2.0 * self._rng.random() - 1.0))
 
     # ------------------------------------------------------------------ thread
 

@@ -43,6 +43,9 @@ _NAN = float("nan")
 #: A counter that repeats its previous value on at least this share of reads is treated as
 #: stepping (slower than the sampler), and its changes are re-timed to the middle of the gap.
 STEPPING_SHARE = 0.2
+#: A counter that goes back to at most this share of its last value restarted (driver reload);
+#: a smaller step back is a glitch of the read.
+_RESET_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Timeline:
         self._chg_v = array("d")
         self._chg_first = 0  # index (in all changes ever) of _chg_*[0], after trims
         self._last_c_t: float | None = None  # time of the last read with a counter value
+        self._last_c_start: float | None = None  # ... and when that read began
         self._last_c_v = _NAN
         self._reads_since = 0
         # Knots: first counter read, then one per timed change (strictly increasing times).
@@ -100,8 +104,9 @@ class Timeline:
 
     # ------------------------------------------------------------------ recording
 
-    def append(self, t: float, reading: Reading) -> None:
-        """Record one read taken at monotonic time ``t`` (seconds)."""
+    def append(self, t: float, reading: Reading, t_start: float | None = None) -> None:
+        """Record one read that returned at monotonic time ``t`` (seconds) and began at
+        ``t_start`` (default ``t``): the value it saw was taken somewhere in between."""
         energy = reading.energy_j
         power = reading.power_w
         if energy is None and power is None:
@@ -116,7 +121,7 @@ class Timeline:
             if energy is not None and math.isfinite(energy):
                 corrected = self._correct_counter(float(energy), reading.max_energy_j)
                 if not math.isnan(corrected):
-                    self._note_counter(t, corrected)
+                    self._note_counter(t, corrected, t if t_start is None else min(t_start, t))
             p = _NAN
             if power is not None and math.isfinite(power) and power >= 0:
                 p = float(power)
@@ -142,17 +147,22 @@ class Timeline:
                 # RAPL wraparound: the counter went past max_energy_range (or stood exactly at
                 # it) and restarted from 0.
                 self._counter_offset += max_energy_j
-            else:
+            elif raw <= last * _RESET_SHARE:
                 # Driver reload: the counter restarted from 0; raw is energy since then.
                 self._counter_offset += last
                 self._resets += 1
+            else:
+                # A small step back that is no value we saw: a glitch, not a restart (which
+                # would start again near 0). Dropped like a stale read.
+                self._stale += 1
+                return _NAN
         self._raw_last = raw
         if raw != self._recent_raw[-1]:
             self._recent_raw.append(raw)
             del self._recent_raw[:-4]
         return raw + self._counter_offset
 
-    def _note_counter(self, t: float, value: float) -> None:
+    def _note_counter(self, t: float, value: float, t_start: float) -> None:
         """Track the counter's changes (each one bounds an update instant)."""
         self._reads_since += 1
         if self._last_c_t is None:
@@ -161,12 +171,13 @@ class Timeline:
             self._kh.append(0.0)
             self._reads_since = 0
         elif value != self._last_c_v:
-            self._chg_lo.append(self._last_c_t)
+            self._chg_lo.append(self._last_c_start)  # type: ignore[arg-type]
             self._chg_hi.append(t)
             self._chg_reads.append(float(self._reads_since))
             self._chg_v.append(value)
             self._reads_since = 0
         self._last_c_t = t
+        self._last_c_start = t_start
         self._last_c_v = value
 
     def mark_failed(self, t: float, reason: str) -> None:

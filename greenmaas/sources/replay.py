@@ -10,7 +10,8 @@ A trace CSV has a header row and one row per read::
 ``power_w`` power in W; either value may be blank, not both. Optional columns (as
 ``greenmaas export`` writes them): ``max_energy_j`` (where the counter wraps), ``error`` (a read
 that failed: both values blank, the device failing from then to its next good read),
-``method`` and ``power_field`` (constant per device: what the figures are, see
+``t_start`` (when the read began; ``t`` is when it returned), ``method`` and ``power_field``
+(constant per device: what the figures are, see
 :class:`~greenmaas.sources.base.Device`; power is taken as ``instant`` when not given). Other
 columns are ignored, and a trace may leave out one of the two value columns altogether. Times must increase
 strictly within each device. Every malformed row raises :class:`~greenmaas.errors.InputError`
@@ -53,6 +54,7 @@ class TraceData:
     errors: Mapping[int, str] | None = None
     method: str | None = None
     power_field: str | None = None
+    t_start: np.ndarray | None = None  # when each read began (NaN: not recorded)
 
     def __len__(self) -> int:
         return int(self.t.size)
@@ -90,7 +92,7 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
         i_t, i_dev = names.index("t"), names.index("device")
         i_e = names.index("energy_j") if "energy_j" in names else None
         i_p = names.index("power_w") if "power_w" in names else None
-        opt = {c: names.index(c) for c in ("max_energy_j", "error", "method", "power_field") if c in names}
+        opt = {c: names.index(c) for c in ("max_energy_j", "error", "method", "power_field", "t_start") if c in names}
         width = max(i for i in (i_t, i_dev, i_e, i_p) if i is not None) + 1
         extra: dict[str, dict] = {}
 
@@ -129,7 +131,11 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
                 cols = columns.get(device)
                 if cols is None:
                     cols = columns[device] = (array("d"), array("d"), array("d"))
-                x = extra.setdefault(device, {"max": array("d"), "errors": {}, "method": None, "field": None})
+                x = extra.setdefault(
+                    device, {"max": array("d"), "errors": {}, "method": None, "field": None, "start": array("d")}
+                )
+                s_text = cell(row, "t_start")
+                x["start"].append(finite_number(s_text, "t_start", path, line) if s_text else nan)
                 m_text = cell(row, "max_energy_j")
                 x["max"].append(finite_number(m_text, "max_energy_j", path, line) if m_text else nan)
                 if error:
@@ -147,7 +153,9 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
     out = {}
     for dev, (t, e, p) in columns.items():
         x = extra[dev]
-        out[dev] = TraceData(_f64(t), _f64(e), _f64(p), _f64(x["max"]), x["errors"] or None, x["method"], x["field"])
+        out[dev] = TraceData(
+            _f64(t), _f64(e), _f64(p), _f64(x["max"]), x["errors"] or None, x["method"], x["field"], _f64(x["start"])
+        )
     return out
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from .nvml import NVML_DEVICE_ARCH_HOPPER, FakeGPU
 
-__all__ = ["PowerTrace", "SimulatedGPU"]
+__all__ = ["PowerTrace", "LivePower", "SimulatedGPU"]
 
 #: Kinds of power reading a simulated GPU can give (None: the call answers NOT_SUPPORTED).
 POWER_KINDS = ("instant", "average_1s", "part_time", None)
@@ -143,6 +143,56 @@ class PowerTrace:
 
     def __repr__(self) -> str:
         return f"PowerTrace({self.times_s.size} steps, {self.watts.min():g}-{self.watts.max():g} W)"
+
+
+class LivePower(PowerTrace):
+    """A :class:`PowerTrace` that a test builds as its workload runs, for simulations on real
+    threads: ``power.change(t, +300.0)`` when work that draws 300 W starts at ``t``, ``-300.0``
+    when it ends. Levels hold until the next change (the future is the present level, as a real
+    device's readings only ever cover the past). Thread-safe; changes must come in time order
+    (a change earlier than the last one is applied at the last one's time).
+    """
+
+    def __init__(self, idle_w: float, start_s: float = 0.0) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._t: list[float] = [float(start_s)]
+        self._w: list[float] = [float(idle_w)]
+        self._built = -1
+        super().__init__([start_s], [idle_w])
+
+    def change(self, t: float, delta_w: float) -> None:
+        with self._lock:
+            t = max(float(t), self._t[-1])
+            level = self._w[-1] + float(delta_w)
+            if level < -1e-9:
+                raise ValueError(f"power would go below 0 W at {t}")
+            if t == self._t[-1]:
+                self._w[-1] = max(level, 0.0)
+            else:
+                self._t.append(t)
+                self._w.append(max(level, 0.0))
+
+    def _sync(self) -> None:
+        with self._lock:
+            if self._built == len(self._t) and self.watts[-1] == self._w[-1]:
+                return
+            t = np.asarray(self._t)
+            w = np.asarray(self._w)
+            self._built = len(self._t)
+        self.times_s, self.watts = t, w
+        self._prefix_j = np.concatenate(([0.0], np.cumsum(w[:-1] * np.diff(t))))
+
+    def _antiderivative_j(self, t: np.ndarray) -> np.ndarray:
+        self._sync()
+        return super()._antiderivative_j(t)
+
+    def power_w(self, t: Any) -> Any:
+        self._sync()
+        return super().power_w(t)
+
+    __call__ = power_w
 
 
 class _GridIntegral:
