@@ -1,4 +1,10 @@
-"""``greenmaas devices``: what can be measured on this machine, how, and what could not."""
+"""``greenmaas devices``: what can be measured on this machine, how, and what could not.
+
+``--probe`` also measures each NVML GPU's readings (:func:`greenmaas.sources.probe.probe_gpu`):
+how often the energy counter updates and how regularly, the power field in use and how often it
+refreshes, and what an NVML call costs. Tests inject sources and a clock through click's ``obj``
+(``{"detect": ..., "clock": ...}``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import click
 from .options import format_option, ledger_option
 from .render import Column, render
 
-__all__ = ["devices", "DEVICE_COLUMNS"]
+__all__ = ["devices", "DEVICE_COLUMNS", "PROBE_COLUMNS"]
 
 DEVICE_COLUMNS = [
     Column("id", "Device"),
@@ -21,6 +27,24 @@ DEVICE_COLUMNS = [
     Column("note", "Note"),
 ]
 _UNUSED_COLUMNS = [Column("source", "Not used"), Column("reason", "Why")]
+PROBE_COLUMNS = [
+    Column("id", "Device"),
+    Column("counter_period_ms", "Counter period (ms)", "float", 1, missing="n/a"),
+    Column("phase_jitter_ms", "Jitter sd/max (ms)", value=lambda r: _pair(r, "phase_jitter_ms", "jitter_max_ms")),
+    Column("missed_updates", "Missed", "int", missing="n/a"),
+    Column("power_field", "Power field"),
+    Column("power_refresh_ms", "Refresh (ms)", "float", 1, missing="n/a"),
+    Column("latency_median_us", "Read p50 (µs)", "float", 1, missing="n/a"),
+    Column("latency_p99_us", "Read p99 (µs)", "float", 1, missing="n/a"),
+    Column("note", "Note"),
+]
+_NO_GPU = "No NVML GPU to probe."
+
+
+def _pair(row: dict, a: str, b: str) -> str:
+    if row.get(a) is None:
+        return "n/a"
+    return f"{row[a]:.2f} / {row[b]:.2f}"
 
 
 def _default_detect() -> Any:
@@ -31,15 +55,75 @@ def _default_detect() -> Any:
     return detect()
 
 
+def _probe_rows(sources: list, seconds: float, clock: Any) -> list[dict]:
+    """Probe every GPU of the NVML sources among ``sources``: one row per device (a GPU seen
+    twice, e.g. through two MIG instances, is probed once)."""
+    from greenmaas.sources.nvml import NvmlSource
+    from greenmaas.sources.probe import probe_gpu
+
+    rows = []
+    for source in sources:
+        if not isinstance(source, NvmlSource):
+            continue
+        done: dict[str, Any] = {}
+        for d in source.devices():
+            handle = source.handle(d.id)
+            if handle is None:
+                rows.append({"id": d.id, "name": d.name, "power_field": None,
+                             "note": "not probed: NVML could not open this GPU"})
+                continue
+            key = d.uuid or d.id
+            if key not in done:
+                click.echo(f"Probing {d.id} ({d.name}) for about {1.5 * seconds:g} s…", err=True)
+                done[key] = probe_gpu(source.nvml, handle, seconds=seconds, clock=clock)
+            rows.append(_probe_row(d, done[key]))
+    return rows
+
+
+def _probe_row(device: Any, result: Any) -> dict:
+    """One table row (and JSON object) for a probed device."""
+    data = result.as_dict()
+    counter = data["counter"] or {}
+    read = "counter" if "counter" in data["latency"] else result.power_field
+    lat = data["latency"].get(read, {}) if read else {}
+    notes = [f"{name}: {text}" for name, text in data["support"].items() if text != "ok"]
+    power = result.fields.get(result.power_field) if result.power_field else None
+    if power is not None and power.changes == 0:
+        notes.append(f"{result.power_field}: value did not change while polled")
+    if read and read != "counter":
+        notes.append(f"read latency is {read}'s")
+    return {
+        "id": device.id,
+        "name": device.name,
+        "counter_period_ms": counter.get("period_ms"),
+        "phase_jitter_ms": counter.get("jitter_std_ms"),
+        "jitter_max_ms": counter.get("jitter_max_ms"),
+        "missed_updates": counter.get("missed_updates"),
+        "power_field": data["power_field"] or "none",
+        "power_refresh_ms": data["power_refresh_ms"],
+        "latency_median_us": lat.get("median_us"),
+        "latency_p99_us": lat.get("p99_us"),
+        "note": "; ".join(notes) or None,
+        "probe": data,
+    }
+
+
 @click.command("devices")
 @ledger_option
 @format_option(("table", "json"))
+@click.option("--probe", is_flag=True,
+              help="Also measure each NVML GPU's readings: energy counter update period, phase jitter and "
+                   "missed updates, the power field in use and its refresh period, NVML read latency.")
+@click.option("--probe-seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Seconds of energy counter polling per GPU; the power fields are polled half as long.")
 @click.pass_context
-def devices(ctx, ledger, fmt):
+def devices(ctx, ledger, fmt, probe, probe_seconds):
     """List the devices greenmaas can measure here, with the method for each, and every
     method it could not use with the reason."""
-    detect: Callable[[], Any] = (ctx.obj or {}).get("detect", _default_detect)
+    obj = ctx.obj or {}
+    detect: Callable[[], Any] = obj.get("detect", _default_detect)
     detection = detect()
+    probed: list[dict] | None = None
     try:
         found = [
             {
@@ -53,12 +137,20 @@ def devices(ctx, ledger, fmt):
             for source in detection.sources
             for d in source.devices()
         ]
+        if probe:
+            probed = _probe_rows(detection.sources, probe_seconds, obj.get("clock"))
     finally:
         for source in detection.sources:
             source.close()
     unused = [{"source": u.source, "reason": u.reason} for u in detection.unused]
     if fmt == "json":
-        click.echo(json.dumps({"devices": found, "unused": unused}, indent=2))
+        data: dict[str, Any] = {"devices": found, "unused": unused}
+        if probed is not None:
+            data["probe"] = [{k: r[k] for k in ("id", "name")} | r.get("probe", {"note": r["note"]})
+                             for r in probed]
+            if not probed:
+                click.echo(_NO_GPU, err=True)
+        click.echo(json.dumps(data, indent=2))
         return
     if found:
         render(found, DEVICE_COLUMNS, "table", title="Devices", total_label=None)
@@ -66,3 +158,7 @@ def devices(ctx, ledger, fmt):
         click.echo("No measurable devices found.")
     if unused:
         render(unused, _UNUSED_COLUMNS, "table", total_label=None)
+    if probed:
+        render(probed, PROBE_COLUMNS, "table", title="NVML readings", total_label=None)
+    elif probed is not None:
+        click.echo(_NO_GPU)

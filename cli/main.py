@@ -16,6 +16,8 @@ from greenmaas.errors import GreenmaasError
 
 from .attribute import attribute
 from .devices import devices
+from .export import export
+from .migrate import migrate
 from .report import report
 from .runs import runs
 
@@ -77,3 +79,5 @@ cli.add_command(devices)
 cli.add_command(runs)
 cli.add_command(report)
 cli.add_command(attribute)
+cli.add_command(export)
+cli.add_command(migrate)

@@ -61,10 +61,13 @@ def accounting_overrides(**options: Any) -> dict[str, Any]:
 def report_columns(
     by: str, rows: Sequence[dict], extra: Sequence[ExtraColumn] = (), sci: str | None = None
 ) -> list[Column]:
-    """The columns to show for ``rows``: the base ones, carbon and cost, extras, SCI.
+    """The columns to show for ``rows``: the base ones, the method and its ± J, carbon and cost,
+    extras, SCI.
 
-    Machine formats get every key; tables leave out money columns nobody priced, name the
-    currency in the header when there is one, and show the cost breakdown when hardware is priced.
+    Machine formats get every key (``uncertainty_source`` says whether ± J was recorded or is the
+    method's stated figure; tables say so in their notes); tables leave out money columns nobody
+    priced, name the currency in the header when there is one, and show the cost breakdown when
+    hardware is priced.
     """
     total_energy = sum(r["energy_j"] or 0.0 for r in rows)
 
@@ -86,6 +89,9 @@ def report_columns(
             value=lambda r: None if r["energy_j"] is None else r["energy_j"] / _KWH_J,
         ),
         Column("share_pct", "Share (%)", "float", digits=1, total=True, value=share),
+        Column("method", "Method"),
+        Column("uncertainty_j", "± J", "float", digits=1, total=True),
+        Column("uncertainty_source", "± from", show="machine"),
     ]
     present = {k for r in rows for k in r}
     if "carbon_g" in present:
@@ -99,7 +105,7 @@ def report_columns(
             columns.append(Column(c.key, c.header, "float", digits=c.digits, total=True))
     if sci is not None and "sci_g" in present:
         # Tables show the SCI view: its terms and result; CSV and JSON keep every column.
-        keep = {"group", "spans", "energy_j"}
+        keep = {"group", "spans", "energy_j", "uncertainty_j"}
         columns = [c if c.key in keep else replace(c, show="machine") for c in columns if c.show != "human"
                    or c.key in keep]
         unit, units = sci, _UNIT_PLURAL[sci]

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-s", type=float, default=15.0, help="seconds of steady load (default 15)")
     parser.add_argument("--bursty-s", type=float, default=15.0, help="seconds of bursty load (default 15)")
     parser.add_argument("--idle-s", type=float, default=3.0, help="seconds of idle between phases (default 3)")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "gpu-validation.md")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "gpu-attribution.md")
     args = parser.parse_args(argv)
     if min(args.steady_s, args.bursty_s, args.idle_s) <= 0:
         return fail("phase lengths must be positive")

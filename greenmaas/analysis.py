@@ -36,7 +36,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
             "run_id", "span_id", "parent_id", "kind", "name", "model", "phase", "request_id",
             "tenant", "start", "end", "duration_s", "energy_j", "self_energy_j", "method",
             "weight", "tokens_in", "tokens_out", "items", "status", "carbon_g",
-            "carbon_market_g", "cost", "currency", "attrs",
+            "carbon_market_g", "cost", "currency", "start_mono", "end_mono", "link_id",
+            "uncertainty_j", "attrs",
         ),
     ),
     "runs": (
@@ -48,11 +49,16 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "device_totals",
         (
             "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s",
-            "idle_s",
+            "idle_s", "uncertainty_j",
         ),
     ),
     "span_devices": (
-        "span_devices", ("span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s"),
+        "span_devices",
+        ("span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s", "uncertainty_j"),
+    ),
+    "reads": (
+        "reads",
+        ("run_id", "device", "t_mono", "energy_j", "power_w", "max_energy_j", "error", "t_start_mono"),
     ),
 }
 
@@ -78,9 +84,12 @@ def read_ledger(
     """One ledger table as a DataFrame.
 
     ``table`` is ``spans`` (default), ``runs``, ``samples``, ``devices`` (per-device totals:
-    consumed, attributed to spans, idle, and ``idle_s``, device time no span used) or
+    consumed, attributed to spans, idle, and ``idle_s``, device time no span used),
     ``span_devices`` (per-span, per-device energy, and ``self_device_s``, the span's own share of
-    the device's time).
+    the device's time) or ``reads`` (every raw device read: ``t_mono`` on the recording process's
+    monotonic clock, the counter as read, by run, device and time).
+    ``uncertainty_j`` (spans, span_devices, devices) is ± J, NaN where none was recorded;
+    ``start_mono``/``end_mono`` are span times on the clock of ``reads.t_mono``.
     ``path_or_url`` is a path, a SQLAlchemy URL, an open :class:`~greenmaas.ledger.Ledger`, or
     None for ``$GREENMAAS_LEDGER`` / ``./greenmaas.db``. The ledger is opened read-only.
     An empty ledger gives an empty DataFrame with the same columns.
@@ -96,6 +105,8 @@ def read_ledger(
     query = select(*(sql_table.c[c] for c in columns))
     if table == "samples":
         query = query.order_by(sql_table.c.run_id, sql_table.c.device, sql_table.c.t)
+    elif table == "reads":
+        query = query.order_by(sql_table.c.run_id, sql_table.c.device, sql_table.c.t_mono, sql_table.c.id)
     elif "start" in columns:
         query = query.order_by(sql_table.c.start)
     with opened(path_or_url) as ledger, ledger.read() as conn:

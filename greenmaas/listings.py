@@ -29,10 +29,13 @@ def totals(
     run: str | None = None,
 ) -> list[dict[str, Any]]:
     """What each device consumed: ``{"device", "method", "total_j", "attributed_j", "idle_j",
-    "gap_s", "idle_s", "windows"}`` summed over attribution windows (and runs), by device.
+    "gap_s", "idle_s", "uncertainty_j", "windows"}`` summed over attribution windows (and runs), by
+    device.
 
     ``method`` lists the distinct methods if a device was measured in several ways. Devices that
     could not be measured have None energies (never 0 J). ``idle_s`` is device time no span used.
+    ``uncertainty_j`` is the ± J of ``idle_j`` (and so of ``attributed_j``: ``total_j`` is known
+    better than its split) as recorded, summed; None where no window recorded one.
     """
     from sqlalchemy import func, select
 
@@ -64,6 +67,7 @@ def totals(
                 "idle_j": as_float(measured["idle_j"].sum(min_count=1)),
                 "gap_s": float(g["gap_s"].sum()),
                 "idle_s": float(g["idle_s"].fillna(0.0).sum()),
+                "uncertainty_j": as_float(measured["uncertainty_j"].sum(min_count=1)),
                 "windows": int(len(g)),
             }
         )

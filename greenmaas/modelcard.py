@@ -5,7 +5,9 @@ Every statement names the location and where it came from (``location_source``: 
 env or default — the default is the world average and is always said so), the grid intensity
 with its data set and data year, the PUE (1.0 unless set), the tariff and currency, and the
 measurement method with the uncertainty greenmaas states for it
-(:data:`greenmaas.sources.base.METHOD_UNCERTAINTY`). Plain text and plain GitHub markdown.
+(:data:`greenmaas.sources.base.METHOD_UNCERTAINTY`), and beside each energy its ± J: the one
+recorded with the spans, or where none was (ledgers written before schema 2) the method's stated
+figure, said so. Plain text and plain GitHub markdown.
 
 >>> from greenmaas.report import summary
 >>> from greenmaas.modelcard import model_cards
@@ -24,6 +26,7 @@ from .report import IDLE, NONE, Summary
 __all__ = [
     "METHOD_TEXT",
     "format_amount",
+    "plus_minus",
     "method_text",
     "source_text",
     "source_lines",
@@ -59,6 +62,26 @@ def format_amount(value: float | None, *, missing: str = "") -> str:
         return f"{v:,.2f}"
     decimals = min(12, 2 - math.floor(math.log10(a)))
     return f"{v:.{decimals}f}"
+
+
+def plus_minus(row: dict[str, Any]) -> str:
+    """`` ± 50.0 J`` for a report row, `` ± 50.0 J (the method's stated uncertainty: none recorded)``
+    where it is not a recorded figure; empty where there is none."""
+    u = row.get("uncertainty_j")
+    if u is None or (isinstance(u, float) and math.isnan(u)):
+        return ""
+    source = row.get("uncertainty_source")
+    why = {"stated": " (the method's stated uncertainty: none recorded)",
+           "mixed": " (partly the method's stated uncertainty: not all recorded)"}.get(source or "", "")
+    return f" ± {u:,.1f} J{why}"
+
+
+def _measured(m: dict[str, Any]) -> str:
+    """``3 spans`` and, where known, the ± J of their energy: ``3 spans; ± 60.0 J``."""
+    text = _plural(m["spans"], "span")
+    if m.get("uncertainty_j") is not None:
+        text += f"; ± {m['uncertainty_j']:,.1f} J"
+    return text
 
 
 def _pct(fraction: float | None) -> str:
@@ -162,7 +185,7 @@ def source_lines(s: Summary) -> list[str]:
         lines.append(f"Sources ({_runs(src.get('runs') or [])}):")
         lines += [f"  {label}: {value}" for label, value in _source_facts(src)]
     for m in s.methods:
-        lines.append(f"Method: {method_text(m['method'], m['uncertainty'])} ({_plural(m['spans'], 'span')})")
+        lines.append(f"Method: {method_text(m['method'], m['uncertainty'])} ({_measured(m)})")
     period = _period(*s.period)
     if period:
         lines.append(f"Measured: {period}")
@@ -177,7 +200,7 @@ def sources_markdown(s: Summary) -> str:
         out.append(f"- **Accounting** ({_runs(src.get('runs') or [])}):")
         out += [f"  - {label}: {_md(value)}" for label, value in _source_facts(src)]
     for m in s.methods:
-        out.append(f"- **Method:** {_md(method_text(m['method'], m['uncertainty']))} ({_plural(m['spans'], 'span')})")
+        out.append(f"- **Method:** {_md(method_text(m['method'], m['uncertainty']))} ({_md(_measured(m))})")
     period = _period(*s.period)
     if period:
         out.append(f"- **Measured:** {period}")
@@ -198,7 +221,7 @@ def model_cards(s: Summary) -> str:
     idle = next((r for r in s.rows if r["group"] == IDLE), None)
     if idle is not None:
         out.append(
-            f"Energy used while no span ran (the `(idle)` row: {_kwh(idle['energy_j'])}"
+            f"Energy used while no span ran (the `(idle)` row: {_kwh(idle['energy_j'])}{_md(plus_minus(idle))}"
             + (f", {format_amount(idle.get('carbon_g'))} gCO2e" if idle.get("carbon_g") is not None else "")
             + (f", {_money(idle.get('cost'), idle.get('currency'))}" if idle.get("cost") is not None else "")
             + ") is not charged to any model."
@@ -225,7 +248,8 @@ def _card(s: Summary, row: dict[str, Any]) -> list[str]:
     sources = [s.sources[i] for i in facts.get("sources", [])]
     title = "(spans without a model)" if name == NONE else name
     lines = [f"### {_md(title)}", ""]
-    energy = f"{_kwh(row['energy_j'])} of IT energy, {_plural(row['spans'], 'span')}, {row['duration_s']:,.1f} s"
+    energy = (f"{_kwh(row['energy_j'])}{plus_minus(row)} of IT energy, {_plural(row['spans'], 'span')}, "
+              f"{row['duration_s']:,.1f} s")
     pues = sorted({src["pue"] for src in sources})
     if pues and pues != [1.0] and row["energy_j"] is not None:
         energy += f"; PUE {', '.join(f'{p:g}' for p in pues)} applies to carbon and cost"

@@ -23,6 +23,16 @@ new lookup; see :func:`greenmaas.accounting.recorded`) or with settings given no
 
 Idle device windows (``device_totals``) are priced the same way: their idle energy (``idle_j``)
 and their idle device time (``idle_s``), so a report's ``(idle)`` row is the operator's own line.
+
+Uncertainty
+-----------
+Each span's own ± J (``self_uncertainty_j``) follows the counting rule of its energy: the
+recorded ``uncertainty_j`` covers the span and its children (like ``energy_j``), so its own share
+is that less its children's (the spans under it and, for a request, the batch shares linked to
+it). Where none was recorded (ledgers written before schema 2), it is the method's stated
+relative uncertainty (:data:`~greenmaas.sources.base.METHOD_UNCERTAINTY`) × its own energy on
+each device, and ``uncertainty_source`` says ``stated`` rather than ``recorded``. Idle windows
+likewise: their recorded ± J of ``idle_j``, else the method's stated figure.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from .analysis import opened
 from .errors import ConfigError
 from .period import to_utc
-from .sources.base import UNMEASURABLE
+from .sources.base import METHOD_UNCERTAINTY, UNMEASURABLE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,7 +56,12 @@ if TYPE_CHECKING:
     from .accounting.config import AccountingConfig
     from .ledger import Ledger
 
-__all__ = ["priced_spans"]
+__all__ = ["priced_spans", "RECORDED", "STATED"]
+
+#: ``uncertainty_source`` of a figure recorded with the spans (or windows) it is about.
+RECORDED = "recorded"
+#: ``uncertainty_source`` of the method's stated relative uncertainty × energy (none recorded).
+STATED = "stated"
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -55,11 +70,12 @@ __all__ = ["priced_spans"]
 _SPAN_COLUMNS = (
     "span_id", "parent_id", "run_id", "kind", "model", "phase", "request_id", "tenant", "name",
     "start", "end", "duration_s", "energy_j", "self_energy_j", "method", "tokens_in", "tokens_out",
-    "items",
+    "items", "uncertainty_j",
 )
 _DEVICE_COLUMNS = ("span_id", "device", "self_j", "self_device_s", "method")
 WINDOW_COLUMNS = (
     "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s", "idle_s",
+    "uncertainty_j",
 )
 
 
@@ -95,10 +111,14 @@ class Selection:
 
 def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
     """The spans starting in ``[lo, hi)`` (of ``model``, if given), their devices and the runs'
-    configs; with ``idle``, the measured device windows in that period too. Not priced."""
+    configs; with ``idle``, the measured device windows in that period too. Not priced.
+
+    Spans and windows carry their own ± J, ``self_uncertainty_j``, and ``uncertainty_source``
+    (see the module doc)."""
     import pandas as pd
     from sqlalchemy import func, select
 
+    from .ledger import query
     from .ledger.models import DeviceTotal, Run, Span, SpanDevice
 
     conditions = []
@@ -130,6 +150,7 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
         spans = ledger_frame(conn.execute(span_query).all(), _SPAN_COLUMNS)
         devices = ledger_frame(conn.execute(device_query).all(), _DEVICE_COLUMNS)
         windows = ledger_frame(conn.execute(window_query).all(), WINDOW_COLUMNS) if idle else None
+        children_u = query.children_uncertainty(conn, *conditions)
         runs = {
             r.run_id: {"config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end}
             for r in conn.execute(run_query)
@@ -144,7 +165,37 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
         windows["start"] = windows["start"].fillna(starts)
         windows["end"] = windows["end"].fillna(ends).fillna(windows["start"])
         windows["kind"] = _kinds(described, windows["run_id"], windows["device"])
+    _span_uncertainty(spans, devices, children_u)
+    if windows is not None:
+        stated = windows["idle_j"] * _stated_fraction(windows["method"])
+        _own_uncertainty(windows, windows["uncertainty_j"], stated)
     return Selection(spans, devices, windows, runs)
+
+
+def _stated_fraction(methods: "pd.Series") -> "pd.Series":
+    """The relative uncertainty stated for each method (NaN where none is: replay, unmeasurable)."""
+    fractions = {m: (f if f is not None else float("nan")) for m, f in METHOD_UNCERTAINTY.items()}
+    return methods.map(fractions).astype("float64")  # a method not listed maps to NaN too
+
+
+def _span_uncertainty(spans: "pd.DataFrame", devices: "pd.DataFrame", children_u: dict[str, float]) -> None:
+    """Each span's own ± J, recorded or stated (see the module doc); in place."""
+    own = spans["uncertainty_j"] - spans["span_id"].map(children_u).astype("float64").fillna(0.0)
+    stated = (devices["self_j"] * _stated_fraction(devices["method"])).groupby(devices["span_id"]).sum(min_count=1)
+    _own_uncertainty(spans, own.clip(lower=0.0), spans["span_id"].map(stated).astype("float64"))
+
+
+def _own_uncertainty(frame: "pd.DataFrame", recorded: "pd.Series", stated: "pd.Series") -> None:
+    """``self_uncertainty_j``: ``recorded`` where there is one, else ``stated``; and which it is."""
+    import numpy as np
+    import pandas as pd
+
+    has = recorded.notna()
+    frame["self_uncertainty_j"] = recorded.where(has, stated).astype("float64")
+    source = np.full(len(frame), None, dtype=object)
+    source[stated.notna().to_numpy()] = STATED
+    source[has.to_numpy()] = RECORDED
+    frame["uncertainty_source"] = pd.Series(source, index=frame.index, dtype=object)
 
 
 # ----------------------------------------------------------------------------------- pricing

@@ -14,6 +14,13 @@ children — so no joule is counted twice however spans nest or however they are
 so time is not counted twice either. Concurrent spans (parallel requests) still add up to more
 than wall time: durations are span-seconds.
 
+Uncertainty follows the same rule: a group's ``uncertainty_j`` (± J) is the sum of its spans' own
+± J (``self_uncertainty_j``, see :mod:`greenmaas.pricing`): added up, not in quadrature, as a
+span's devices' are (errors are not assumed to cancel). Where a span's was not recorded (ledgers
+written before schema 2) the method's stated relative uncertainty × its own energy stands in;
+``uncertainty_source`` says ``recorded``, ``stated`` or ``mixed``, and the notes name the groups
+that rest on a stated figure. ``method`` is the weakest method among the group's spans.
+
 When grouping by model, phase, run, day or tenant, an ``(idle)`` row holds the energy the devices
 used while no span ran, so the rows add up to what the devices consumed. Rows are sorted by energy,
 largest first, with ``(idle)`` last. A span without a value for the grouping key is in ``(none)``.
@@ -27,7 +34,8 @@ anything (see :mod:`greenmaas.pricing`). A row's ``carbon_g``, ``carbon_market_g
 a group spans currencies) are the sums of its spans' own shares.
 
 The ``(idle)`` row prices the idle energy of each device window (``device_totals``) the same way
-and charges its idle device time (``idle_s``): the operator's own line. So rows add up to the
+and charges its idle device time (``idle_s``): the operator's own line. Its ± J is the windows'
+recorded uncertainty of their idle energy, or the method's stated figure. So rows add up to the
 devices' totals for energy, carbon and cost alike.
 
 SCI (Green Software Foundation v1.1) per group, with ``sci="request" | "token" | "sample"``:
@@ -51,6 +59,8 @@ from .errors import ConfigError
 from .listings import list_runs, totals
 from .period import parse_date, to_utc
 from .pricing import (
+    RECORDED,
+    STATED,
     AccountingSource,
     Selection,
     as_float,
@@ -112,12 +122,14 @@ class ExtraColumn:
 
     ``per_span(spans)`` gets the selected spans as a DataFrame (columns: span_id, parent_id,
     run_id, kind, model, phase, request_id, tenant, name, start, end, duration_s, energy_j,
-    self_energy_j, method, tokens_in, tokens_out, items, group, and — when priced — carbon_g,
+    self_energy_j, method, tokens_in, tokens_out, items, uncertainty_j, self_uncertainty_j,
+    uncertainty_source, group, and — when priced — carbon_g,
     carbon_market_g, energy_cost, hardware_cost, cost, currency, embodied_g, facility_energy_j,
     all for the span's own share) and returns one value per span, aligned with its index. To
     avoid double counting, base it on ``self_energy_j``. ``idle(windows)`` gets the device-totals
     windows of the ``(idle)`` row (columns: run_id, device, method, start, end, total_j,
-    attributed_j, idle_j, gap_s, idle_s, and the priced columns) and returns the idle row's
+    attributed_j, idle_j, gap_s, idle_s, uncertainty_j, self_uncertainty_j, uncertainty_source,
+    and the priced columns) and returns the idle row's
     value, or None. ``header`` is the label for tables, with its unit: ``"Water (L)"``.
     """
 
@@ -134,7 +146,9 @@ class Summary:
 
     ``rows``: what :func:`summarize` returns. ``sources``: one dict per accounting configuration
     in use (``describe(config)`` plus ``runs`` and ``notes``), in the order rows refer to them.
-    ``methods``: ``{"method", "uncertainty", "spans", "energy_j"}`` per measurement method.
+    ``methods``: ``{"method", "uncertainty", "spans", "energy_j", "uncertainty_j"}`` per
+    measurement method (``uncertainty`` the stated fraction, ``uncertainty_j`` the ± J of its
+    spans' energy, as the rows sum it).
     ``period``: first span start and last span end (UTC). ``groups``: per group label, the facts
     a model card states (``sources`` indices, ``methods``, ``devices``, ``first``, ``last``,
     ``runs``). ``notes``: what a reader must know (defaults, fallbacks, what SCI leaves out).
@@ -229,8 +243,24 @@ def summary(
             row[c.key] = as_float(c.idle(sel.windows)) if c.idle is not None else None
         rows.append(row)
     out.rows = rows
+    _note_stated(out)
     _describe(out, sel, sources)
     return out
+
+
+def _note_stated(out: Summary) -> None:
+    """Say which rows' ± J rests on the method's stated uncertainty rather than a recorded one."""
+    with_figure = [r for r in out.rows if r.get("uncertainty_source")]
+    stated = [r["group"] for r in with_figure if r["uncertainty_source"] != RECORDED]
+    if not stated:
+        return
+    what = "the measurement method's stated uncertainty × energy"
+    if all(r["uncertainty_source"] == STATED for r in with_figure):
+        _note(out, f"± J is {what}: no uncertainty was recorded (a ledger written before schema 2)")
+        return
+    shown = ", ".join(stated[:3]) + (f" and {len(stated) - 3} more" if len(stated) > 3 else "")
+    _note(out, f"± J of {shown} is, wholly or in part, {what}: no uncertainty was recorded for some of "
+               "their spans")
 
 
 def summarize(
@@ -246,8 +276,10 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Energy, carbon and cost per group, without double counting (see the module docstring).
 
-    Returns rows ``{"group", "spans", "duration_s", "energy_j", "carbon_g", "energy_cost",
-    "hardware_cost", "cost", "currency"}`` (``carbon_market_g`` too where a market-based intensity
+    Returns rows ``{"group", "spans", "duration_s", "energy_j", "method", "uncertainty_j",
+    "uncertainty_source", "carbon_g", "energy_cost", "hardware_cost", "cost", "currency"}``
+    (``method`` the weakest of the group's spans, ``uncertainty_j`` ± J of ``energy_j``, recorded,
+    stated or mixed as ``uncertainty_source`` says; ``carbon_market_g`` too where a market-based intensity
     is set; one key more per extra column; the SCI keys ``sci_unit``, ``functional_units``,
     ``sci_energy_kwh``, ``sci_operational_g``, ``sci_embodied_g``, ``sci_g`` with ``sci=``),
     largest energy first, ``(idle)`` last. ``since``/``until`` filter on span start (UTC;
@@ -274,10 +306,22 @@ def _rows(frame: "pd.DataFrame", key: "pd.Series", *, priced: bool, market: bool
     import pandas as pd
 
     g = frame.groupby(key, sort=False)
+    ranks = frame["method"].map(method_rank)
+    weakest = ranks.groupby(key, sort=False).max().map(dict(zip(ranks, frame["method"])))
+    source = frame["uncertainty_source"]
+    recorded = source.eq(RECORDED).groupby(key, sort=False).any()
+    stated = source.eq(STATED).groupby(key, sort=False).any()
+    labels = np.full(len(recorded), None, dtype=object)
+    labels[stated.to_numpy()] = STATED
+    labels[recorded.to_numpy()] = RECORDED
+    labels[(recorded & stated).to_numpy()] = "mixed"
     agg = pd.DataFrame({
         "spans": 0 if idle else g.size(),
         "duration_s": g["top_duration_s"].sum(),
         "energy_j": g["self_energy_j"].sum(min_count=1),
+        "method": weakest,
+        "uncertainty_j": g["self_uncertainty_j"].sum(min_count=1),
+        "uncertainty_source": pd.Series(labels, index=recorded.index, dtype=object),
     })
     money = ["carbon_g", *(["carbon_market_g"] if market else []), *_MONEY] if priced else []
     for c in money:
@@ -300,7 +344,7 @@ def _rows(frame: "pd.DataFrame", key: "pd.Series", *, priced: bool, market: bool
         for c, v in zip(columns, values):
             if c == "spans":
                 row[c] = int(v)
-            elif c in ("currency", "sci_unit"):
+            elif c in ("currency", "sci_unit", "method", "uncertainty_source"):
                 row[c] = None if v is None or (isinstance(v, float) and np.isnan(v)) else v
             elif c == "functional_units":
                 row[c] = int(v) if float(v).is_integer() else float(v)
@@ -379,11 +423,13 @@ def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> 
             _note(out, f"run {runs}: {note}" if len(src.runs) == 1 else f"runs {runs}: {note}")
 
     energy = spans.groupby("method")["self_energy_j"].sum(min_count=1) if len(spans) else {}
+    plus_minus = spans.groupby("method")["self_uncertainty_j"].sum(min_count=1) if len(spans) else {}
     counts = spans["method"].value_counts() if len(spans) else {}
     methods = set(spans["method"]) | (set(windows["method"]) if windows is not None else set())
     out.methods = [
         {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(counts.get(m, 0)),
-         "energy_j": as_float(energy.get(m)) if len(spans) else None}
+         "energy_j": as_float(energy.get(m)) if len(spans) else None,
+         "uncertainty_j": as_float(plus_minus.get(m)) if len(spans) else None}
         for m in sorted(methods, key=method_rank)
     ]
     if len(spans):

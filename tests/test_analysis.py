@@ -10,7 +10,7 @@ import pytest
 from greenmaas.analysis import TABLES, read_ledger
 from greenmaas.errors import ConfigError, LedgerError
 from greenmaas.ledger import Ledger
-from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
+from greenmaas.records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
 SPAN_COLUMNS = [
@@ -28,7 +28,9 @@ def path(tmp_path):
         led.write_spans([
             SpanRecord("p", "r1", "epoch", T0, T0 + timedelta(seconds=10), 10.0, kind="epoch",
                        model="bert", carbon_g=10.0, cost=0.5, currency="EUR",
-                       devices=[DeviceEnergy("gpu:0", 100.0, "counter", 40.0, self_device_s=5.0)]),
+                       start_mono=1000.125, end_mono=1010.125, link_id="q",
+                       devices=[DeviceEnergy("gpu:0", 100.0, "counter", 40.0, self_device_s=5.0,
+                                             uncertainty_j=2.5)]),
             SpanRecord("c", "r1", "step", T0, T0 + timedelta(seconds=5), 5.0, parent_id="p",
                        model="bert", tokens_in=3, carbon_g=6.0,
                        devices=[DeviceEnergy("gpu:0", 60.0, "counter", 60.0, self_device_s=5.0)]),
@@ -37,7 +39,10 @@ def path(tmp_path):
         ])
         led.write_samples([SampleRecord("r1", "gpu:0", T0 + timedelta(seconds=i), 10.0 * i, 10.0, "counter")
                            for i in range(3)])
-        led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 150.0, 100.0, 50.0, start=T0, idle_s=4.0)])
+        led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 150.0, 100.0, 50.0, start=T0, idle_s=4.0,
+                                              uncertainty_j=1.25)])
+        led.write([ReadRecord("r1", "gpu:0", 1000.1 + 0.2, 5.0, 300.0), ReadRecord("r1", "cpu:0", 1000.0, 7.0, None, 262144.0),
+                   ReadRecord("r1", "gpu:0", 1000.0, error="lost")])
     return p
 
 
@@ -78,6 +83,22 @@ def test_runs_samples_and_devices(path):
     per_device = read_ledger(path, "span_devices").set_index("span_id")
     assert set(per_device["device"]) == {"gpu:0", "cpu:0"}
     assert per_device.loc["p", "self_device_s"] == 5.0 and per_device.loc["c", "self_device_s"] == 5.0
+
+
+def test_schema_2_columns_and_the_raw_reads(path):
+    df = read_ledger(path).set_index("span_id")
+    assert (df.loc["p", "start_mono"], df.loc["p", "end_mono"], df.loc["p", "link_id"]) == (1000.125, 1010.125, "q")
+    assert df.loc["p", "uncertainty_j"] == 2.5 and pd.isna(df.loc["c", "uncertainty_j"])
+    assert pd.isna(df.loc["u", "start_mono"])
+    assert read_ledger(path, "span_devices").set_index("span_id").loc["p", "uncertainty_j"] == 2.5
+    assert read_ledger(path, "devices").loc[0, "uncertainty_j"] == 1.25
+    reads = read_ledger(path, "reads")
+    assert list(reads.columns) == ["run_id", "device", "t_mono", "energy_j", "power_w", "max_energy_j", "error",
+                                   "t_start_mono"]
+    assert list(zip(reads["device"], reads["t_mono"])) == [("cpu:0", 1000.0), ("gpu:0", 1000.0),
+                                                           ("gpu:0", 1000.1 + 0.2)]  # by device, then time
+    assert reads.loc[1, "error"] == "lost" and pd.isna(reads.loc[1, "energy_j"])
+    assert reads.loc[0, "max_energy_j"] == 262144.0 and pd.isna(reads.loc[0, "power_w"])
 
 
 def test_carbon_and_cost_come_back_as_recorded(path):

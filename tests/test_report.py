@@ -76,10 +76,11 @@ def test_by_model_counts_nested_energy_once_and_adds_idle(led):
         IDLE: (0, 0.0, 320.0),
     }
     assert sum(r["energy_j"] for r in rows) == 1500.0 + 80.0  # what the devices consumed
-    assert set(rows[0]) == {"group", "spans", "duration_s", "energy_j", "carbon_g", "energy_cost",
-                            "hardware_cost", "cost", "currency"}
+    assert set(rows[0]) == {"group", "spans", "duration_s", "energy_j", "method", "uncertainty_j",
+                            "uncertainty_source", "carbon_g", "energy_cost", "hardware_cost", "cost", "currency"}
     energy_only = summarize(led, by="model", accounting=False)
-    assert set(energy_only[0]) == {"group", "spans", "duration_s", "energy_j"}
+    assert set(energy_only[0]) == {"group", "spans", "duration_s", "energy_j", "method", "uncertainty_j",
+                                   "uncertainty_source"}
 
 
 def test_by_day_uses_the_utc_date_of_span_start(led):
@@ -177,7 +178,7 @@ def test_to_utc():
 def test_totals_and_runs(led):
     (gpu,) = totals(led)
     assert gpu == {"device": "gpu:0", "method": "counter", "total_j": 1580.0, "attributed_j": 1260.0,
-                   "idle_j": 320.0, "gap_s": 0.0, "idle_s": 0.0, "windows": 2}
+                   "idle_j": 320.0, "gap_s": 0.0, "idle_s": 0.0, "uncertainty_j": None, "windows": 2}
     assert totals(led, since=date(2024, 5, 2))[0]["total_j"] == 80.0
     (r,) = list_runs(led)
     assert (r["run_id"], r["spans"], r["energy_j"], r["status"]) == ("r1", 6, 1580.0, "finished")
@@ -479,3 +480,132 @@ def test_report_reexports_stay_the_same_objects():
     assert greenmaas.report.totals is greenmaas.listings.totals
     assert greenmaas.report.list_runs is greenmaas.listings.list_runs
     assert greenmaas.report.to_utc is greenmaas.period.to_utc
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+from greenmaas.modelcard import plus_minus  # noqa: E402
+
+
+def _uspan(span_id, start, end, energy, self_j, u, **kw):
+    """A span on gpu:0 whose recorded ± J (inclusive, like energy) is ``u``."""
+    s = _span(span_id, DAY1, start, end, energy, self_j, **kw)
+    s.devices[0].uncertainty_j = u
+    return s
+
+
+@pytest.fixture
+def measured(tmp_path):
+    """A run recorded with ± J: an epoch (10 J inclusive, 4 J its own) over a step (6 J); a batch
+    (1 J, 0 its own) whose share (1 J) is linked to a request (3 J, 2 J its own); device windows
+    with a recorded ± J of their idle energy (2.5 J and 1.5 J)."""
+    path = tmp_path / "m.db"
+    with Ledger.open(path) as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1))
+        led.write_spans([
+            _uspan("e", 0, 100, 1000.0, 400.0, 10.0, model="bert", kind="epoch"),
+            _uspan("s", 0, 50, 600.0, 600.0, 6.0, model="bert", parent_id="e"),
+            _uspan("b", 110, 111, 100.0, 0.0, 1.0, model="llama", kind="batch"),
+            _uspan("sh", 110, 111, 100.0, 100.0, 1.0, model="llama", kind="share", parent_id="b",
+                   link_id="q", request_id="req-1"),
+            _uspan("q", 109, 112, 300.0, 200.0, 3.0, model="llama", kind="request", request_id="req-1"),
+        ])
+        led.write_device_totals([
+            DeviceTotals("r1", "gpu:0", "counter", 1500.0, 1300.0, 200.0, start=DAY1, uncertainty_j=2.5),
+            DeviceTotals("r1", "gpu:0", "counter", 100.0, 0.0, 100.0, start=DAY1 + timedelta(seconds=200),
+                         uncertainty_j=1.5),
+        ])
+    return path
+
+
+def test_uncertainty_sums_each_spans_own_share_like_energy(measured):
+    rows = {r["group"]: r for r in summarize(measured, by="model", accounting=False)}
+    # bert: the epoch's own 10 - 6 plus the step's 6; llama: the request's own 3 - 1, the batch's
+    # own 1 - 1 and the share's 1. Nothing counted twice.
+    assert rows["bert"]["uncertainty_j"] == pytest.approx(10.0)
+    assert rows["llama"]["uncertainty_j"] == pytest.approx(3.0)
+    assert rows[IDLE]["uncertainty_j"] == pytest.approx(4.0)  # the windows' recorded ± J
+    assert {r["uncertainty_source"] for r in rows.values()} == {"recorded"}
+    assert rows["bert"]["method"] == rows[IDLE]["method"] == "counter"
+    by_kind = {r["group"]: r["uncertainty_j"] for r in summarize(measured, by="name", accounting=False)}
+    assert sum(by_kind.values()) == pytest.approx(13.0)
+    assert not any("stated" in n for n in summary(measured, accounting=False).notes)
+
+
+def test_a_ledger_without_recorded_uncertainty_falls_back_to_the_methods_stated_figure(led):
+    s = summary(led, by="model", accounting=False)
+    rows = {r["group"]: r for r in s.rows}
+    assert rows["bert"]["uncertainty_j"] == pytest.approx(1000.0 * 0.05)  # own energy × counter's 5%
+    assert rows[IDLE]["uncertainty_j"] == pytest.approx(320.0 * 0.05)
+    assert {r["uncertainty_source"] for r in s.rows} == {"stated"}
+    assert any(n.startswith("± J is the measurement method's stated uncertainty") for n in s.notes)
+    assert s.methods[0]["uncertainty_j"] == pytest.approx(1260.0 * 0.05)
+
+
+def test_groups_mixing_recorded_and_stated_say_so(measured):
+    with Ledger.open(measured) as led:
+        led.write_spans([_span("old", DAY1, 120, 121, 40.0, model="llama")])  # nothing recorded
+        estimate = _span("cpu", DAY1, 120, 121, 10.0, model="gpt")
+        estimate.devices[0].method = "estimate"
+        led.write_spans([estimate])
+    s = summary(measured, by="model", accounting=False)
+    rows = {r["group"]: r for r in s.rows}
+    assert rows["llama"]["uncertainty_j"] == pytest.approx(3.0 + 40.0 * 0.05)
+    assert rows["llama"]["uncertainty_source"] == "mixed"
+    assert (rows["gpt"]["method"], rows["gpt"]["uncertainty_source"]) == ("estimate", "stated")
+    assert rows["gpt"]["uncertainty_j"] == pytest.approx(10.0 * 0.5)
+    (note,) = [n for n in s.notes if "stated uncertainty" in n]
+    assert "llama" in note and "gpt" in note and "bert" not in note
+
+
+def test_an_idle_window_without_a_recorded_figure_gets_the_stated_one(measured):
+    with Ledger.open(measured) as led:
+        led.write_device_totals([DeviceTotals("r1", "gpu:0", "power", 20.0, 0.0, 20.0,
+                                              start=DAY1 + timedelta(seconds=300))])
+    idle = {r["group"]: r for r in summarize(measured, accounting=False)}[IDLE]
+    assert idle["uncertainty_j"] == pytest.approx(4.0 + 20.0 * 0.10)
+    assert (idle["uncertainty_source"], idle["method"]) == ("mixed", "power")
+    (gpu,) = totals(measured)
+    assert gpu["uncertainty_j"] == pytest.approx(4.0)  # recorded only
+
+
+def test_a_group_none_of_whose_spans_can_state_one_has_none(tmp_path):
+    with Ledger.open(tmp_path / "x.db") as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1))
+        replay = _span("r", DAY1, 0, 1, 5.0, model="replayed")
+        replay.devices[0].method = "replay"  # no stated figure for a replay
+        led.write_spans([replay])
+        (row,) = summarize(led, accounting=False)
+    assert row["uncertainty_j"] is None and row["uncertainty_source"] is None
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=span_trees(), by=st.sampled_from(GROUPS))
+def test_recorded_uncertainty_always_adds_up_to_the_spans_own(tree, by):
+    spans, own_total = tree
+    for s in spans:  # inclusive ± J, 1% of inclusive energy: each span's own is 1% of its own
+        s.devices[0].uncertainty_j = 0.01 * s.devices[0].energy_j
+    with Ledger.open("sqlite://") as led:
+        led.start_run(RunRecord("r1", "node", 1, DAY1))
+        led.write_spans(spans)
+        rows = summarize(led, by=by, accounting=False)
+    assert sum(r["uncertainty_j"] for r in rows) == pytest.approx(0.01 * own_total, rel=1e-9, abs=1e-6)
+    assert all(r["uncertainty_j"] >= 0 for r in rows)
+
+
+def test_model_card_states_the_uncertainty_beside_the_energy(measured, led):
+    card = model_cards(summary(measured, by="model", accounting=False))
+    bert = card[card.index("### bert"):card.index("### llama")]
+    assert "kWh (1,000.0 J) ± 10.0 J of IT energy" in bert and "none recorded" not in bert
+    assert "(the `(idle)` row: " in card and "(300.0 J) ± 4.0 J" in card
+    old = model_cards(summary(led, by="model", accounting=False))
+    assert "(1,000.0 J) ± 50.0 J (the method's stated uncertainty: none recorded) of IT energy" in old
+    lines = "\n".join(source_lines(summary(measured, accounting=False)))
+    assert "Method: counter" in lines and "(5 spans; ± 13.0 J)" in lines
+    assert "(5 spans; ± 13.0 J)" in sources_markdown(summary(measured, accounting=False))
+
+
+def test_plus_minus_text():
+    assert plus_minus({"uncertainty_j": 1234.5, "uncertainty_source": "recorded"}) == " ± 1,234.5 J"
+    assert plus_minus({"uncertainty_j": None}) == "" and plus_minus({}) == ""
+    assert "partly" in plus_minus({"uncertainty_j": 1.0, "uncertainty_source": "mixed"})

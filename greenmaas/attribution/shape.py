@@ -50,6 +50,13 @@ _AGREE = 2.0
 #: Weight of the prior that pulls each class's draw towards the common draw, relative to the
 #: window's intervals together (a tie-breaker, not a constraint).
 _PRIOR = 0.01
+#: Quiet intervals remembered for the idle level, and how many are needed before it is trusted.
+_IDLE_MEMORY = 100
+_IDLE_MIN = 2
+#: A quiet interval measures idle only when its ends are timed to within this share of it.
+_IDLE_TIMING = 0.05
+#: Stretches shorter than this need no sample for the interval's samples to cover it (s).
+_UNSAMPLED_S = 0.001
 #: Weight of one power sample's equation relative to one interval's energy.
 _SAMPLE_WEIGHT = 0.3
 
@@ -59,9 +66,10 @@ class _Row:
     length_s: float
     busy_s: dict[str, float]  # class -> seconds x active count in the interval
     energy_j: float
-    sample_ratio: float | None  # samples / the previous fit's power at them (the field's bias)
+    sample_ratio: float | None  # samples' energy / counter energy, where samples cover the interval
     # Per stretch of constant work with samples in it: (class -> active count, mean W, samples).
     samples: list[tuple[dict[str, float], float, int]]
+    timing_s: float = 0.0  # uncertainty of the interval's two ends (s)
 
 
 class DeviceShaper:
@@ -80,7 +88,7 @@ class DeviceShaper:
         self._u: list[float] = []
         self._e0: float | None = None  # counter value at the first knot
         self._hist: deque[_Row] = deque(maxlen=max(1, window - 1))
-        self._last_fit: tuple[float, dict[str, float]] | None = None
+        self._idle: deque[float] = deque(maxlen=_IDLE_MEMORY)  # mean W of quiet intervals
 
     # ------------------------------------------------------------------ the curve
 
@@ -175,24 +183,22 @@ class DeviceShaper:
                     sums = np.bincount(seg, weights=pw, minlength=nseg)
                     n = np.bincount(seg, minlength=nseg)
                     seg_samples = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
-                    if self._last_fit is not None:
-                        # How the samples read against the model: the bias of the field.
-                        idle_prev, draws_prev = self._last_fit
-                        d = np.array([draws_prev.get(names[c], 0.0) for c in used.tolist()])
-                        expect = idle_prev + (counts[seg] @ d if used.size else 0.0)
-                        total_expect = float(np.sum(expect))
-                        if total_expect > 0:
-                            ratio = float(np.sum(pw)) / total_expect
+                    # How the samples read against the counter (the field's bias), where they
+                    # cover every stretch of the interval: independent of the model.
+                    covered = (n > 0) | (seg_len < _UNSAMPLED_S)
+                    if covered.all():
+                        predicted_j = float(np.sum(np.where(n > 0, seg_samples, 0.0) * seg_len))
+                        if predicted_j > 0:
+                            ratio = predicted_j / energy
                     for i in np.nonzero(n)[0].tolist():
                         vec = {names[c]: float(counts[i, j]) for j, c in enumerate(used.tolist()) if counts[i, j]}
                         sample_rows.append((vec, float(seg_samples[i]), int(n[i])))
 
-        row = _Row(length, busy_s, energy, ratio, sample_rows)
+        row = _Row(length, busy_s, energy, ratio, sample_rows, timing_s)
         bias = self._bias(ratio)
         idle_w, draws = self._fit(row, bias)
         model = idle_w + counts @ np.array([draws.get(names[c], 0.0) for c in used.tolist()]) if used.size else np.full(nseg, idle_w)
         power = np.asarray(model, dtype=np.float64)
-        self._last_fit = (idle_w, draws)
         if seg_samples is not None and bias is not None:
             # Samples give the shape where work runs; idle keeps the fitted level (every quiet
             # stretch of the window measures it better than the few samples here).
@@ -229,12 +235,20 @@ class DeviceShaper:
     def _fit(self, row: _Row, bias: float | None) -> tuple[float, dict[str, float]]:
         """Idle W and the draw of each class (W) from this interval and the window before it.
 
-        Each interval is one equation in mean power (W). Two steps: idle and one draw for all
-        work alike; then a draw per class, pulled towards that common draw by a weak prior
-        (:data:`_PRIOR`), so classes the window cannot tell apart (they always run together)
-        share alike instead of one taking everything. Trusted power samples add equations of
-        their own (the power of the work running at each, scaled by their bias against the
-        counter), each worth :data:`_SAMPLE_WEIGHT` of an interval."""
+        Idle is the device's own level, measured wherever nothing runs: the median mean power
+        of the last :data:`_IDLE_MEMORY` quiet intervals, once there are a few (before that it
+        is fitted with the draws). Each interval is then one equation in mean power (W) beyond
+        idle. Two steps: one draw for all work alike; then a draw per class, pulled towards that
+        common draw by a weak prior (:data:`_PRIOR`), so classes the window cannot tell apart
+        (they always run together) share alike instead of one taking everything. Trusted power
+        samples add equations of their own (the power of the work running at each, scaled by
+        their bias against the counter), each worth :data:`_SAMPLE_WEIGHT` of an interval."""
+        if not row.busy_s and row.length_s > 0 and row.timing_s <= _IDLE_TIMING * row.length_s:
+            self._idle.append(row.energy_j / row.length_s)
+        elif bias is not None:
+            for vec, watts, n in row.samples:
+                if not vec:  # samples where nothing ran: the idle level, as the field reads it
+                    self._idle.extend([watts / bias] * min(n, 3))
         rows = list(self._hist) + [row]
         names = sorted({c for r in rows for c in r.busy_s})
         lengths = np.array([r.length_s for r in rows])
@@ -243,8 +257,9 @@ class DeviceShaper:
         if not ok.any():
             return 0.0, {}
         y = energy[ok] / lengths[ok]
+        idle_known = float(np.median(self._idle)) if len(self._idle) >= _IDLE_MIN else None
         if not names:
-            return float(energy[ok].sum() / lengths[ok].sum()), {}
+            return (idle_known if idle_known is not None else float(energy[ok].sum() / lengths[ok].sum())), {}
         from scipy.optimize import nnls
 
         busy = np.zeros((len(rows), len(names)))
@@ -265,12 +280,21 @@ class DeviceShaper:
                 busy = np.vstack([busy, np.asarray(extra)])
                 y = np.concatenate([y, ys])
                 weights = np.concatenate([weights, ws])
+        prior = np.sqrt(_PRIOR * float(np.sum(weights**2)))
         busy = busy * weights[:, None]
+        if idle_known is not None:
+            # Idle fixed: the rows say how much more than idle the work drew.
+            y = (y - idle_known) * weights
+            one = busy.sum(axis=1)[:, None]
+            (draw0,), _ = _nnls(nnls, one, y)
+            A = np.vstack([busy, np.eye(len(names)) * prior])
+            b = np.concatenate([y, np.full(len(names), draw0 * prior)])
+            x, _ = _nnls(nnls, A, b)
+            return idle_known, {c: float(x[col[c]]) for c in names}
         ones = weights
         y = y * weights
         one = np.column_stack([ones, busy.sum(axis=1)])
         (idle0, draw0), _ = _nnls(nnls, one, y)
-        prior = np.sqrt(_PRIOR * float(np.sum(weights**2)))
         A = np.vstack([np.column_stack([ones, busy]), np.column_stack([np.zeros(len(names)), np.eye(len(names)) * prior])])
         b = np.concatenate([y, np.full(len(names), draw0 * prior)])
         x, _ = _nnls(nnls, A, b)

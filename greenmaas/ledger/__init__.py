@@ -1,8 +1,11 @@
-"""The ledger: where measured runs, spans, samples and device totals are stored.
+"""The ledger: where measured runs, spans, raw reads, samples and device totals are stored.
 
 * :class:`Ledger` — open a SQLite file or any SQLAlchemy URL; write records; pseudonymise tenants.
 * :class:`LedgerWriter` — writes records from a background thread so measuring never waits.
 * :mod:`greenmaas.ledger.models` — the tables.
+* :mod:`greenmaas.ledger.migrations` — upgrading a ledger of an older schema in place
+  (``greenmaas migrate``).
+* :mod:`greenmaas.ledger.query` — the queries reports and exports read with.
 
 Read a ledger back with :func:`greenmaas.analysis.read_ledger` or :mod:`greenmaas.report`.
 """

@@ -5,8 +5,10 @@ PostgreSQL. Times are timezone-aware UTC ``datetime`` objects in Python; SQLite,
 time zones, stores them as naive UTC text and :class:`UTCDateTime` puts the zone back on read.
 Units are in the column names (``energy_j``, ``duration_s``, ``power_w``, ``carbon_g``).
 
-Bump :data:`SCHEMA_VERSION` whenever a table or column changes; a ledger written by a newer
-greenmaas is refused rather than half-understood.
+Bump :data:`SCHEMA_VERSION` whenever a table or column changes, and add the step that upgrades
+the previous version in place to :mod:`greenmaas.ledger.migrations` (columns added to an existing
+table go last, where ``ALTER TABLE ... ADD COLUMN`` puts them, so an upgraded ledger and a new one
+are the same). A ledger written by a newer greenmaas is refused rather than half-understood.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ __all__ = [
     "SpanDevice",
     "Sample",
     "DeviceTotal",
+    "Read",
 ]
 
-#: Version of the tables below. Ledgers with a higher version are refused.
-SCHEMA_VERSION = 1
+#: Version of the tables below. Ledgers with a higher version are refused; lower ones are upgraded
+#: (see :mod:`greenmaas.ledger.migrations`). 2: raw reads, monotonic span times, uncertainty.
+SCHEMA_VERSION = 2
 #: Value of ``meta.application``; tells a greenmaas ledger from another app's ``meta`` table.
 APPLICATION = "greenmaas"
 
@@ -138,6 +142,13 @@ class Span(Base):
     carbon_market_g: Mapped[float | None] = mapped_column(Float)
     cost: Mapped[float | None] = mapped_column(Float)
     currency: Mapped[str | None] = mapped_column(String(8))
+    # Schema 2. Monotonic seconds on the recording process's clock (the clock of ``reads.t_mono``),
+    # exactly as the meter saw them, so the run can be re-attributed offline.
+    start_mono: Mapped[float | None] = mapped_column(Float)
+    end_mono: Mapped[float | None] = mapped_column(Float)
+    link_id: Mapped[str | None] = mapped_column(String(64))  # a batch share's request span
+    # ± J of ``energy_j`` (inclusive, like it); NULL where none was stated or recorded before schema 2.
+    uncertainty_j: Mapped[float | None] = mapped_column(Float)
 
 
 class SpanDevice(Base):
@@ -158,6 +169,7 @@ class SpanDevice(Base):
     method: Mapped[str] = mapped_column(String(16))
     gap_s: Mapped[float] = mapped_column(Float, default=0.0)
     self_device_s: Mapped[float] = mapped_column(Float, default=0.0)
+    uncertainty_j: Mapped[float | None] = mapped_column(Float)  # ± J of energy_j (schema 2)
 
 
 class Sample(Base):
@@ -195,3 +207,27 @@ class DeviceTotal(Base):
     idle_j: Mapped[float | None] = mapped_column(Float)
     gap_s: Mapped[float] = mapped_column(Float, default=0.0)
     idle_s: Mapped[float] = mapped_column(Float, default=0.0)
+    uncertainty_j: Mapped[float | None] = mapped_column(Float)  # ± J of idle_j (schema 2)
+
+
+class Read(Base):
+    """One raw read of one device (see :class:`greenmaas.records.ReadRecord`): the run's trace.
+
+    ``t_mono`` is the sampler's monotonic stamp (s, the clock of ``spans.start_mono``) when the
+    read returned, ``t_start_mono`` when it began (NULL where not recorded), ``energy_j`` the
+    cumulative counter exactly as read (before wrap or reset correction), and ``max_energy_j``
+    where the counter wraps. A failed read has NULL values and an ``error``.
+    """
+
+    __tablename__ = "reads"
+    __table_args__ = (Index("ix_reads_run_device_t", "run_id", "device", "t_mono"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"))
+    device: Mapped[str] = mapped_column(String(64))
+    t_mono: Mapped[float] = mapped_column(Float)
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    power_w: Mapped[float | None] = mapped_column(Float)
+    max_energy_j: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    t_start_mono: Mapped[float | None] = mapped_column(Float)

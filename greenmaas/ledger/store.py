@@ -4,12 +4,14 @@
 problem, anything that is not a greenmaas ledger it can use: a missing file when reading, a text
 file, a truncated or corrupt file, another application's database, a ledger written by a newer
 greenmaas. Refusing changes nothing: tables are only created in an empty database, and SQLite's
-WAL mode is only switched on once the file is known to be ours.
+WAL mode is only switched on once the file is known to be ours. A ledger of an older schema is
+upgraded in place (a SQLite file automatically, after a backup; a server database only when asked:
+see :mod:`greenmaas.ledger.migrations`).
 
 SQLite connections run in WAL mode (readers never wait for the writer), with a busy timeout and
 foreign keys on. Every SQLAlchemy or driver error is translated into ``LedgerError`` in one place,
 :meth:`Ledger._translate`, and re-raised ``from`` the original. All values travel as bound
-parameters. Spans, samples and totals, written in bulk, go through INSERTs compiled once per
+parameters. Spans, reads, samples and totals, written in bulk, go through INSERTs compiled once per
 dialect with values the ledger converts itself (see "fast inserts" below); they store exactly
 what SQLAlchemy's typed inserts store.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,14 +36,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, GreenmaasError, LedgerError
-from ..records import RUN_STATUSES, DeviceTotals, RunRecord, SampleRecord, SpanRecord
+from ..records import RUN_STATUSES, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 from ..sources.base import UNMEASURABLE, weakest_method
+from . import migrations
 from .models import (
     APPLICATION,
     SCHEMA_VERSION,
     Base,
     DeviceTotal,
     Meta,
+    Read,
     Run,
     Sample,
     Span,
@@ -73,7 +78,9 @@ _TABLES = frozenset(Base.metadata.tables)
 _CACHE_SIZE = 4096
 
 #: A record the ledger knows how to write, or a callable ``fn(ledger)`` run in the same transaction.
-Writable = SpanRecord | SampleRecord | DeviceTotals | RunRecord | Callable[["Ledger"], Any]
+Writable = SpanRecord | ReadRecord | SampleRecord | DeviceTotals | RunRecord | Callable[["Ledger"], Any]
+
+logger = logging.getLogger("greenmaas")
 
 
 def resolve_target(url_or_path: str | os.PathLike | None = None) -> str | os.PathLike:
@@ -136,7 +143,7 @@ def _sqlite_file_problem(path: Path) -> str | None:
 
 # ------------------------------------------------------------------------------- fast inserts
 #
-# Spans, their devices, samples and totals are written in bulk from the writer thread, which
+# Spans, their devices, reads, samples and totals are written in bulk from the writer thread, which
 # shares the interpreter lock with the user's code. SQLAlchemy's typed ``insert()`` spends most of
 # its time binding each row (a dict per row, a type processor per value), so these tables are
 # written by an INSERT compiled once per dialect (bound parameters only), executed with rows of
@@ -167,18 +174,23 @@ _SPAN_COLUMNS = (
     "span_id", "run_id", "parent_id", "kind", "name", "model", "phase", "request_id", "tenant",
     "start", "end", "duration_s", "weight", "tokens_in", "tokens_out", "items", "status", "attrs",
     "energy_j", "self_energy_j", "method", "carbon_g", "carbon_market_g", "cost", "currency",
+    "start_mono", "end_mono", "link_id", "uncertainty_j",
 )  # fmt: skip
 _SPAN_DEVICE_COLUMNS = (
-    "span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s",
+    "span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s", "uncertainty_j",
+)  # fmt: skip
+_READ_COLUMNS = (
+    "run_id", "device", "t_mono", "energy_j", "power_w", "max_energy_j", "error", "t_start_mono",
 )  # fmt: skip
 _SAMPLE_COLUMNS = ("run_id", "device", "t", "energy_j", "power_w", "method")
 _DEVICE_TOTAL_COLUMNS = (
     "run_id", "device", "method", "start", "end", "total_j", "attributed_j", "idle_j", "gap_s",
-    "idle_s",
+    "idle_s", "uncertainty_j",
 )  # fmt: skip
 _FAST_TABLES = {
     Span.__tablename__: _SPAN_COLUMNS,
     SpanDevice.__tablename__: _SPAN_DEVICE_COLUMNS,
+    Read.__tablename__: _READ_COLUMNS,
     Sample.__tablename__: _SAMPLE_COLUMNS,
     DeviceTotal.__tablename__: _DEVICE_TOTAL_COLUMNS,
 }
@@ -409,6 +421,8 @@ class Ledger:
         self._pseudonyms: dict[str, str] = {}  # tenant -> pseudonym (see pseudonymise)
         self._tenants: dict[str, str] = {}  # tenant in a record -> as stored (_stored_tenant)
         self._fast_inserts: _FastInserts | None = None
+        #: What opening did to a ledger of an older schema (None: it was up to date, or new).
+        self.upgraded: migrations.Upgrade | None = None
         # One shared connection (in-memory SQLite) must not run two transactions at once.
         self._lock = threading.RLock() if isinstance(engine.pool, StaticPool) else nullcontext()
 
@@ -421,12 +435,17 @@ class Ledger:
         *,
         create: bool = True,
         readonly: bool = False,
+        upgrade: bool | None = None,
     ) -> Ledger:
         """Open (and, when ``create`` and not ``readonly``, create) a ledger.
 
         ``url_or_path`` is a filesystem path or a SQLAlchemy URL (``sqlite:///x.db``,
         ``postgresql+psycopg://...``); None means ``$GREENMAAS_LEDGER`` or ``./greenmaas.db``.
-        ``readonly`` never creates or writes anything. Raises :class:`LedgerError`.
+        ``readonly`` never creates or writes anything. A ledger of an older schema is upgraded in
+        place (:mod:`~greenmaas.ledger.migrations`; :attr:`upgraded` says what was done): with
+        ``upgrade`` None, a SQLite file only, after copying it to ``<name>.schema<N>.bak``; with
+        True, any database (``greenmaas migrate``); with False, none. A read-only open refuses an
+        older ledger. Raises :class:`LedgerError`.
         """
         from sqlalchemy import create_engine, event
         from sqlalchemy.engine import make_url
@@ -497,7 +516,7 @@ class Ledger:
 
         ledger = cls(engine, display=display, path=path, readonly=readonly)
         try:
-            ledger._validate(create=create)
+            ledger._validate(create=create, upgrade=upgrade)
             if is_sqlite and path is not None and not readonly:
                 with ledger._translate():
                     raw = engine.raw_connection()
@@ -510,7 +529,7 @@ class Ledger:
             raise
         return ledger
 
-    def _validate(self, *, create: bool) -> None:
+    def _validate(self, *, create: bool, upgrade: bool | None = None) -> None:
         """Check this is a greenmaas ledger of a schema we know; initialise it if empty."""
         from sqlalchemy import inspect, select
 
@@ -558,15 +577,63 @@ class Ledger:
                 f"supports ({SCHEMA_VERSION}); upgrade greenmaas"
             )
         if int(version) < SCHEMA_VERSION:
-            raise LedgerError(
-                f"{self.display}: ledger schema version {version} is older than {SCHEMA_VERSION} "
-                "and cannot be migrated"
-            )
+            self._upgrade(int(version), tables, upgrade)
+            tables |= _TABLES
         missing = _TABLES - tables
         if missing:
             raise LedgerError(
                 f"{self.display}: damaged greenmaas ledger (missing tables {', '.join(sorted(missing))})"
             )
+
+    def _upgrade(self, version: int, tables: set[str], upgrade: bool | None) -> None:
+        """Upgrade this ledger from schema ``version`` in place, or refuse (see :meth:`open`)."""
+        from sqlalchemy import select
+
+        old = f"{self.display}: ledger schema version {version} is older than this greenmaas's ({SCHEMA_VERSION})"
+        sqlite_file = self.path is not None
+        if sqlite_file:
+            how = f"run `greenmaas migrate --ledger {self.display}` (a backup is kept)"
+        else:
+            how = "back it up, then run `greenmaas migrate --ledger URL`"
+        if self.readonly:
+            raise LedgerError(f"{old} and a read-only open does not upgrade it: {how}"
+                              + (" or open it for writing" if sqlite_file else ""))
+        if upgrade is False:
+            raise LedgerError(f"{old} and this open may not upgrade it: {how}")
+        if upgrade is None and not sqlite_file:
+            raise LedgerError(f"{old} and a server database is not upgraded automatically: {how}")
+        missing = migrations.TABLES_AT.get(version, frozenset()) - tables
+        if missing:
+            raise LedgerError(
+                f"{self.display}: damaged greenmaas ledger (missing tables {', '.join(sorted(missing))})"
+            )
+        if sqlite_file:
+            # Fold the WAL into the file, so the backup is (usually) that one file.
+            with self._translate("cannot checkpoint before upgrading"):
+                raw = self._engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    raw.close()
+        with (
+            self._translate(f"cannot upgrade from schema version {version}"),
+            self._write_engine.begin() as conn,
+        ):
+            # Under the write lock: another process may have upgraded it meanwhile.
+            stored = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one()
+            current = int(stored)
+            if current >= SCHEMA_VERSION:
+                return
+            backup = None
+            if sqlite_file:
+                assert self.path is not None
+                backup = migrations.backup_sqlite(self.path, current, display=self.display)
+            migrations.upgrade(conn, current, SCHEMA_VERSION)
+        self.upgraded = migrations.Upgrade(self.display, current, SCHEMA_VERSION, backup)
+        logger.info(
+            "upgraded ledger %s from schema version %d to %d%s", self.display, current,
+            SCHEMA_VERSION, f" (backup: {backup})" if backup else "",
+        )
 
     # ------------------------------------------------------------------- transactions & errors
 
@@ -696,6 +763,29 @@ class Ledger:
         with self._writing() as conn:
             fast.inserts["samples"].execute(conn, rows)
 
+    def write_reads(self, reads: Sequence[ReadRecord]) -> None:
+        """Store raw device reads (the run's trace), exact floats as read; NaN is stored as NULL."""
+        if not reads:
+            return
+        fast = self._fast()
+        null = fast.null
+        with self._translate():
+            rows = [
+                (
+                    r.run_id,
+                    r.device,
+                    _num(r.t_mono),
+                    _num(r.energy_j, null),
+                    _num(r.power_w, null),
+                    _num(r.max_energy_j, null),
+                    null if r.error is None else r.error,
+                    _num(getattr(r, "t_start_mono", None), null),
+                )
+                for r in reads
+            ]
+        with self._writing() as conn:
+            fast.inserts["reads"].execute(conn, rows)
+
     def write_device_totals(self, totals: Sequence[DeviceTotals]) -> None:
         """Store per-device consumed / attributed / idle energy, one row per attribution window."""
         if not totals:
@@ -715,6 +805,7 @@ class Ledger:
                     _num(d.idle_j, null),
                     _num(d.gap_s) or 0.0,
                     _num(d.idle_s) or 0.0,
+                    _num(d.uncertainty_j, null),
                 )
                 for d in totals
             ]
@@ -729,30 +820,39 @@ class Ledger:
         return fast
 
     def write(self, records: Iterable[Writable]) -> None:
-        """Write a mix of records (and callables ``fn(ledger)``) in order, in one transaction."""
+        """Write a mix of records (and callables ``fn(ledger)``) in order, in one transaction.
+
+        Spans, reads, samples and totals between two runs or callables are written kind by kind
+        (each kind in its order), so that a meter's interleaved stream of them becomes a few bulk
+        INSERTs: none of them refers to another, only to its run, which comes before.
+        """
         writers = {
             SpanRecord: self.write_spans,
+            ReadRecord: self.write_reads,
             SampleRecord: self.write_samples,
             DeviceTotals: self.write_device_totals,
         }
         with self.transaction():
-            kind, group = None, []
-            for rec in list(records) + [None]:
+            groups: dict[type, list] = {}
+            for rec in records:
                 rec_kind = type(rec)
-                if group and rec_kind is not kind:
-                    writers[kind](group)
-                    group = []
-                if rec is None:
-                    break
                 if rec_kind in writers:
-                    kind = rec_kind
+                    group = groups.get(rec_kind)
+                    if group is None:
+                        group = groups[rec_kind] = []
                     group.append(rec)
-                elif isinstance(rec, RunRecord):
-                    self.start_run(rec)
-                elif callable(rec):
-                    rec(self)
-                else:
+                    continue
+                if not (isinstance(rec, RunRecord) or callable(rec)):
                     raise ConfigError(f"the ledger cannot store a {rec_kind.__name__}")
+                for kind, group in groups.items():
+                    writers[kind](group)
+                groups = {}
+                if isinstance(rec, RunRecord):
+                    self.start_run(rec)
+                else:
+                    rec(self)
+            for kind, group in groups.items():
+                writers[kind](group)
 
     # ----------------------------------------------------------------------------- tenants
 
@@ -810,8 +910,8 @@ class Ledger:
         with as few calls as it takes: numbers are what ``_num`` / ``_int`` make of them (a float
         or an int; NULL for None and NaN) with the common cases checked inline, and the span's
         energies and method are what ``SpanRecord.energy_j`` / ``self_energy_j`` / ``method``
-        compute. Energies are NULL where no device was measured (never 0 J). Nullable values that
-        are None go as ``fast.null``.
+        compute. Energies, and ± J, are NULL where no device was measured (never 0 J). Nullable
+        values that are None go as ``fast.null``.
         """
         span_rows: list[tuple] = []
         device_rows: list[tuple] = []
@@ -824,24 +924,31 @@ class Ledger:
             devices = s.devices
             methods = []
             measured = False
+            stated = []  # uncertainties stated, as SpanRecord.uncertainty_j sums them
             for d in devices:
                 method = d.method
                 methods.append(method)
+                u = d.uncertainty_j
+                if u is not None:
+                    stated.append(u)
                 if method != UNMEASURABLE:
                     measured = True
                     e, e_self = _num(d.energy_j, null), _num(d.self_j, null)
+                    u = null if u is None else _num(u, null)
                 else:
-                    e = e_self = null
+                    e = e_self = u = null
                 gap, busy = _num(d.gap_s) or 0.0, _num(d.self_device_s) or 0.0
-                add_device((span_id, d.device, e, e_self, method, gap, busy))
+                add_device((span_id, d.device, e, e_self, method, gap, busy, u))
             if not measured:
-                energy = self_energy = null
-            elif len(devices) == 1:  # sum() of one item is 0 + item
-                energy = _num(0 + devices[0].energy_j, null)
-                self_energy = _num(0 + devices[0].self_j, null)
+                energy = self_energy = uncertainty = null
             else:
-                energy = _num(sum([d.energy_j for d in devices]), null)
-                self_energy = _num(sum([d.self_j for d in devices]), null)
+                if len(devices) == 1:  # sum() of one item is 0 + item
+                    energy = _num(0 + devices[0].energy_j, null)
+                    self_energy = _num(0 + devices[0].self_j, null)
+                else:
+                    energy = _num(sum([d.energy_j for d in devices]), null)
+                    self_energy = _num(sum([d.self_j for d in devices]), null)
+                uncertainty = _num(sum(stated), null) if stated else null
             attrs = s.attrs
             add_span(
                 (
@@ -879,6 +986,10 @@ class Ledger:
                         else v if type(v) is float and v == v else _num(v, null)
                     ),
                     null if (v := s.currency) is None else v,
+                    null if (v := s.start_mono) is None else v if type(v) is float and v == v else _num(v, null),
+                    null if (v := s.end_mono) is None else v if type(v) is float and v == v else _num(v, null),
+                    null if (v := s.link_id) is None else v,
+                    uncertainty,
                 )
             )
         return span_rows, device_rows

@@ -21,13 +21,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConfigError
-from ..records import DeviceTotals, RunRecord, SampleRecord, SpanRecord
+from ..records import DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 
 __all__ = ["LedgerWriter"]
 
 logger = logging.getLogger("greenmaas")
 
-_ACCEPTED = (SpanRecord, SampleRecord, DeviceTotals, RunRecord)
+_ACCEPTED = (SpanRecord, ReadRecord, SampleRecord, DeviceTotals, RunRecord)
 _MAX_ERRORS = 100
 
 
@@ -204,9 +204,11 @@ def _is_record_error(exc: BaseException) -> bool:
 class LedgerWriter:
     """Writes records to a :class:`~greenmaas.ledger.Ledger` from a background thread.
 
-    ``submit(record)`` takes a :class:`SpanRecord`, :class:`SampleRecord`, :class:`DeviceTotals`,
-    :class:`RunRecord` (start of a run) or a callable ``fn(ledger)`` (e.g. to end a run), returns
-    at once and never raises. Records are written in submission order, at most ``max_batch`` per
+    ``submit(record)`` takes a :class:`SpanRecord`, :class:`ReadRecord` (a raw device read, ~100
+    a second per device: they are written in bulk with the rest of their batch),
+    :class:`SampleRecord`, :class:`DeviceTotals`, :class:`RunRecord` (start of a run) or a
+    callable ``fn(ledger)`` (e.g. to end a run), returns at once and never raises. Records are
+    written in submission order (see :meth:`Ledger.write`), at most ``max_batch`` per
     transaction, at least every ``flush_interval_s`` seconds. A failing batch is retried
     ``max_retries`` times, ``retry_delay_s`` apart (doubling), then dropped and noted in
     :attr:`errors`; a batch refused because of one bad record (duplicate id, unknown run) is

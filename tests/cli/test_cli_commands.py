@@ -32,8 +32,8 @@ def test_version(runner):
     assert __version__ in ok(runner, ["--version"]).output
 
 
-ROW_KEYS = ["group", "spans", "duration_s", "energy_j", "carbon_g", "energy_cost", "hardware_cost", "cost",
-            "currency"]
+ROW_KEYS = ["group", "spans", "duration_s", "energy_j", "method", "uncertainty_j", "uncertainty_source",
+            "carbon_g", "energy_cost", "hardware_cost", "cost", "currency"]
 WORLD = 475.0  # codecarbon's world average, g/kWh: what a run that recorded no location gets
 
 
@@ -171,3 +171,66 @@ class TestErrors:
     def test_bad_url(self, runner):
         (line,) = fails(runner, ["runs", "--ledger", "nosuchdialect://x"])
         assert line.startswith("Error: nosuchdialect://x")
+
+
+class TestUncertainty:
+    """± J beside the method, in every format: recorded with the spans, or the method's stated."""
+
+    @pytest.fixture
+    def measured(self, tmp_path):
+        from datetime import datetime, timedelta, timezone
+
+        from greenmaas.ledger import Ledger
+        from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SpanRecord
+
+        t0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
+
+        def s(span_id, energy, self_j, u, **kw):
+            return SpanRecord(span_id, "r1", "step", t0, t0 + timedelta(seconds=10), 10.0, devices=[
+                DeviceEnergy("gpu:0", energy, "counter", self_j, uncertainty_j=u)], **kw)
+
+        path = tmp_path / "m.db"
+        with Ledger.open(path) as led:
+            led.start_run(RunRecord("r1", "node-1", 1, t0))
+            led.write_spans([s("p", 1000.0, 400.0, 12.5, model="bert"),
+                             s("c", 600.0, 600.0, 7.25, model="bert", parent_id="p"),
+                             s("q", 200.0, 200.0, 2.0, model="llama")])
+            led.write_device_totals([DeviceTotals("r1", "gpu:0", "counter", 1500.0, 1200.0, 300.0,
+                                                  start=t0, uncertainty_j=3.0)])
+        return path
+
+    def test_json_and_csv_carry_method_uncertainty_and_its_source(self, runner, measured):
+        args = ["report", "--ledger", str(measured)]
+        data = {r["group"]: r for r in json.loads(ok(runner, args + ["--format", "json"]).stdout)}
+        assert {g: (r["method"], r["uncertainty_j"], r["uncertainty_source"]) for g, r in data.items()} == {
+            "bert": ("counter", 12.5, "recorded"), "llama": ("counter", 2.0, "recorded"),
+            "(idle)": ("counter", 3.0, "recorded")}
+        rows = {r["group"]: r for r in csv.DictReader(io.StringIO(ok(runner, args + ["--format", "csv"]).stdout))}
+        assert (rows["bert"]["method"], rows["bert"]["uncertainty_j"], rows["bert"]["uncertainty_source"]) == (
+            "counter", "12.5", "recorded")
+
+    def test_table_shows_a_plus_minus_column_beside_the_method(self, runner, measured):
+        out = ok(runner, ["report", "--ledger", str(measured)]).stdout
+        header = next(line for line in out.splitlines() if "Model" in line)
+        assert header.index("Method") < header.index("± J")
+        bert = next(line for line in out.splitlines() if "bert" in line)
+        assert "counter" in bert and "12.5" in bert
+        assert "17.5" in out  # the total line: 12.5 + 2.0 + 3.0
+        assert "(3 spans; ± 14.5 J)" in out and "stated uncertainty ×" not in out
+
+    def test_markdown_has_the_column_and_the_card_states_it(self, runner, measured):
+        out = ok(runner, ["report", "--ledger", str(measured), "--format", "markdown"]).stdout
+        header = next(line for line in out.splitlines() if line.startswith("| Model"))
+        assert "| Method | ± J |" in header
+        assert "(1,000.0 J) ± 12.5 J of IT energy" in out
+        assert "**17.5**" in out.splitlines()[[i for i, l in enumerate(out.splitlines()) if "**Total**" in l][0]]
+
+    def test_an_old_ledger_says_the_figure_is_the_methods_stated_one(self, runner, ledger_path):
+        out = ok(runner, ["report", "--ledger", str(ledger_path)]).stdout
+        assert "± J" in out and "50.0" in out  # bert: 1,000 J × 5%
+        assert "Note: ± J is the measurement method's stated uncertainty × energy" in out
+        data = json.loads(ok(runner, ["report", "--ledger", str(ledger_path), "--format", "json"]).stdout)
+        assert {r["uncertainty_source"] for r in data} == {"stated"}
+        md = ok(runner, ["report", "--ledger", str(ledger_path), "--format", "markdown"]).stdout
+        assert "± 50.0 J (the method's stated uncertainty: none recorded)" in md
+        assert "**Note:** ± J is the measurement method's stated uncertainty" in md

@@ -26,9 +26,9 @@ def test_every_command_and_option_has_help():
 
 
 def test_the_expected_commands_are_registered():
-    assert {"devices", "runs", "report"} <= set(cli.commands)
+    assert {"devices", "runs", "report", "attribute", "export", "migrate"} <= set(cli.commands)
 
 
 def test_every_ledger_command_takes_ledger():
-    for name in ("devices", "runs", "report"):
+    for name in ("devices", "runs", "report", "export", "migrate"):
         assert "--ledger" in [o for p in cli.commands[name].params for o in getattr(p, "opts", [])]

@@ -55,8 +55,8 @@ def test_market_based_and_hardware_columns_in_json_and_csv(report):
     assert bert["carbon_market_g"] == pytest.approx(1000 / KWH * 20)
     assert bert["hardware_cost"] == 0.0 and bert["currency"] == "USD"  # these spans recorded no device time
     header = report("--market-intensity", "20", "--format", "csv").splitlines()[0]
-    assert header == ("group,spans,duration_s,energy_j,carbon_g,carbon_market_g,energy_cost,hardware_cost,"
-                      "cost,currency")
+    assert header == ("group,spans,duration_s,energy_j,method,uncertainty_j,uncertainty_source,carbon_g,"
+                      "carbon_market_g,energy_cost,hardware_cost,cost,currency")
 
 
 def test_table_names_units_and_ends_with_the_sources(report):
@@ -95,7 +95,8 @@ def test_sources_alone(report):
     (src,) = data["sources"]
     assert (src["location_spec"], src["location_source"], src["pue"]) == ("DEU", "configured", 1.3)
     assert src["intensity_year"] == 2023 and "global_energy_mix.json" in src["intensity_source"]
-    assert data["methods"] == [{"method": "counter", "uncertainty": 0.05, "spans": 3, "energy_j": 1200.0}]
+    assert data["methods"] == [{"method": "counter", "uncertainty": 0.05, "spans": 3, "energy_j": 1200.0,
+                                "uncertainty_j": pytest.approx(60.0)}]  # stated: 5% (none recorded)
     assert data["period"]["first"].startswith("2024-05-01T10:00:00")
     text = report("--sources")
     assert text.startswith("Sources (run r1):") and "Method: counter" in text

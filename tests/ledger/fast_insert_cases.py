@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from greenmaas.ledger.models import DeviceTotal, Sample, Span, SpanDevice
-from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SampleRecord, SpanRecord
+from greenmaas.ledger.models import DeviceTotal, Read, Sample, Span, SpanDevice
+from greenmaas.records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 from greenmaas.sources.base import UNMEASURABLE
 
 T0 = datetime(2024, 5, 1, 23, 59, 58, 999_000, tzinfo=timezone.utc)
@@ -69,6 +69,10 @@ def _span_row(ledger, s: SpanRecord) -> dict:
         "carbon_market_g": _num(s.carbon_market_g),
         "cost": _num(s.cost),
         "currency": s.currency,
+        "start_mono": _num(s.start_mono),
+        "end_mono": _num(s.end_mono),
+        "link_id": s.link_id,
+        "uncertainty_j": _num(s.uncertainty_j) if measured else None,
     }
 
 
@@ -82,6 +86,20 @@ def _device_row(span_id: str, d: DeviceEnergy) -> dict:
         "method": d.method,
         "gap_s": _num(d.gap_s) or 0.0,
         "self_device_s": _num(d.self_device_s) or 0.0,
+        "uncertainty_j": _num(d.uncertainty_j) if measured else None,
+    }
+
+
+def _read_row(r: ReadRecord) -> dict:
+    return {
+        "run_id": r.run_id,
+        "device": r.device,
+        "t_mono": _num(r.t_mono),
+        "energy_j": _num(r.energy_j),
+        "power_w": _num(r.power_w),
+        "max_energy_j": _num(r.max_energy_j),
+        "error": r.error,
+        "t_start_mono": _num(getattr(r, "t_start_mono", None)),
     }
 
 
@@ -108,6 +126,7 @@ def _totals_row(d: DeviceTotals) -> dict:
         "idle_j": _num(d.idle_j),
         "gap_s": _num(d.gap_s) or 0.0,
         "idle_s": _num(d.idle_s) or 0.0,
+        "uncertainty_j": _num(d.uncertainty_j),
     }
 
 
@@ -120,6 +139,8 @@ def typed_write(ledger, records) -> None:
                 if rec.devices:
                     rows = [_device_row(rec.span_id, d) for d in rec.devices]
                     conn.execute(SpanDevice.__table__.insert(), rows)
+            elif isinstance(rec, ReadRecord):
+                conn.execute(Read.__table__.insert(), [_read_row(rec)])
             elif isinstance(rec, SampleRecord):
                 conn.execute(Sample.__table__.insert(), [_sample_row(rec)])
             else:
@@ -172,18 +193,20 @@ def _devices(i: int) -> list[DeviceEnergy]:
         return [DeviceEnergy("gpu:0", 0.0, UNMEASURABLE, 0.0)]
     if kind == 2:
         return [
-            DeviceEnergy("gpu:0", 1.25 * i, "counter", 0.5, self_device_s=0.1, gap_s=0.01),
-            DeviceEnergy("gpu:1", 0.1, "power", 0.2, self_device_s=np.float64(0.2)),
-            DeviceEnergy("cpu", 3, "estimate", 1, self_device_s=0, gap_s=None),
+            DeviceEnergy("gpu:0", 1.25 * i, "counter", 0.5, self_device_s=0.1, gap_s=0.01, uncertainty_j=0.03),
+            DeviceEnergy("gpu:1", 0.1, "power", 0.2, self_device_s=np.float64(0.2), uncertainty_j=np.float32(0.5)),
+            DeviceEnergy("cpu", 3, "estimate", 1, self_device_s=0, gap_s=None, uncertainty_j=None),
         ]
     if kind == 3:
         return [
-            DeviceEnergy("gpu:0", float("nan"), "counter", -0.0, self_device_s=float("nan")),
-            DeviceEnergy("gpu:1", 2.0, UNMEASURABLE, 1.0),
+            DeviceEnergy("gpu:0", float("nan"), "counter", -0.0, self_device_s=float("nan"), uncertainty_j=1),
+            DeviceEnergy("gpu:1", 2.0, UNMEASURABLE, 1.0, uncertainty_j=0.5),
         ]
     if kind == 4:
-        return [DeviceEnergy("gpu:0", np.float64(-0.0), "replay", np.float32(0.25), gap_s=-0.0)]
-    return [DeviceEnergy("gpu:0", 0.1 * i + 1e-9, "counter", 0.05 * i, self_device_s=0.001 * i)]
+        return [DeviceEnergy("gpu:0", np.float64(-0.0), "replay", np.float32(0.25), gap_s=-0.0,
+                             uncertainty_j=float("nan"))]
+    return [DeviceEnergy("gpu:0", 0.1 * i + 1e-9, "counter", 0.05 * i, self_device_s=0.001 * i,
+                         uncertainty_j=[None, 0.0, 1e-3 * i][i % 3])]
 
 
 def spans(n: int = 260, run_id: str = "r1", prefix: str = "s", sqlite: bool = True) -> list[SpanRecord]:
@@ -220,8 +243,30 @@ def spans(n: int = 260, run_id: str = "r1", prefix: str = "s", sqlite: bool = Tr
                 carbon_market_g=[None, -0.0, 7.25][i % 3],
                 cost=[None, 1e-5, 0][i % 3],
                 currency=[None, "EUR", ""][i % 3],
+                start_mono=[None, 1234.5 + i / 7, np.float64(0.1 * i), i, float("nan")][i % 5],
+                end_mono=[None, 1234.5 + i / 3, np.float64(0.2 * i), i + 1, 1e-300][i % 5],
+                link_id=[None, f"{prefix}{i // 2:05d}", ""][i % 3],
             )
         )
+    return out
+
+
+def reads(n: int = 500, run_id: str = "r1", sqlite: bool = True) -> list[ReadRecord]:
+    """Raw reads: exact floats (times far from 0, many digits), numpy values, blanks, errors. With
+    ``sqlite``, also a NUL in an error's text, which only SQLite takes."""
+    errors = ["NVML_ERROR_GPU_IS_LOST", "", "é\n\x00" if sqlite else "é\n"]
+    out = []
+    for i in range(n):
+        t = [81234.56789 + i * 0.0100000007, np.float64(i) / 3, i, 1e-9 * i][i % 4]
+        if i % 9 == 4:
+            out.append(ReadRecord(run_id, f"gpu:{i % 2}", t, error=errors[(i // 9) % 3]))
+            continue
+        energy = [123456789.123456789 + i, np.float64(i) * 0.1, None, float("nan"), 2**53 + 1.0][i % 5]
+        power = [None, 300.25, np.float32(12.5), float("inf"), -0.0][i % 5]
+        wrap = [None, 262143.999939, np.float64(65536.0)][i % 3]
+        read = ReadRecord(run_id, ["gpu:0", "cpu:0", "dram:0"][i % 3], t, energy, power, wrap)
+        read.t_start_mono = [None, t - 0.000123456789, np.float64(t) - 1e-6, float("nan")][i % 4]
+        out.append(read)
     return out
 
 
@@ -239,9 +284,10 @@ def samples(n: int = 400, run_id: str = "r1") -> list[SampleRecord]:
 
 def totals(run_id: str = "r1") -> list[DeviceTotals]:
     return [
-        DeviceTotals(run_id, "gpu:0", "counter", 100.0, 70.0, 30.0, start=T0, end=T0 + timedelta(1)),
+        DeviceTotals(run_id, "gpu:0", "counter", 100.0, 70.0, 30.0, start=T0, end=T0 + timedelta(1),
+                     uncertainty_j=1.5),
         DeviceTotals(run_id, "gpu:1", "power", np.float64(1), 2, float("nan"), gap_s=None,
-                     idle_s=np.float32(2.5)),
+                     idle_s=np.float32(2.5), uncertainty_j=np.float32(0.25)),
         DeviceTotals(run_id, "cpu", UNMEASURABLE, 0.0, 0.0, 0.0, gap_s=float("nan"),
                      start=datetime(2024, 1, 1), end=T0.astimezone(timezone(timedelta(hours=9)))),
     ]

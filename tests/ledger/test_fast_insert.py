@@ -1,6 +1,6 @@
 """The ledger's fast insert path stores exactly what the typed SQLAlchemy path stored.
 
-Spans, span devices, samples and totals are written through INSERTs compiled once per dialect
+Spans, span devices, reads, samples and totals are written through INSERTs compiled once per dialect
 with values converted by the ledger itself. Here the same records go through both paths (the
 typed one as it was, see ``fast_insert_cases.typed_write``) and every table must come back the
 same: byte for byte from SQLite (value and storage class, row order included), through
@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
-from fast_insert_cases import T0, run, samples, spans, totals, typed_write
+from fast_insert_cases import T0, reads, run, samples, spans, totals, typed_write
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import StatementError
@@ -26,11 +26,11 @@ import greenmaas.ledger.store as store
 from greenmaas.analysis import TABLES, read_ledger
 from greenmaas.errors import LedgerError
 from greenmaas.ledger import Ledger
-from greenmaas.ledger.models import DeviceTotal, Run, Sample, Span, SpanDevice
+from greenmaas.ledger.models import DeviceTotal, Read, Run, Sample, Span, SpanDevice
 
 # How NULL is bound to SQLite depends on the Python version; both ways are checked on any.
 NULL_MODES = {"none": None, "mark": bytearray(store._SQLITE_NULL_MARK)}
-ORM = {"runs": Run, "spans": Span, "span_devices": SpanDevice, "samples": Sample,
+ORM = {"runs": Run, "spans": Span, "span_devices": SpanDevice, "reads": Read, "samples": Sample,
        "device_totals": DeviceTotal}
 
 
@@ -46,7 +46,13 @@ def same_pseudonyms(monkeypatch):
 
 
 def records():
-    return spans() + samples() + totals()
+    """Spans interleaved with reads (as a meter submits them), then samples and totals."""
+    out = []
+    rs = reads()
+    for i, s in enumerate(spans()):
+        out.append(s)
+        out += rs[2 * i : 2 * i + 2]
+    return out + rs[2 * len(spans()) :] + samples() + totals()
 
 
 def raw(path) -> dict[str, list]:
@@ -103,7 +109,7 @@ def test_fast_path_stores_what_the_typed_path_stored(tmp_path, null_mode, one_by
     typed, fast = write_both(tmp_path, records(), one_by_one=one_by_one)
     got, want = raw(fast), raw(typed)
     assert {t: len(rows) for t, rows in got.items()} == {
-        "runs": 1, "spans": 260, "span_devices": 333, "samples": 400, "device_totals": 3}
+        "runs": 1, "spans": 260, "span_devices": 333, "reads": 500, "samples": 400, "device_totals": 3}
     for table in ORM:
         assert got[table] == want[table], table
     got_frames, want_frames = frames(fast), frames(typed)

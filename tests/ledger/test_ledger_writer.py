@@ -218,3 +218,35 @@ def test_a_full_queue_drops_new_records_instead_of_growing():
     assert w.flush(timeout=5)
     w.close()
     assert w.stats["written"] == 4 and w.stats["dropped"] == 3
+
+
+def test_raw_reads_interleaved_with_spans_are_written_in_bulk(db_path):
+    """A meter's stream: ~100 reads a second per device between spans. They are written with
+    their batch, few statements per kind, and read back in order with exact floats."""
+    from greenmaas.records import ReadRecord
+
+    statements = []
+    with Ledger.open(db_path) as led:
+        from sqlalchemy import event
+
+        event.listen(led.engine, "before_cursor_execute",
+                     lambda conn, cursor, sql, *a: statements.append(sql.split(" ")[2] if sql.startswith("INSERT") else ""))
+        w = LedgerWriter(led, flush_interval_s=60, max_batch=5000)
+        w.submit(run())
+        t0 = 81234.56789012345
+        expected = []
+        for i in range(1000):
+            rec = ReadRecord("r1", f"gpu:{i % 2}", t0 + i * 0.01, 1e6 + i / 3, 250.0 + i % 7)
+            expected.append(rec)
+            assert w.submit(rec)
+            if i % 50 == 49:
+                w.submit(span(f"s{i}", i * 0.01, i * 0.01 + 0.5))
+        assert w.flush(timeout=10)
+        w.close()
+        assert w.stats["written"] == 1 + 1000 + 20 and w.errors == []
+        with led.read() as conn:
+            got = conn.execute(text("SELECT device, t_mono, energy_j, power_w FROM reads ORDER BY id")).all()
+    assert got == [(r.device, r.t_mono, r.energy_j, r.power_w) for r in expected]
+    # Grouped by kind within the batch: the 1,000 reads go as one executemany (of multi-row
+    # INSERTs), not as 21 runs of reads between spans; so do the 20 spans.
+    assert statements.count("reads") == 1 and statements.count("spans") == 1
