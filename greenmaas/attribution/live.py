@@ -228,8 +228,8 @@ class LiveAttributor:
             on_dev = work.on_device(nodes, dev)
             if tl.has_counter:
                 kt, kv, kh = tl.knots()
-                st_, sw_ = tl.power_samples() if d.shaper.use_samples else (None, None)
-                d.shaper.extend(kt, kv, kh, target, on_dev, st_, sw_)
+                reads = tl.power_reads() if d.shaper.use_samples else None
+                d.shaper.extend(kt, kv, kh, target, on_dev, reads)
                 ready = d.shaper.t_end
                 ct, ce, cu = d.shaper.curve()
                 if tl.method == ESTIMATE:

@@ -114,12 +114,11 @@ class DeviceShaper:
         kh: np.ndarray,
         upto: float,
         work: Intervals,
-        sample_t: np.ndarray | None = None,
-        sample_w: np.ndarray | None = None,
+        reads: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Shape every interval between knots ``kt``/``kv`` (± ``kh`` s) that ends at or before
         ``upto`` and is not shaped yet. ``work``: the competing intervals on this device over
-        that range (classes by name). ``sample_t``/``sample_w``: power samples (s, W).
+        that range (classes by name). ``reads``: power reads (began s, returned s, W).
         """
         if kt.size == 0:
             return
@@ -139,10 +138,10 @@ class DeviceShaper:
         names = work.class_names
         for k in range(i, j):
             a, b = float(kt[k]), float(kt[k + 1])
-            self._shape(a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws, we, wc, names, sample_t, sample_w)
+            self._shape(a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws, we, wc, names, reads)
             self._e[-1] = float(kv[k + 1]) - self._e0  # type: ignore[operator]  # no drift
 
-    def _shape(self, a, b, energy, timing_s, ws, we, wc, names, st, sw) -> None:
+    def _shape(self, a, b, energy, timing_s, ws, we, wc, names, reads) -> None:
         length = b - a
         energy = max(0.0, energy)
         # Stretches of constant work inside [a, b].
@@ -170,11 +169,16 @@ class DeviceShaper:
         seg_samples: np.ndarray | None = None
         ratio = None
         sample_rows: list[tuple[dict[str, float], float, int]] = []
-        if self.use_samples and st is not None and st.size and energy > 0:
-            lo, hi = np.searchsorted(st, a, side="right"), np.searchsorted(st, b, side="right")
-            pt, pw = st[lo:hi], sw[lo:hi]
+        if self.use_samples and reads is not None and reads[1].size and energy > 0:
+            r0, r1, rw = reads
+            lo, hi = np.searchsorted(r1, a, side="right"), np.searchsorted(r1, b, side="right")
+            pt0, pt, pw = r0[lo:hi], r1[lo:hi], rw[lo:hi]
+            # A read is placed in the stretch of work it began and returned in; one that
+            # straddles a change of work could have seen either side and is left out.
+            seg = np.searchsorted(bp, pt, side="right") - 1
+            inside = (np.searchsorted(bp, pt0, side="right") - 1 == seg) & (pt0 >= a)
+            seg, pt, pw = np.clip(seg[inside], 0, nseg - 1), pt[inside], pw[inside]
             if pt.size >= 2:
-                seg = np.clip(np.searchsorted(bp, pt, side="right") - 1, 0, nseg - 1)
                 # A held field (averaged, part-time) keeps its value across changes of work;
                 # an instantaneous one follows them.
                 changed = np.any(counts[seg[1:]] != counts[seg[:-1]], axis=1) if used.size else np.zeros(pt.size - 1, bool)
@@ -200,9 +204,10 @@ class DeviceShaper:
         model = idle_w + counts @ np.array([draws.get(names[c], 0.0) for c in used.tolist()]) if used.size else np.full(nseg, idle_w)
         power = np.asarray(model, dtype=np.float64)
         if seg_samples is not None and bias is not None:
-            # Samples give the shape where work runs; idle keeps the fitted level (every quiet
-            # stretch of the window measures it better than the few samples here).
-            power = np.where(np.isnan(seg_samples) | ~busy, power, seg_samples / bias)
+            # Samples give the shape where work runs (a stretch's own samples); idle keeps the
+            # fitted level (every quiet stretch measures it better than a few samples here).
+            measured = seg_samples / bias
+            power = np.where(~np.isnan(measured) & busy, measured, power)
         modelled = power * seg_len
         predicted = float(modelled.sum())
         residual = energy - predicted

@@ -74,6 +74,7 @@ class Timeline:
         self._t = array("d")
         self._counter = array("d")  # corrected cumulative J, NaN where the read had none
         self._power = array("d")  # W, NaN where the read had none
+        self._t0 = array("d")  # when each read began (its value was taken in [t0, t])
         self._raw_last: float | None = None  # last raw counter value, for wrap/reset
         self._counter_offset = 0.0
         self._gaps: list[Gap] = []
@@ -126,6 +127,7 @@ class Timeline:
             if power is not None and math.isfinite(power) and power >= 0:
                 p = float(power)
             self._t.append(t)
+            self._t0.append(t if t_start is None else min(t_start, t))
             self._counter.append(corrected)
             self._power.append(p)
             self._version += 1
@@ -339,6 +341,15 @@ class Timeline:
         xs, es = self.curve()
         return float(es[-1] - es[0]) if xs.size else 0.0
 
+    def power_reads(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The raw power reads: (began s, returned s, W); the value was taken in between."""
+        with self._lock:
+            t = np.frombuffer(self._t, dtype=np.float64).copy()
+            t0 = np.frombuffer(self._t0, dtype=np.float64).copy()
+            p = np.frombuffer(self._power, dtype=np.float64).copy()
+        ok = ~np.isnan(p)
+        return t0[ok], t[ok], p[ok]
+
     def power_samples(self) -> tuple[np.ndarray, np.ndarray]:
         """The raw (t, W) power samples, for reports and the ledger."""
         with self._lock:
@@ -362,6 +373,7 @@ class Timeline:
             t_keep = self._t[keep_from]
             base = float(np.interp(t_keep, xs, es)) if xs.size and not self._kt else 0.0
             self._t = self._t[keep_from:]
+            self._t0 = self._t0[keep_from:]
             self._counter = self._counter[keep_from:]
             self._power = self._power[keep_from:]
             self._gaps = [g for g in self._gaps if g.end is None or g.end > t_keep]
