@@ -4,16 +4,7 @@ Writes ``reports/attribution.md``. Regenerate with::
 
     make bench            # or: .venv/bin/python examples/bench_attribution.py
 
-1. Accuracy. A synthetic GPU whose true power is known at 1 ms resolution: 60 W idle, and
-   requests of 10–50 ms, one at a time, each drawing its own power (150–700 W), with random gaps.
-   An NVML-like energy counter publishes the true cumulative energy every 100 ms (random phase),
-   so a read returns the last published value; instantaneous power reads return the true power
-   at the read 5% high with 3% noise. The sampler reads both every 20, 10 or 5 ms (±2 ms
-   jitter). Each request's true energy is the integral of true power over its life. We compare
-   greenmaas's curve (counter changes re-timed to the gap where they happened, energy between
-   them shaped by the power reads, each read holding only up to the nearest span boundary) with
-   the same without span boundaries, plain linear interpolation of the counter reads, and
-   integrated power alone.
+1. Accuracy: see ``examples/bench_accuracy.py`` (``reports/accuracy.md``).
 2. Overhead. Median cost of opening and closing a span (``with meter.measure(...)``) on this
    machine, side by side with an empty context manager in the same run.
 3. Scale. Time to attribute 1,000,000 spans over a one-hour trace read every 100 ms
@@ -35,42 +26,7 @@ import numpy as np
 
 from greenmaas.attribution.engine import rates_for, share_energy
 from greenmaas.meter import Meter
-from greenmaas.sampling.timeline import Timeline
-from greenmaas.sources.base import Reading
 from greenmaas.testing import FakeClock, StaticSource
-
-
-def synth(seed: int, seconds: float = 60.0, read_s: float = 0.01, update_s: float = 0.1, bias: float = 0.05):
-    rng = np.random.default_rng(seed)
-    dt = 0.001
-    n = int(seconds / dt)
-    power = np.full(n, 60.0)
-    reqs = []
-    t = 0.2
-    while t < seconds - 0.5:
-        d = rng.uniform(0.010, 0.050)
-        p = rng.uniform(150.0, 700.0)
-        a, b = int(round(t / dt)), int(round((t + d) / dt))
-        power[a:b] = p
-        reqs.append((a * dt, b * dt))
-        t = b * dt + rng.uniform(0.005, 0.2)
-    energy = np.concatenate(([0.0], np.cumsum(power * dt)))  # at k*dt
-    grid = np.arange(n + 1) * dt
-    phase = rng.uniform(0, update_s)
-    reads_t = []
-    x = rng.uniform(0, read_s)
-    while x < seconds - 0.01:
-        reads_t.append(x)
-        x += read_s + rng.uniform(-0.002, 0.002)
-    reads_t = np.asarray(reads_t)
-    published_at = np.floor((reads_t - phase) / update_s) * update_s + phase
-    published_at = np.clip(published_at, 0, None)
-    counter = np.interp(published_at, grid, energy)
-    # A power sensor with a calibration offset (published NVML studies report several percent)
-    # and 3% read noise.
-    inst = power[np.clip((reads_t / dt).astype(int), 0, n - 1)] * (1 + bias) * (1 + rng.normal(0, 0.03, reads_t.size))
-    truth = np.array([np.interp(b, grid, energy) - np.interp(a, grid, energy) for a, b in reqs])
-    return reqs, truth, reads_t, counter, inst
 
 
 def exact_shares() -> list[tuple[str, str, float, float]]:
@@ -105,50 +61,6 @@ def exact_shares() -> list[tuple[str, str, float, float]]:
                 rows.append((policy, sid, exp[sid], float(got[sid])))
             rows.append((policy, "(idle)", 0.0, res.idle_j["gpu:0"]))
     return rows
-
-
-def accuracy(seeds=range(5), read_s: float = 0.01) -> dict:
-    errs = {
-        "greenmaas: counter re-timed, power shape cut at span boundaries": [],
-        "greenmaas without span boundaries": [],
-        "counter, plain interpolation": [],
-        "power only, integrated": [],
-    }
-    totals = {k: [0.0, 0.0] for k in errs}
-    for seed in seeds:
-        reqs, truth, rt, counter, inst = synth(seed, read_s=read_s)
-        tl_g = Timeline("gpu:0")
-        tl_p = Timeline("gpu:0", "power")
-        for t, c, p in zip(rt, counter, inst):
-            tl_g.append(float(t), Reading(energy_j=float(c), power_w=float(p)))
-            tl_p.append(float(t), Reading(power_w=float(p)))
-        ts = np.asarray(rt)
-        starts = np.array([a for a, _ in reqs])
-        ends = np.array([b for _, b in reqs])
-        bps = np.concatenate([starts, ends])
-        gt, ge = tl_g.curve(bps)
-        est = {
-            "greenmaas: counter re-timed, power shape cut at span boundaries": np.interp(ends, gt, ge)
-            - np.interp(starts, gt, ge),
-            "greenmaas without span boundaries": tl_g.energy_at(ends) - tl_g.energy_at(starts),
-            "counter, plain interpolation": np.interp(ends, ts, counter) - np.interp(starts, ts, counter),
-            "power only, integrated": tl_p.energy_at(ends) - tl_p.energy_at(starts),
-        }
-        for k, v in est.items():
-            errs[k].extend(np.abs(v - truth) / truth)
-            totals[k][0] += float(v.sum())
-            totals[k][1] += float(truth.sum())
-    out = {}
-    for k, e in errs.items():
-        e = np.asarray(e)
-        out[k] = {
-            "median": float(np.median(e)),
-            "p90": float(np.percentile(e, 90)),
-            "within_10pct": float(np.mean(e <= 0.10)),
-            "sum_error": totals[k][0] / totals[k][1] - 1.0,
-            "n": int(e.size),
-        }
-    return out
 
 
 def overhead(n: int = 200_000) -> dict:
@@ -232,7 +144,6 @@ def main() -> int:
     ap.add_argument("--spans", type=int, default=1_000_000)
     args = ap.parse_args()
     exact = exact_shares()
-    acc = {r: accuracy(read_s=r) for r in (0.02, 0.01, 0.005)}
     ov = overhead()
     sc = scale(args.spans)
     lv = live()
@@ -253,22 +164,11 @@ def main() -> int:
         "|---|---|---:|---:|",
         *[f"| {p} | {sid} | {e:.6f} | {g:.6f} |" for p, sid, e, g in exact],
         "",
-        "## 1. Per-request accuracy on synthetic traces",
+        "## 1. Per-request accuracy",
         "",
-        "Five seeded 60 s traces of an NVML-like GPU: 60 W idle, requests of 10–50 ms one at a time",
-        "at 150–700 W each, a counter that publishes every 100 ms (random phase), instantaneous power",
-        "reads 5% high with 3% noise, both read every P ± 2 ms. Truth is the integral of the 1 ms",
-        "true power over each request. See the docstring of `examples/bench_attribution.py`.",
-        "",
-        "| read period | method | requests | median error | p90 error | within 10% | error of the sum |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "Measured on the live meter against a simulated data-centre GPU whose true power is known:",
+        "`reports/accuracy.md` (`make accuracy`).",
     ]
-    for r, res in acc.items():
-        for k, v in res.items():
-            lines.append(
-                f"| {r * 1000:.0f} ms | {k} | {v['n']} | {v['median']:.1%} | {v['p90']:.1%} | "
-                f"{v['within_10pct']:.0%} | {v['sum_error']:+.2%} |"
-            )
     lines += [
         "",
         "## 2. Span open + close cost (median, this machine)",
@@ -303,11 +203,8 @@ def main() -> int:
         "",
         "## Limits of this evidence",
         "",
-        "- Section 1 is synthetic. On A100 and H100, NVML's power reading covers only ~25 ms of",
-        "  every 100 ms (Yang et al., arXiv 2312.02741), so real power reads are noisier than the",
-        "  3% modelled here; the counter still fixes the totals of every ~100 ms step. The check",
-        "  against a real GPU is `examples/validate_gpu.py` (`reports/gpu-validation.md`).",
-        "- The span-boundary shape assumes power changes where spans start and end. Work that",
+        "- The check against a real GPU is `examples/probe_gpu.py` (`reports/gpu-validation.md`).",
+        "- The shape between counter updates assumes power changes where spans start and end. Work that",
         "  nobody marked (a background job on the same GPU) shows up as idle or is shared as if",
         "  it belonged to the spans running then.",
         "",

@@ -37,7 +37,7 @@ from .clock import Clock, SystemClock
 from .errors import ConfigError, GreenmaasError
 from .records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 from .sampling.sampler import Sampler
-from .sources.base import METHOD_UNCERTAINTY, Source, weakest_method
+from .sources.base import Source, weakest_method
 from .batch import Batch
 from .spans import Span, SpanResult
 

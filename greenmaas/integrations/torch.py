@@ -26,7 +26,6 @@ its result after :meth:`TrackHandle.wait`). For modules on the CPU every mode is
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import threading

@@ -213,3 +213,31 @@ def test_live_equals_offline_with_batches_and_requests():
     assert_live_equals_offline(meter, rec, spans)
     # Requests get their batches' shares by weight; the books close.
     assert sum(r.result.energy_j for r in reqs) == pytest.approx(b.result.energy_j + b2.result.energy_j, rel=1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    spans=st.lists(st.tuples(st.floats(10.0, 13.0), st.floats(0.0, 0.5)), min_size=0, max_size=15),
+    power_field=st.sampled_from(["instant", None]),
+)
+def test_the_device_total_does_not_depend_on_where_spans_are(spans, power_field):
+    """Per device, spans + idle = the counter's delta over the trace, whatever the spans."""
+    rng = np.random.default_rng(0)
+    t = 10.0 + np.cumsum(rng.uniform(0.007, 0.013, 350))
+    power = PowerTrace.from_bursts(90.0, [(10.5, 11.2, 300.0), (12.0, 12.04, 500.0)])
+    gpu = SimulatedGPU(power, counter_phase_s=0.021, start_mj=5 * 10**8)
+    counter = np.array([gpu.counter_mj(x) / 1000.0 for x in t])
+    watts = np.array([power.power_w(x) for x in t])
+    trace = {"gpu:0": TraceData(t, counter, watts, None, None, "counter", power_field, None)}
+    n = len(spans)
+    table = SpanTable(
+        [f"s{i}" for i in range(n)],
+        np.array([a for a, _ in spans]),
+        np.array([a + d for a, d in spans]),
+        np.ones(n),
+        [("gpu:0",)] * n,
+        [None] * n, [None] * n, [None] * n, [None] * n, ["span"] * n, [None] * n, ["work"] * n,
+    )
+    res = attribute_trace(trace, table)
+    assert res.total_j["gpu:0"] == pytest.approx(counter[-1] - counter[0], rel=1e-12)
+    assert float(res.span_energy_j().sum()) + res.idle_j["gpu:0"] == pytest.approx(res.total_j["gpu:0"], rel=1e-9)

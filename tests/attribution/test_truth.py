@@ -9,7 +9,6 @@ and compare what it records with that truth.
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 from datetime import datetime, timedelta, timezone

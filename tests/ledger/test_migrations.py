@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import schema1
-import sqlalchemy as sa
 from ledger_records import file_bytes, span
 
 from greenmaas.analysis import read_ledger
