@@ -71,7 +71,7 @@ class Batch:
         try:
             self.span.__enter__()
         finally:
-            self.span._token = token  # exiting the batch restores the caller's context
+            self.span._restore_on_exit(token)  # exiting the batch restores the caller's context
         for m, link in zip(self.members, self._links):
             m._as_share(link, (m.weight or 0.0) / self._total if self._total > 0 else 0.0)
             m.__enter__()

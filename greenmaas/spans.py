@@ -246,6 +246,21 @@ class Span:
             self.status = "error"
         self._token = None
 
+    def _detach(self) -> None:
+        """Leave this span's context without closing it (it closes later, elsewhere)."""
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            _current.reset(token)
+        except ValueError:  # exited in another context; restore the parent as __exit__ does
+            _current.set(self.parent)
+
+    def _restore_on_exit(self, token: Any) -> None:
+        """Exiting this span restores the context ``token`` was taken from (a batch opened
+        from one of its own requests' contexts)."""
+        self._token = token
+
     def _interrupt(self, t: float) -> None:
         """The meter stopped while this span was open."""
         self.end = t

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import ConfigError
 from ..meter import Meter, get_meter
-from ..spans import Span, _current
+from ..spans import Span
 from ._cuda import EventResolver, default_resolver
 
 __all__ = [
@@ -411,13 +411,7 @@ def _enter(span: Span) -> None:
 
 def _detach(span: Span) -> None:
     """Leave a span's context without closing it (events mode: it closes when resolved)."""
-    token, span._token = span._token, None
-    if token is None:
-        return
-    try:
-        _current.reset(token)
-    except ValueError:  # exited in another context; restore the parent as Span.__exit__ does
-        _current.set(span.parent)
+    span._detach()
 
 
 def _gpu_id(index: int, meter: Meter) -> str:

@@ -243,7 +243,7 @@ def test_real_threads_with_default_settings(read_results):
     assert not meter.errors
     assert epoch.result.final and all(s.result.final for s in steps + requests)
     assert epoch.result.energy_j == pytest.approx(gpu.true_energy_j(epoch.start, epoch.end), rel=0.01)
-    for group, rel in ((steps, 0.03), (requests, 0.015)):
+    for group, rel in ((steps, 0.04), (requests, 0.02)):
         # Real threads on a shared 2-core machine: reads slip by milliseconds at times. Steps:
         # the epoch's own 2 ms between them are rarely sampled, so their share leans on the
         # fitted draws (measured: 1-2% to the epoch's side; reports/accuracy.md has the rest).
@@ -251,7 +251,7 @@ def test_real_threads_with_default_settings(read_results):
         true = sum(gpu.true_energy_j(s.start, s.end) for s in group)
         assert got == pytest.approx(true, rel=rel)
         err = np.abs([s.result.energy_j / gpu.true_energy_j(s.start, s.end) - 1 for s in group])
-        assert np.median(err) < 0.03
+        assert np.median(err) < 0.04, f"median error {np.median(err):.2%} (p90 {np.percentile(err, 90):.2%})"
     tot = meter.totals["gpu:0"]
     assert tot["attributed_j"] + tot["idle_j"] == pytest.approx(tot["total_j"], rel=1e-12)
 
