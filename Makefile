@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 LEDGER ?= greenmaas.db
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench accuracy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: venv
 bench: venv
 	$(PY) examples/bench_attribution.py
 	$(PY) examples/bench_overhead.py
+	$(PY) examples/bench_accuracy.py
+
+accuracy: venv
+	$(PY) examples/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

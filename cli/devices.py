@@ -1,5 +1,8 @@
 """``greenmaas devices``: what can be measured on this machine, how, and what could not.
 
+It also says where tenant pseudonyms take their key from (``$GREENMAAS_TENANT_KEY`` or the user's
+key file, :mod:`greenmaas.ledger.keys`), never the key itself.
+
 ``--probe`` also measures each NVML GPU's readings (:func:`greenmaas.sources.probe.probe_gpu`):
 how often the energy counter updates and how regularly, the power field in use and how often it
 refreshes, and what an NVML call costs. Tests inject sources and a clock through click's ``obj``
@@ -9,6 +12,7 @@ refreshes, and what an NVML call costs. Tests inject sources and a clock through
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -45,6 +49,23 @@ def _pair(row: dict, a: str, b: str) -> str:
     if row.get(a) is None:
         return "n/a"
     return f"{row[a]:.2f} / {row[b]:.2f}"
+
+
+def _tenant_key() -> dict[str, Any]:
+    """Where the tenant key comes from, as shown: ``{"source": "env"|"file", "path": ...}``."""
+    from greenmaas.ledger.keys import tenant_key_source
+
+    source, path = tenant_key_source()
+    return {"source": source, "path": None if path is None else str(path)}
+
+
+def _tenant_key_line(where: dict[str, Any]) -> str:
+    if where["source"] == "env":
+        from greenmaas.ledger.keys import ENV_TENANT_KEY
+
+        return f"Tenant key: ${ENV_TENANT_KEY}"
+    made = "" if Path(where["path"]).exists() else " (made on first use)"
+    return f"Tenant key: file {where['path']}{made}"
 
 
 def _default_detect() -> Any:
@@ -143,8 +164,9 @@ def devices(ctx, ledger, fmt, probe, probe_seconds):
         for source in detection.sources:
             source.close()
     unused = [{"source": u.source, "reason": u.reason} for u in detection.unused]
+    key_source = _tenant_key()
     if fmt == "json":
-        data: dict[str, Any] = {"devices": found, "unused": unused}
+        data: dict[str, Any] = {"devices": found, "unused": unused, "tenant_key": key_source}
         if probed is not None:
             data["probe"] = [{k: r[k] for k in ("id", "name")} | r.get("probe", {"note": r["note"]})
                              for r in probed]
@@ -162,3 +184,4 @@ def devices(ctx, ledger, fmt, probe, probe_seconds):
         render(probed, PROBE_COLUMNS, "table", title="NVML readings", total_label=None)
     elif probed is not None:
         click.echo(_NO_GPU)
+    click.echo(_tenant_key_line(key_source))

@@ -18,6 +18,7 @@ RUN_COLUMNS = [
     Column("start", "Start (UTC)", "time"),
     Column("end", "End (UTC)", "time"),
     Column("status", "Status"),
+    Column("heartbeat", "Last heartbeat (UTC)", "time"),
     Column("spans", "Spans", "int", total=True),
     Column("energy_j", "Energy (J)", "float", digits=1, total=True),
 ]
@@ -27,7 +28,11 @@ RUN_COLUMNS = [
 @ledger_option
 @format_option()
 def runs(ledger, fmt):
-    """List the runs in the ledger, oldest first, with their span count and energy."""
+    """List the runs in the ledger, oldest first, with their span count and energy.
+
+    A run still marked running whose process is gone (its pid, on this host; its heartbeat older
+    than 30 s, elsewhere) shows as interrupted, with its last heartbeat.
+    """
     rows = list_runs(ledger)
     if fmt in ("table", "markdown") and not rows:
         click.echo("No runs in the ledger.", err=True)

@@ -42,7 +42,10 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "runs": (
         "runs",
-        ("run_id", "host", "pid", "start", "end", "status", "config", "devices", "greenmaas_version"),
+        (
+            "run_id", "host", "pid", "start", "end", "status", "config", "devices", "greenmaas_version",
+            "heartbeat",
+        ),
     ),
     "samples": ("samples", ("run_id", "device", "t", "energy_j", "power_w", "method")),
     "devices": (
@@ -90,6 +93,8 @@ def read_ledger(
     monotonic clock, the counter as read, by run, device and time).
     ``uncertainty_j`` (spans, span_devices, devices) is ± J, NaN where none was recorded;
     ``start_mono``/``end_mono`` are span times on the clock of ``reads.t_mono``.
+    In ``runs``, ``heartbeat`` is a run's last sign of life (UTC) and a ``running`` run whose
+    process is gone shows ``interrupted`` (:func:`greenmaas.ledger.liveness.run_status`).
     ``path_or_url`` is a path, a SQLAlchemy URL, an open :class:`~greenmaas.ledger.Ledger`, or
     None for ``$GREENMAAS_LEDGER`` / ``./greenmaas.db``. The ledger is opened read-only.
     An empty ledger gives an empty DataFrame with the same columns.
@@ -111,6 +116,13 @@ def read_ledger(
         query = query.order_by(sql_table.c.start)
     with opened(path_or_url) as ledger, ledger.read() as conn:
         rows = conn.execute(query).all()
+    if table == "runs":
+        from .ledger.liveness import run_status
+
+        i = columns.index("status")
+        rows = [
+            (*r[:i], run_status(r.status, r.host, r.pid, r.heartbeat), *r[i + 1 :]) for r in rows
+        ]
     return _frame(rows, sql_table, columns)
 
 

@@ -75,13 +75,19 @@ def totals(
 
 
 def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """One row per run, oldest first: run_id, host, pid, start, end, status, spans, energy_j.
+    """One row per run, oldest first: run_id, host, pid, start, end, status, heartbeat, spans,
+    energy_j.
+
+    ``status`` is as recorded, except that a ``running`` run whose process is gone shows
+    ``interrupted`` (:func:`greenmaas.ledger.liveness.run_status`); ``heartbeat`` is the run's last
+    sign of life (UTC; None for runs recorded before schema 2).
 
     ``energy_j`` is what the run's devices consumed (the sum of their totals, spans and idle
     alike); for a run without device totals, the sum of its spans' self energy.
     """
     from sqlalchemy import func, select
 
+    from .ledger.liveness import run_status
     from .ledger.models import DeviceTotal, Run, Span
 
     span_stats = (
@@ -107,6 +113,7 @@ def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[d
             Run.start,
             Run.end,
             Run.status,
+            Run.heartbeat,
             span_stats.c.spans,
             span_stats.c.span_j,
             device_stats.c.total_j,
@@ -124,7 +131,8 @@ def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[d
             "pid": r.pid,
             "start": r.start,
             "end": r.end,
-            "status": r.status,
+            "status": run_status(r.status, r.host, r.pid, r.heartbeat),
+            "heartbeat": r.heartbeat,
             "spans": int(r.spans or 0),
             "energy_j": as_float(r.total_j if r.total_j is not None else r.span_j),
         }

@@ -12,8 +12,15 @@ happens when nothing is. ``greenmaas.measure(...)`` outside any meter uses a pro
 created on first use (never at import) and stopped at interpreter exit.
 
 Failure policy: measuring never crashes or stalls the user's code. Background errors (a device
-failing, the ledger unwritable) are logged to ``logging.getLogger("greenmaas")``, kept in
-``meter.errors`` and ``meter.sampler.failures``, and show in results as gaps.
+failing, the ledger unwritable, records dropped because the writer fell behind) are logged to
+``logging.getLogger("greenmaas")``, kept in ``meter.errors`` and ``meter.sampler.failures``, and
+show in results as gaps.
+
+Crash safety: the run's heartbeat is written at least once a second, so a run whose process was
+killed reads as ``interrupted`` (:mod:`greenmaas.ledger.liveness`); a span is final about 0.15 s
+after it ends and in the ledger within another ``flush_interval_s`` plus the writer's (0.25 s
+each), so every span closed a second before a SIGKILL is stored. SIGTERM and SIGINT stop the meter
+first (see :class:`Meter`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import itertools
 import math
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -46,6 +54,10 @@ __all__ = ["Meter", "get_meter", "measure", "request", "batch"]
 #: A background meter never ends a window closer to now than this: a span is stamped, then
 #: registered, and a window must not pass a stamp whose span is not registered yet.
 _SETTLE_MARGIN_S = 0.02
+#: The run's heartbeat is written at least this often (s); readers allow much more (liveness).
+_HEARTBEAT_S = 0.5
+#: Signals that stop a meter started in the main thread before the process acts on them.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("greenmaas")
 
@@ -86,6 +98,28 @@ class Meter:
     ``record_reads``
         Write every raw read to the ledger (default True), so ``greenmaas export`` and
         ``greenmaas attribute`` can re-attribute the run offline to the same figures.
+    ``flush_interval_s``
+        How often finished spans are attributed and handed to the ledger writer (default 0.25 s;
+        the writer commits at the same pace). With the defaults a span is in the ledger within a
+        second of ending, so a SIGKILL loses at most the last second.
+    ``max_queue``
+        Records that may wait for the ledger writer (default 100,000). When spans end faster
+        than the ledger takes them, new records are dropped rather than memory growing: counted,
+        warned about once, listed in :attr:`errors` and recorded in the run's
+        ``config["dropped_records"]`` when it ends.
+    ``handle_signals``
+        When True (default) and :meth:`start` runs in the main thread, SIGTERM and SIGINT stop
+        the meter first (spans flushed and attributed, the run marked ``interrupted``), then go
+        on to the handler that was there before: yours, Python's ``KeyboardInterrupt`` for
+        SIGINT, or, for the default action, that action (the process terminates by the signal).
+        A signal that was ignored stays ignored. :meth:`stop` puts the previous handlers back.
+        Started from another thread, nothing is installed (Python allows handlers only in the
+        main thread). Pass False to leave signals alone.
+
+    The run writes a heartbeat (its last sample time) at least once a second; a run whose process
+    is gone reads as ``interrupted`` (:mod:`greenmaas.ledger.liveness`). :attr:`errors` also
+    collects the ledger writer's failures (disk full, read-only, file gone) at each flush and at
+    :meth:`stop`.
     """
 
     def __init__(
@@ -98,11 +132,13 @@ class Meter:
         policy: str = "time",
         accounting: Any = None,
         background: bool = True,
-        flush_interval_s: float = 0.5,
+        flush_interval_s: float = 0.25,
         sample_interval_s: float = 1.0,
         config: Mapping[str, Any] | None = None,
         result_wait_s: float = 0.3,
         record_reads: bool = True,
+        max_queue: int = 100_000,
+        handle_signals: bool = True,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
@@ -147,6 +183,11 @@ class Meter:
         self._config = dict(config or {})
         self._finalizer = None
         self._on_stop: list = []
+        self.max_queue = max_queue
+        self.handle_signals = handle_signals
+        self._signal_handlers: dict[int, Any] = {}  # signal -> (our handler, the previous one)
+        self._writer_errors_seen = 0
+        self._last_beat = -math.inf
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -203,6 +244,8 @@ class Meter:
             self._thread.start()
         self._finalizer = weakref.finalize(self, _at_exit_stop, weakref.ref(self))
         self._finalizer.atexit = True
+        if self.handle_signals:
+            self._install_signal_handlers()
         return self
 
     def stop(self, status: str = "finished") -> None:
@@ -215,6 +258,7 @@ class Meter:
             except Exception as exc:  # a hook must not keep the run from ending
                 self._error(f"stop hook {fn!r} failed: {exc}")
         self._stopped = True
+        self._uninstall_signal_handlers()
         for key, m in list(_active.items()):
             if m is self:
                 _active.pop(key, None)
@@ -232,12 +276,20 @@ class Meter:
         if self.run is not None:
             self.run.end = self.clock.to_utc(now)
             self.run.status = status
-            self._submit(_RunEnd(self.run_id, self.run.end, status))
+            writer = self._writer
+            dropped = (lambda: writer.stats["dropped"]) if writer is not None else (lambda: 0)
+            self._submit(_RunEnd(self.run_id, self.run.end, status, dropped))
         if self._writer is not None:
             try:
                 self._writer.close()
             except Exception as exc:
                 self._error(f"ledger writer did not close cleanly: {exc}")
+            self._sync_writer_errors()
+            dropped_n = self._writer.stats["dropped"]
+            if dropped_n:
+                self.errors.append(
+                    (datetime.now(timezone.utc), f"ledger writer dropped {dropped_n} record(s) in this run")
+                )
         if self.ledger is not None and self._owns_ledger:
             try:
                 self.ledger.close()
@@ -419,14 +471,33 @@ class Meter:
             self._flush(self.clock.monotonic())
         if self._writer is not None:
             self._writer.flush(timeout)
+            self._sync_writer_errors()
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        import time as _time
+
+        wait = min(self.flush_interval_s, _HEARTBEAT_S)
+        next_flush = _time.monotonic() + self.flush_interval_s
+        while not self._stop.wait(max(min(wait, next_flush - _time.monotonic()), 0.0)):
+            self._heartbeat()
+            self._sync_writer_errors()
+            if _time.monotonic() < next_flush:
+                continue
+            next_flush = _time.monotonic() + self.flush_interval_s
             try:
                 with self._lock:
                     self._flush(self.clock.monotonic())
             except Exception as exc:
                 self._error(f"attribution failed: {exc}")
+
+    def _heartbeat(self) -> None:
+        """Hand the writer the run's last sample time (UTC), at most every ``_HEARTBEAT_S``."""
+        now = self.clock.monotonic()
+        if self._writer is None or now - self._last_beat < _HEARTBEAT_S:
+            return
+        self._last_beat = now
+        lasts = [tl.t_last for tl in list(self.sampler.timelines.values()) if tl.t_last is not None]
+        self._submit(_Heartbeat(self.run_id, self.clock.to_utc(max(lasts) if lasts else now)))
 
     def _flush(self, now: float, force: bool = False) -> None:
         attr = self._attr
@@ -627,7 +698,7 @@ class Meter:
         # raises LedgerError here, at start, rather than measuring into nothing.
         self._owns_ledger = not isinstance(arg, Ledger)
         self.ledger = arg if isinstance(arg, Ledger) else Ledger.open(arg)
-        self._writer = LedgerWriter(self.ledger)
+        self._writer = LedgerWriter(self.ledger, flush_interval_s=0.25, max_queue=self.max_queue)
 
     def _load_accounting(self) -> None:
         arg = self._accounting_arg
@@ -657,17 +728,97 @@ class Meter:
         self.errors.append((datetime.now(timezone.utc), message))
         log.warning("greenmaas: %s", message)
 
+    def _sync_writer_errors(self) -> None:
+        """Copy the ledger writer's new failures into :attr:`errors` (it has logged them)."""
+        writer = self._writer
+        if writer is None:
+            return
+        with self._lock:  # the flush thread and the caller's both call this
+            count = writer.error_count
+            new = count - self._writer_errors_seen
+            if new <= 0:
+                return
+            self._writer_errors_seen = count
+            for when, message in writer.errors[-new:]:
+                self.errors.append((when, f"ledger: {message}"))
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop this meter, then do what they did before (see :class:`Meter`)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        ref = weakref.ref(self)
+        for sig in _STOP_SIGNALS:
+            try:
+                previous = signal.getsignal(sig)
+                if previous in (signal.SIG_IGN, None):  # ignored, or not set from Python: leave it
+                    continue
+                handler = _signal_handler(ref, previous)
+                signal.signal(sig, handler)
+            except (ValueError, OSError):  # not the main interpreter, or no such signal here
+                continue
+            self._signal_handlers[sig] = (handler, previous)
+
+    def _uninstall_signal_handlers(self) -> None:
+        """Put back the handlers :meth:`_install_signal_handlers` replaced, where ours is still
+        the one installed (a handler installed after ours is its owner's to remove)."""
+        handlers, self._signal_handlers = self._signal_handlers, {}
+        for sig, (handler, previous) in handlers.items():
+            try:
+                if signal.getsignal(sig) is handler:
+                    signal.signal(sig, previous)
+            except (ValueError, OSError):  # stopped from another thread: cannot touch handlers
+                pass
+
+
+def _signal_handler(ref, previous):
+    """A handler that stops the meter behind ``ref`` (run ``interrupted``), then hands the
+    signal to ``previous``: a callable is called; the default action is restored and the signal
+    raised again, so the process ends as it would have without greenmaas."""
+
+    def handler(signum, frame):
+        meter = ref()
+        if meter is not None and not meter._stopped:
+            try:
+                meter.stop("interrupted")
+            except Exception:  # the signal must still do what it was sent to do
+                log.exception("greenmaas: meter did not stop cleanly on signal %s", signum)
+        if callable(previous):
+            return previous(signum, frame)
+        if previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        return None
+
+    return handler
+
 
 class _RunEnd:
-    """A run-end record for the ledger writer."""
+    """A run-end record for the ledger writer; ``dropped()`` is how many records the writer has
+    dropped by the time this is written (all records of the run were submitted before it)."""
 
-    __slots__ = ("run_id", "end", "status")
+    __slots__ = ("run_id", "end", "status", "dropped")
 
-    def __init__(self, run_id: str, end: datetime, status: str):
-        self.run_id, self.end, self.status = run_id, end, status
+    def __init__(self, run_id: str, end: datetime, status: str, dropped=lambda: 0):
+        self.run_id, self.end, self.status, self.dropped = run_id, end, status, dropped
 
     def __call__(self, ledger) -> None:
-        ledger.end_run(self.run_id, self.end, self.status)
+        n = self.dropped()
+        config = {"dropped_records": n} if n else None
+        ledger.end_run(self.run_id, self.end, self.status, config=config)
+
+
+class _Heartbeat:
+    """A heartbeat record for the ledger writer: the run was alive at ``t`` (UTC)."""
+
+    __slots__ = ("run_id", "t")
+
+    def __init__(self, run_id: str, t: datetime):
+        self.run_id, self.t = run_id, t
+
+    def __call__(self, ledger) -> None:
+        ledger.heartbeat(self.run_id, self.t)
 
 
 def _at_exit_stop(ref) -> None:

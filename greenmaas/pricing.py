@@ -106,7 +106,7 @@ class Selection:
     spans: "pd.DataFrame"
     devices: "pd.DataFrame"  # span_devices of the selected spans
     windows: "pd.DataFrame | None"  # idle windows, when the grouping has an (idle) row
-    runs: dict[str, dict[str, Any]]  # run_id -> config, devices, start, end
+    runs: dict[str, dict[str, Any]]  # run_id -> config, devices, start, end, status, heartbeat
 
 
 def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
@@ -119,6 +119,7 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
     from sqlalchemy import func, select
 
     from .ledger import query
+    from .ledger.liveness import run_status
     from .ledger.models import DeviceTotal, Run, Span, SpanDevice
 
     conditions = []
@@ -144,7 +145,9 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
         window_query = window_query.where(when >= lo)
     if hi is not None:
         window_query = window_query.where(when < hi)
-    run_query = select(Run.run_id, Run.config, Run.devices, Run.start, Run.end)
+    run_query = select(
+        Run.run_id, Run.config, Run.devices, Run.start, Run.end, Run.status, Run.host, Run.pid, Run.heartbeat
+    )
 
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
         spans = ledger_frame(conn.execute(span_query).all(), _SPAN_COLUMNS)
@@ -152,7 +155,10 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
         windows = ledger_frame(conn.execute(window_query).all(), WINDOW_COLUMNS) if idle else None
         children_u = query.children_uncertainty(conn, *conditions)
         runs = {
-            r.run_id: {"config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end}
+            r.run_id: {
+                "config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end,
+                "status": run_status(r.status, r.host, r.pid, r.heartbeat), "heartbeat": r.heartbeat,
+            }
             for r in conn.execute(run_query)
         }
     described = device_kinds(runs)
@@ -408,3 +414,58 @@ def priced_spans(
     return sel.spans
 
 
+
+
+def load_runs_and_windows(conn, lo, hi, *, idle: bool) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame | None"]:
+    """The runs (as :class:`Selection` holds them) and, with ``idle``, the measured device windows
+    starting in ``[lo, hi)`` with their own ± J: what a report summed in SQL
+    (:mod:`greenmaas.rollup`) still reads row by row. Not priced."""
+    import pandas as pd
+    from sqlalchemy import func, select
+
+    from .ledger.liveness import run_status
+    from .ledger.models import DeviceTotal, Run
+
+    run_query = select(
+        Run.run_id, Run.config, Run.devices, Run.start, Run.end, Run.status, Run.host, Run.pid, Run.heartbeat
+    )
+    runs = {
+        r.run_id: {
+            "config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end,
+            "status": run_status(r.status, r.host, r.pid, r.heartbeat), "heartbeat": r.heartbeat,
+        }
+        for r in conn.execute(run_query)
+    }
+    if not idle:
+        return runs, None
+    when = func.coalesce(DeviceTotal.start, Run.start)
+    window_query = (
+        select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS))
+        .join(Run, Run.run_id == DeviceTotal.run_id)
+        .where(DeviceTotal.method != UNMEASURABLE)
+    )
+    if lo is not None:
+        window_query = window_query.where(when >= lo)
+    if hi is not None:
+        window_query = window_query.where(when < hi)
+    windows = ledger_frame(conn.execute(window_query).all(), WINDOW_COLUMNS)
+    # A window without times takes its run's.
+    starts = pd.to_datetime(windows["run_id"].map({k: r["start"] for k, r in runs.items()}), utc=True)
+    ends = pd.to_datetime(windows["run_id"].map({k: r["end"] for k, r in runs.items()}), utc=True)
+    windows["start"] = windows["start"].fillna(starts)
+    windows["end"] = windows["end"].fillna(ends).fillna(windows["start"])
+    windows["kind"] = _kinds(device_kinds(runs), windows["run_id"], windows["device"])
+    stated = windows["idle_j"] * _stated_fraction(windows["method"])
+    _own_uncertainty(windows, windows["uncertainty_j"], stated)
+    return runs, windows
+
+
+def price_windows(windows: "pd.DataFrame", sources: list[AccountingSource], index: dict[str, int]) -> None:
+    """Priced columns on idle device windows, as :func:`priced_selection` gives them; in place."""
+    import pandas as pd
+
+    empty = Selection(pd.DataFrame(columns=["run_id", "span_id", "start", "end", "self_energy_j"]),
+                      pd.DataFrame(columns=["span_id", "run_id", "self_device_s", "kind"]), windows, {})
+    empty.spans["self_energy_j"] = empty.spans["self_energy_j"].astype("float64")
+    empty.devices["self_device_s"] = empty.devices["self_device_s"].astype("float64")
+    _price_selection(empty, sources, index)

@@ -190,6 +190,7 @@ def summary(
     extra_columns: Sequence[ExtraColumn] = (),
     accounting: Any = None,
     sci: str | None = None,
+    in_sql: bool = True,
 ) -> Summary:
     """Energy, carbon and cost per group, with the sources they rest on (see the module doc).
 
@@ -199,6 +200,10 @@ def summary(
     values objects or the strings ``GREENMAAS_*`` take: ``{"location": "FR", "pue": "1.2"}``);
     an ``AccountingConfig`` replaces them all; False gives energy only. ``sci``: add SCI
     columns per ``request``, ``token`` or ``sample``. Raises ConfigError, AccountingError.
+
+    The ledger groups and sums the spans (:mod:`greenmaas.rollup`) unless ``extra_columns`` or
+    ``sci`` need them one by one, or the accounting changes within an hour; ``in_sql=False``
+    always loads every span (the reference the tests compare the SQL sums with).
     """
     import pandas as pd
 
@@ -210,6 +215,10 @@ def summary(
         raise ConfigError("SCI needs carbon: do not pass accounting=False with sci=")
     lo, hi = to_utc(since), to_utc(until, upper=True)
     idle = by in _IDLE_GROUPS and model is None
+    if in_sql and not extra_columns and sci is None and by != "request":
+        done = _summary_in_sql(ledger_or_url, by, lo, hi, model, idle, accounting)
+        if done is not None:
+            return done
     if accounting is False:
         sel = load_selection(ledger_or_url, lo, hi, model, idle=idle)
         sources: list[AccountingSource] = []
@@ -244,8 +253,23 @@ def summary(
         rows.append(row)
     out.rows = rows
     _note_stated(out)
+    _note_unfinished(out, sel)
     _describe(out, sel, sources)
     return out
+
+
+def _note_unfinished(out: Summary, sel: Selection) -> None:
+    """Name the selected runs that were interrupted (a killed process included, see
+    :func:`greenmaas.ledger.liveness.run_status`), with their last heartbeat."""
+    selected = set(sel.spans["run_id"])
+    if sel.windows is not None:
+        selected |= set(sel.windows["run_id"])
+    for run_id in sorted(selected):
+        run = sel.runs.get(run_id) or {}
+        status, beat = run.get("status"), run.get("heartbeat")
+        if status == "interrupted":
+            when = f" (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC)" if beat is not None else ""
+            _note(out, f"run {run_id} was interrupted{when}: its figures stop there")
 
 
 def _note_stated(out: Summary) -> None:
@@ -474,3 +498,74 @@ def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> 
         f.update(sources=sorted(f["sources"]), methods=sorted(f["methods"], key=method_rank),
                  runs=sorted(f["runs"]))
     out.groups = facts
+
+
+# ----------------------------------------------------------------------------------- in SQL
+
+
+def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accounting: Any) -> Summary | None:
+    """:func:`summary` from sums the ledger computes (see :mod:`greenmaas.rollup`); None where
+    the accounting needs pricing span by span."""
+    import pandas as pd
+
+    from .analysis import opened
+    from .pricing import _resolve_accounting, _sources_for, load_runs_and_windows, price_windows
+    from .rollup import rollup, supported
+
+    priced = accounting is not False
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        runs, windows = load_runs_and_windows(conn, lo, hi, idle=idle)
+        resolved = _resolve_accounting(accounting) if priced else None
+        all_sources, all_index = _sources_for(runs, sorted(runs), resolved) if priced else ([], {})
+        if priced and runs:
+            starts = [r["start"] for r in runs.values() if r["start"] is not None]
+            ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
+            lo_ns = int(pd.Timestamp(min(starts)).value) - 86_400 * 10**9
+            hi_ns = int(pd.Timestamp(max(ends)).value) + 86_400 * 10**9
+            if not all(supported(src.config, lo_ns, hi_ns) for src in all_sources):
+                return None
+        done = rollup(conn, by, NONE, lo, hi, model, runs, priced=priced, market=True,
+                      sources=all_sources, index=all_index)
+
+    out = Summary(by=by, rows=done.rows, sci=None, priced=priced)
+    window_runs = set(windows["run_id"]) if windows is not None else set()
+    sources: list[AccountingSource] = []
+    index: dict[str, int] = {}
+    if priced:
+        sources, index = _sources_for(runs, sorted(done.run_ids | window_runs), resolved)
+    market = any(s.config.market_intensity_g_per_kwh is not None for s in sources)
+    for r in out.rows if priced and not market else ():
+        del r["carbon_market_g"]
+    out.rows.sort(key=lambda r: (r["energy_j"] is None, -(r["energy_j"] or 0.0), str(r["group"])))
+    if windows is not None and len(windows):
+        if priced:
+            price_windows(windows, sources, index)
+        w = windows.assign(self_energy_j=windows["idle_j"], top_duration_s=0.0, request_id=None)
+        (row,) = _rows(w, pd.Series(IDLE, index=w.index), priced=priced, market=market, extra=[], sci=None,
+                       out=out, idle=True)
+        out.rows.append(row)
+    _note_stated(out)
+    spans = pd.DataFrame({"run_id": sorted(done.run_ids)}, dtype=object)
+    _note_unfinished(out, Selection(spans, pd.DataFrame(), windows, runs))
+
+    from .accounting.config import describe
+
+    for i, src in enumerate(sources):
+        facts = describe(src.config)
+        facts.update(runs=sorted(src.runs), notes=list(src.notes))
+        out.sources.append(facts)
+        for note in src.notes:
+            names = ", ".join(sorted(src.runs)[:3]) + (" …" if len(src.runs) > 3 else "")
+            _note(out, f"run {names}: {note}" if len(src.runs) == 1 else f"runs {names}: {note}")
+    methods = set(done.methods) | (set(windows["method"]) if windows is not None else set())
+    out.methods = [
+        {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(done.methods.get(m, {}).get("spans", 0)),
+         "energy_j": done.methods[m]["energy_j"] if m in done.methods else None,
+         "uncertainty_j": done.methods[m]["uncertainty_j"] if m in done.methods else None}
+        for m in sorted(methods, key=method_rank)
+    ]
+    out.period = done.period
+    for group, facts in done.groups.items():
+        facts["sources"] = sorted({index[r] for r in facts["runs"] if r in index})
+    out.groups = done.groups
+    return out

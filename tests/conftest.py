@@ -1,4 +1,5 @@
-"""Skip ``@pytest.mark.gpu`` tests unless NVML initialises and finds a GPU here.
+"""Skip ``@pytest.mark.gpu`` tests unless NVML initialises and finds a GPU here; keep every test
+off the developer's own tenant key.
 
 The marker itself is declared in pyproject.toml. The probe runs once, and only when a gpu test
 was collected, so machines without NVML pay nothing.
@@ -27,6 +28,14 @@ def _gpu_unavailable_reason() -> str | None:
     finally:
         pynvml.nvmlShutdown()
     return None
+
+
+@pytest.fixture(autouse=True)
+def _private_tenant_key(tmp_path_factory, monkeypatch):
+    """Each test gets its own config directory (so a tenant key file is made there, never in the
+    developer's ``~/.config``) and no ``$GREENMAAS_TENANT_KEY`` unless it sets one."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.delenv("GREENMAAS_TENANT_KEY", raising=False)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 
@@ -74,9 +74,8 @@ def _compile_add_column(element: _AddColumn, compiler, **kw) -> str:
 
 def _upgrade_1_to_2(conn) -> None:
     """Schema 2: the raw reads of a run (``reads``); monotonic span times, the batch share's link
-    and ± J on spans; ± J on span devices and device totals."""
+    and ± J on spans; ± J on span devices and device totals; the runs' heartbeat."""
     md = MetaData()
-    Table("runs", md, Column("run_id", String(64), primary_key=True))  # for the foreign key only
     reads = Table(
         "reads",
         md,
@@ -92,6 +91,7 @@ def _upgrade_1_to_2(conn) -> None:
         Index("ix_reads_run_device_t", "run_id", "device", "t_mono"),
     )
     added = {
+        "runs": (Column("heartbeat", DateTime(timezone=True)),),
         "spans": (
             Column("start_mono", Float),
             Column("end_mono", Float),
@@ -102,10 +102,21 @@ def _upgrade_1_to_2(conn) -> None:
         "device_totals": (Column("uncertainty_j", Float),),
     }
     for name, columns in added.items():
+        if name == "runs":  # also named by the foreign key of ``reads``
+            columns = (Column("run_id", String(64), primary_key=True), *columns)
         Table(name, md, *columns)  # gives each column its table, which the DDL names
         for column in columns:
-            conn.execute(_AddColumn(column))
+            if not column.primary_key:
+                conn.execute(_AddColumn(column))
     md.create_all(conn, tables=[reads], checkfirst=False)
+    # Indexes the reports' roll-ups read a span's children through (separate metadata: ``spans``
+    # above names only the columns added).
+    indexed = MetaData()
+    spans = Table("spans", indexed, Column("parent_id", String(64)), Column("link_id", String(64)),
+                  Column("uncertainty_j", Float))
+    for index in (Index("ix_spans_parent_id", spans.c.parent_id, spans.c.uncertainty_j),
+                  Index("ix_spans_link_id", spans.c.link_id, spans.c.uncertainty_j)):
+        index.create(conn)
 
 
 #: ``UPGRADES[n](conn)`` takes a ledger from schema ``n`` to ``n + 1`` within ``conn``'s transaction.

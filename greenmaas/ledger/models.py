@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 #: Version of the tables below. Ledgers with a higher version are refused; lower ones are upgraded
-#: (see :mod:`greenmaas.ledger.migrations`). 2: raw reads, monotonic span times, uncertainty.
+#: (see :mod:`greenmaas.ledger.migrations`). 2: raw reads, monotonic span times, uncertainty,
+#: run heartbeats.
 SCHEMA_VERSION = 2
 #: Value of ``meta.application``; tells a greenmaas ledger from another app's ``meta`` table.
 APPLICATION = "greenmaas"
@@ -83,7 +84,8 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Key/value facts about the ledger: application, schema_version, created_at, tenant_salt."""
+    """Key/value facts about the ledger: application, schema_version, created_at, greenmaas_version
+    (and, in ledgers made before tenant keys moved out of the ledger, the old ``tenant_salt``)."""
 
     __tablename__ = "meta"
 
@@ -105,6 +107,10 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     devices: Mapped[list[Any]] = mapped_column(JSON, default=list)
     greenmaas_version: Mapped[str | None] = mapped_column(String(32))
+    # Schema 2. The run's last sign of life (UTC, its last sample time), written at least once a
+    # second while it runs: a ``running`` run whose heartbeat stopped was interrupted (see
+    # :mod:`greenmaas.ledger.liveness`). NULL for runs recorded before schema 2.
+    heartbeat: Mapped[datetime | None]
 
 
 class Span(Base):
@@ -116,6 +122,12 @@ class Span(Base):
     """
 
     __tablename__ = "spans"
+    # Schema 2. A span's children, by parent or batch link, with their ± J: a report reads a
+    # span's own ± J through these (see greenmaas.ledger.query.rollup_spans).
+    __table_args__ = (
+        Index("ix_spans_parent_id", "parent_id", "uncertainty_j"),
+        Index("ix_spans_link_id", "link_id", "uncertainty_j"),
+    )
 
     span_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import sqlite3
 import sys
 import threading
@@ -39,6 +38,7 @@ from ..errors import ConfigError, GreenmaasError, LedgerError
 from ..records import RUN_STATUSES, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
 from ..sources.base import UNMEASURABLE, weakest_method
 from . import migrations
+from .keys import ENV_TENANT_KEY, tenant_key
 from .models import (
     APPLICATION,
     SCHEMA_VERSION,
@@ -65,8 +65,6 @@ __all__ = [
 #: Where the ledger lives when neither an argument nor ``$GREENMAAS_LEDGER`` says.
 DEFAULT_PATH = "greenmaas.db"
 ENV_LEDGER = "GREENMAAS_LEDGER"
-#: Secret for tenant pseudonyms; when unset, a random salt stored in the ledger is used.
-ENV_TENANT_KEY = "GREENMAAS_TENANT_KEY"
 BUSY_TIMEOUT_MS = 5000
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -474,6 +472,13 @@ class Ledger:
                     raise LedgerError(f"no ledger at {display}")
                 if not path.absolute().parent.is_dir():
                     raise LedgerError(f"{display}: directory {path.absolute().parent} does not exist")
+                # Readable by this user only; SQLite gives its -wal and -shm the file's mode.
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:
+                    pass  # another process made it meanwhile: it is theirs, mode and all
+                except OSError as exc:
+                    raise LedgerError(f"{display}: cannot create ({exc.strerror or exc})") from exc
             elif path.is_dir():
                 raise LedgerError(f"{display}: is a directory, not a greenmaas ledger")
             else:
@@ -558,7 +563,6 @@ class Ledger:
                         "schema_version": str(SCHEMA_VERSION),
                         "created_at": now,
                         "greenmaas_version": __version__,
-                        "tenant_salt": secrets.token_hex(32),
                     }
                     conn.execute(
                         Meta.__table__.insert(), [{"key": k, "value": v} for k, v in meta.items()]
@@ -713,20 +717,45 @@ class Ledger:
             "config": dict(run.config),
             "devices": list(run.devices),
             "greenmaas_version": __version__,
+            "heartbeat": run.start,
         }
         with self._writing() as conn:
             conn.execute(Run.__table__.insert(), [row])
 
-    def end_run(self, run_id: str, end: datetime, status: str = "finished") -> None:
-        """Record how and when a run ended (``finished``, ``interrupted`` or ``failed``)."""
-        from sqlalchemy import update
+    def heartbeat(self, run_id: str, t: datetime) -> None:
+        """Record that the run was alive at ``t`` (UTC): see :mod:`greenmaas.ledger.liveness`.
+        Never moves a heartbeat back, and leaves an ended run alone."""
+        from sqlalchemy import or_, update
+
+        with self._writing() as conn:
+            conn.execute(
+                update(Run)
+                .where(Run.run_id == run_id, Run.status == "running")
+                .where(or_(Run.heartbeat.is_(None), Run.heartbeat < t))
+                .values(heartbeat=t)
+            )
+
+    def end_run(
+        self,
+        run_id: str,
+        end: datetime,
+        status: str = "finished",
+        *,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """Record how and when a run ended (``finished``, ``interrupted`` or ``failed``); the end
+        is its last heartbeat too. ``config`` entries (e.g. ``dropped_records``) are merged into
+        the run's config."""
+        from sqlalchemy import select, update
 
         if status not in RUN_STATUSES:
             raise ConfigError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
+        values: dict[str, Any] = {"end": end, "status": status, "heartbeat": end}
         with self._writing() as conn:
-            result = conn.execute(
-                update(Run).where(Run.run_id == run_id).values(end=end, status=status)
-            )
+            if config:
+                old = conn.execute(select(Run.config).where(Run.run_id == run_id)).scalar_one_or_none()
+                values["config"] = {**(old if isinstance(old, dict) else {}), **config}
+            result = conn.execute(update(Run).where(Run.run_id == run_id).values(**values))
             if result.rowcount == 0:
                 raise LedgerError(f"{self.display}: no run {run_id!r}")
 
@@ -859,8 +888,15 @@ class Ledger:
     def pseudonymise(self, tenant: str) -> str:
         """A stable pseudonym ``t-<16 hex>`` for a tenant; the raw identity is never stored.
 
-        HMAC-SHA256 keyed by ``$GREENMAAS_TENANT_KEY`` when set, else by a random salt kept in the
-        ledger (so pseudonyms are stable within one ledger and unlinkable across ledgers).
+        HMAC-SHA256 keyed by a secret kept outside the ledger (:mod:`greenmaas.ledger.keys`):
+        ``$GREENMAAS_TENANT_KEY`` when set, else this user's key file
+        (``$XDG_CONFIG_HOME/greenmaas/tenant.key``, made on first use). The ledger alone cannot
+        reverse a pseudonym; the same key gives the same pseudonyms in every ledger. Raises
+        :class:`LedgerError` when there is no key and the key file cannot be created.
+
+        Ledgers written before this (which kept a random ``tenant_salt`` in ``meta`` and keyed
+        pseudonyms by it when the variable was unset) keep the pseudonyms already stored as they
+        are; new rows use the key above, so one tenant may appear under two pseudonyms there.
         """
         text = tenant if type(tenant) is str else str(tenant)
         pseudonym = self._pseudonyms.get(text)
@@ -872,27 +908,10 @@ class Ledger:
         return pseudonym
 
     def _key(self) -> bytes:
+        """The tenant key, found (or made) on first use and kept for this ledger's life."""
         if self._tenant_key is None:
-            env = os.environ.get(ENV_TENANT_KEY)
-            if env:
-                self._tenant_key = env.encode("utf-8")
-            else:
-                self._tenant_key = bytes.fromhex(self._salt())
+            self._tenant_key, _ = tenant_key()
         return self._tenant_key
-
-    def _salt(self) -> str:
-        from sqlalchemy import select
-
-        query = select(Meta.value).where(Meta.key == "tenant_salt")
-        with self.read() as conn:
-            salt = conn.execute(query).scalar_one_or_none()
-        if salt is None:
-            with self._writing() as conn:
-                salt = conn.execute(query).scalar_one_or_none()
-                if salt is None:
-                    salt = secrets.token_hex(32)
-                    conn.execute(Meta.__table__.insert(), [{"key": "tenant_salt", "value": salt}])
-        return salt
 
     def _stored_tenant(self, tenant: Any) -> str:
         """The tenant as stored: a pseudonym is kept as is, anything else pseudonymised."""

@@ -5,6 +5,8 @@ A daemon thread writes them in batches, each batch in one transaction. A batch t
 retried a few times (the database may be locked by another process, the disk briefly full); after
 that it is dropped, the error kept in :attr:`LedgerWriter.errors` and logged as a warning on the
 ``greenmaas`` logger. Nothing the writer does ever raises into, or blocks, the caller's thread.
+Memory is bounded: past ``max_queue`` waiting records new ones are dropped, counted in
+``stats["dropped"]``, with one warning (the first time) rather than one per record.
 
 The writer is closed (queue flushed, thread stopped) by :meth:`close`, by ``with``, when it is
 garbage collected, or at interpreter exit, whichever comes first.
@@ -54,6 +56,7 @@ class _State:
         self.stopped = False
         self.overflowing = False
         self.errors: list[tuple[datetime, str]] = []
+        self.error_count = 0  # every error so far, including those no longer kept in ``errors``
         self.thread: threading.Thread | None = None
 
     # -- caller side ---------------------------------------------------------------------
@@ -63,11 +66,16 @@ class _State:
         with self.cond:
             if self.stopping:
                 problem = f"record submitted after close was dropped: {type(record).__name__}"
-            elif len(self.pending) >= self.max_queue:
+            elif len(self.pending) >= self.max_queue and not callable(record):
+                # Callables (a run's end, its heartbeat) are few and carry the run's state: they
+                # are always queued, so a flood of records cannot leave the run unended.
                 self.dropped += 1
                 if not self.overflowing:
-                    self.overflowing = True
-                    problem = f"writer queue full ({self.max_queue} records); dropping new records"
+                    self.overflowing = True  # warned once per writer; the count says the rest
+                    problem = (
+                        f"writer queue full ({self.max_queue} records): records are being dropped "
+                        "(counted in stats['dropped'])"
+                    )
                 else:
                     return False
         if problem is not None:
@@ -148,7 +156,6 @@ class _State:
             batch = [self.pending.popleft() for _ in range(n)]
             if self.pending:
                 self.first_at = time.monotonic()
-            self.overflowing = False
             return batch
 
     def _write(self, batch: list) -> None:
@@ -186,6 +193,7 @@ class _State:
         with self.cond:
             self.errors.append((datetime.now(timezone.utc), message))
             del self.errors[:-_MAX_ERRORS]
+            self.error_count += 1
         logger.warning("greenmaas ledger writer: %s", message)  # outside the lock: handlers may be slow
 
 
@@ -213,7 +221,8 @@ class LedgerWriter:
     ``max_retries`` times, ``retry_delay_s`` apart (doubling), then dropped and noted in
     :attr:`errors`; a batch refused because of one bad record (duplicate id, unknown run) is
     written record by record so only that one is lost. At most ``max_queue`` records wait in
-    memory; beyond that new ones are dropped. A writer that is garbage collected or still open at
+    memory; beyond that new ones (callables excepted) are dropped, counted in ``stats["dropped"]``
+and warned about once. A writer that is garbage collected or still open at
     interpreter exit flushes for at most ``exit_timeout_s`` seconds.
     """
 
@@ -225,7 +234,7 @@ class LedgerWriter:
         max_batch: int = 1000,
         max_retries: int = 3,
         retry_delay_s: float = 0.1,
-        max_queue: int = 1_000_000,
+        max_queue: int = 100_000,
         exit_timeout_s: float = 30.0,
     ):
         if max_batch < 1 or max_queue < 1:
@@ -267,6 +276,11 @@ class LedgerWriter:
     def errors(self) -> list[tuple[datetime, str]]:
         """(UTC time, message) of each failure, most recent last (the last 100 are kept)."""
         return list(self._state.errors)
+
+    @property
+    def error_count(self) -> int:
+        """How many failures there have been in all (:attr:`errors` keeps the last 100)."""
+        return self._state.error_count
 
     @property
     def stats(self) -> dict[str, int]:

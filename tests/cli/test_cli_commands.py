@@ -99,7 +99,7 @@ class TestRuns:
         assert "r1" in out and "node-1" in out
         if fmt == "json":
             (run,) = json.loads(out)
-            assert set(run) == {"run_id", "host", "pid", "start", "end", "status", "spans", "energy_j"}
+            assert set(run) == {"run_id", "host", "pid", "start", "end", "status", "heartbeat", "spans", "energy_j"}
             assert run["spans"] == 3 and run["energy_j"] == 1500.0 and run["status"] == "finished"
             assert run["start"] == "2024-05-01T10:00:00+00:00"
         if fmt == "csv":

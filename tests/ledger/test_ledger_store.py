@@ -186,13 +186,17 @@ class TestTenants:
         assert p.startswith("t-") and len(p) == 18 and int(p[2:], 16) >= 0
         assert ledger.pseudonymise("acme") == p != ledger.pseudonymise("globex")
 
-    def test_salt_is_per_ledger_and_kept(self, tmp_path, monkeypatch):
+    def test_key_file_is_per_user_and_kept(self, tmp_path, monkeypatch):
+        # The key lives outside the ledgers (see test_privacy.py): one user's ledgers agree.
         monkeypatch.delenv("GREENMAAS_TENANT_KEY", raising=False)
         with Ledger.open(tmp_path / "a.db") as a, Ledger.open(tmp_path / "b.db") as b:
             pa = a.pseudonymise("acme")
-            assert pa != b.pseudonymise("acme")
+            assert pa == b.pseudonymise("acme")
         with Ledger.open(tmp_path / "a.db", readonly=True) as a:
             assert a.pseudonymise("acme") == pa
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))
+        with Ledger.open(tmp_path / "a.db", readonly=True) as a:
+            assert a.pseudonymise("acme") != pa
 
     def test_env_key_makes_pseudonyms_portable(self, tmp_path, monkeypatch):
         monkeypatch.setenv("GREENMAAS_TENANT_KEY", "s3cret")

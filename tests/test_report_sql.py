@@ -1,0 +1,133 @@
+"""The report summed in SQL (greenmaas.rollup) equals the span-by-span reference path."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from greenmaas.accounting.config import AccountingConfig
+from greenmaas.ledger import Ledger
+from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SpanRecord
+from greenmaas.report import GROUPS, IDLE, summary
+from greenmaas.rollup import supported
+
+T0 = datetime(2024, 5, 1, 9, 30, tzinfo=timezone.utc)  # a Wednesday
+GPUS = [{"id": "gpu:0", "kind": "gpu", "name": "H100"}, {"id": "gpu:1", "kind": "gpu", "name": "H100"},
+        {"id": "cpu:0", "kind": "cpu", "name": "Xeon"}]
+
+
+def _span(span_id, run_id, start_s, dur_s, devices, **kw):
+    start = T0 + timedelta(seconds=start_s)
+    return SpanRecord(span_id=span_id, run_id=run_id, name=kw.pop("name", "step"), start=start,
+                      end=start + timedelta(seconds=dur_s), duration_s=float(dur_s), devices=devices, **kw)
+
+
+def _dev(device, energy, self_j, method="counter", device_s=1.0, u=None):
+    return DeviceEnergy(device, energy, method, self_j, device_s, 0.0, u)
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory):
+    """Two runs (EUR with an hourly series, a time-of-use tariff, PUE, GPU price, embodied and
+    market carbon; USD flat) with nested spans, batch shares, several devices and methods, spans
+    crossing hours, unmeasured spans, spans with and without a recorded ± J, and idle windows."""
+    d = tmp_path_factory.mktemp("sql")
+    csv = d / "grid.csv"
+    csv.write_text("timestamp,gco2_per_kwh\n" + "".join(
+        f"{(T0.replace(minute=0) + timedelta(hours=h)):%Y-%m-%dT%H:%M:%SZ},{100 + 37 * (h % 5)}\n"
+        for h in range(-2, 40)))
+    eur = AccountingConfig(series=str(csv), tariff="0.30EUR/kWh@08-20@mon-fri,0.10EUR/kWh", pue=1.3,
+                           hardware_prices="gpu=3.60EUR/h", embodied="gpu=150kg/4y",
+                           market_intensity_g_per_kwh=50.0).to_dict()
+    usd = AccountingConfig(location="FR", tariff="0.2USD/kWh", hardware_prices="gpu=2USD/h,cpu=0.1USD/h").to_dict()
+    path = d / "l.db"
+    with Ledger.open(path) as led:
+        led.start_run(RunRecord("r1", "node", 1, T0, config={"accounting": eur}, devices=GPUS))
+        led.start_run(RunRecord("r2", "node", 2, T0, config={"accounting": usd}, devices=GPUS))
+        spans = []
+        for i in range(300):
+            run = "r1" if i % 3 else "r2"
+            t = i * 97.0  # crosses several hours and a day
+            model = ("llama", "bert", "", None)[i % 4]
+            u = None if i % 7 == 0 else 0.5 + i % 3
+            tenant = led.pseudonymise(f"t{i % 5}") if i % 6 else None
+            spans.append(_span(f"p{i}", run, t, 30 + i % 50, [
+                _dev("gpu:0", 100.0 + i, 40.0 + i, "counter", 3.0, u),
+                _dev("cpu:0", 10.0, 5.0 + i % 4, ("power", "estimate", "replay")[i % 3], 1.5,
+                     None if i % 5 == 0 else 0.2),
+            ], model=model, phase=("training", "inference", None)[i % 3], tenant=tenant,
+                request_id=f"req-{i // 2}", name=("step", "generate")[i % 2], kind="request",
+                tokens_out=i % 9))
+            # a child in the same group, and one in another (its own model)
+            spans.append(_span(f"c{i}", run, t + 1, 10, [_dev("gpu:0", 60.0, 60.0, "counter", 1.0,
+                                                               None if i % 4 == 0 else 0.3)],
+                               parent_id=f"p{i}", model=model if i % 2 else "child-model",
+                               phase="inference", request_id=f"req-{i // 2}"))
+            if i % 10 == 0:  # a batch whose share is linked to the request p{i}
+                spans.append(_span(f"b{i}", run, t + 2, 5, [_dev("gpu:1", 20.0, 0.0, "power", 0.5, 0.4)],
+                                   kind="batch", model=model))
+                spans.append(_span(f"s{i}", run, t + 2, 5, [_dev("gpu:1", 20.0, 20.0, "power", 0.5, 0.4)],
+                                   kind="share", parent_id=f"b{i}", link_id=f"p{i}", model=model))
+            if i % 25 == 0:  # nothing measured: no energy rather than 0 J
+                spans.append(_span(f"u{i}", run, t + 3, 2, [DeviceEnergy("gpu:1", 0.0, "unmeasurable")],
+                                   model="ghost"))
+        led.write_spans(spans)
+        led.write_device_totals([
+            DeviceTotals(run, dev, "counter", 9e5, 8e5, 1e5 + h, start=T0 + timedelta(hours=h),
+                         end=T0 + timedelta(hours=h + 1), idle_s=600.0, uncertainty_j=None if h % 2 else 50.0)
+            for h in range(9) for run in ("r1", "r2") for dev in ("gpu:0", "cpu:0")
+        ])
+        led.end_run("r1", T0 + timedelta(hours=9))
+        led.end_run("r2", T0 + timedelta(hours=9))
+    return path
+
+
+def _same(a, b, where=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _equal(ledger, **kw):
+    new, old = summary(ledger, **kw), summary(ledger, in_sql=False, **kw)
+    for name in ("rows", "sources", "methods", "period", "groups", "notes", "priced"):
+        _same(getattr(new, name), getattr(old, name), name)
+    return new
+
+
+@pytest.mark.parametrize("by", [g for g in GROUPS if g != "request"])
+@pytest.mark.parametrize("accounting", [None, False, {"pue": "1.1", "embodied": "gpu=100kg/3y"}])
+def test_sql_and_reference_paths_agree(ledger, by, accounting):
+    s = _equal(ledger, by=by, accounting=accounting)
+    if by in ("model", "phase", "run", "day", "tenant"):
+        assert s.rows[-1]["group"] == IDLE  # the conservation line is in every such grouping
+    if accounting is None:
+        assert any(r.get("currency") == "mixed" for r in s.rows) or by in ("run", "day")
+
+
+@pytest.mark.parametrize("by", ["model", "day", "tenant"])
+def test_filters_agree(ledger, by):
+    _equal(ledger, by=by, since=T0 + timedelta(hours=2), until=T0 + timedelta(hours=5))
+    _equal(ledger, by=by, model="llama")
+
+
+def test_accounting_changing_within_an_hour_is_priced_span_by_span(tmp_path):
+    csv = tmp_path / "half.csv"
+    csv.write_text("timestamp,gco2_per_kwh\n2024-05-01T09:00:00Z,100\n2024-05-01T09:30:00Z,200\n")
+    lo, hi = int(T0.timestamp() * 1e9), int(T0.timestamp() * 1e9) + 2 * 86400 * 10**9
+    assert not supported(AccountingConfig(series=str(csv)), lo, hi)
+    assert not supported(AccountingConfig(location="FR", tariff="0.3EUR/kWh@08-20,0.1EUR/kWh,tz=Asia/Kolkata"),
+                         lo, hi)
+    assert supported(AccountingConfig(location="FR", tariff="0.3EUR/kWh@08-20,0.1EUR/kWh,tz=Europe/Paris"),
+                     lo, hi)
