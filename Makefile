@@ -33,5 +33,8 @@ bench: venv
 accuracy: venv
 	$(PY) examples/bench_accuracy.py
 
+ledger-bench: venv
+	$(PY) examples/bench_ledger.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
