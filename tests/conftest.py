@@ -30,12 +30,25 @@ def _gpu_unavailable_reason() -> str | None:
     return None
 
 
+def _private_config(monkeypatch, tmp_path_factory) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.delenv("GREENMAAS_TENANT_KEY", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_tenant_key_for_the_session(tmp_path_factory):
+    """Fixtures of module or session scope (set up before any test's own) make their tenant key
+    in a config directory of the test session, never in the developer's ``~/.config``."""
+    with pytest.MonkeyPatch.context() as mp:
+        _private_config(mp, tmp_path_factory)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_tenant_key(tmp_path_factory, monkeypatch):
     """Each test gets its own config directory (so a tenant key file is made there, never in the
     developer's ``~/.config``) and no ``$GREENMAAS_TENANT_KEY`` unless it sets one."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
-    monkeypatch.delenv("GREENMAAS_TENANT_KEY", raising=False)
+    _private_config(monkeypatch, tmp_path_factory)
 
 
 def pytest_collection_modifyitems(config, items):

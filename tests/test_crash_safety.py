@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     db, own_handler = sys.argv[1], sys.argv[2] == "1"
     if own_handler:
         def previous(signum, frame):
-            print(f"PREVIOUS-HANDLER {signum}", flush=True)
+            print(f"\\nPREVIOUS-HANDLER {signum}", flush=True)  # a line of its own, even mid-print
             sys.exit(0)
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous)
@@ -63,7 +63,7 @@ class Child:
     sent_at: float | None = None
 
     def spans(self) -> dict[str, float]:
-        return {p[1]: float(p[2]) for p in (line.split() for line in self.lines) if p[0] == "SPAN"}
+        return {p[1]: float(p[2]) for p in (line.split() for line in self.lines) if len(p) == 3 and p[0] == "SPAN"}
 
 
 def _read(child: Child) -> None:

@@ -166,6 +166,7 @@ def backup_sqlite(path: Path, version: int, *, display: str) -> Path:
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
             try:
                 shutil.copyfile(source, tmp)
+                shutil.copymode(source, tmp)  # a private ledger's backup is private too
                 os.replace(tmp, dest)
             finally:
                 if tmp.exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 
@@ -36,10 +38,12 @@ def test_a_schema1_ledger_is_upgraded_on_open_after_a_byte_identical_backup(db_p
     schema1.create_sqlite(db_path)
     assert not Path(f"{db_path}-wal").exists()
     original = db_path.read_bytes()
+    os.chmod(db_path, 0o600)
 
     with Ledger.open(db_path) as led:
         assert led.upgraded == Upgrade(str(db_path), 1, SCHEMA_VERSION, backup_of(db_path))
     assert backup_of(db_path).read_bytes() == original
+    assert stat.S_IMODE(os.stat(backup_of(db_path)).st_mode) == 0o600  # as private as the ledger
     assert not Path(f"{backup_of(db_path)}-wal").exists()
     assert version(db_path) == str(SCHEMA_VERSION) and version(backup_of(db_path)) == "1"
 
