@@ -27,6 +27,7 @@ DEVICE_COLUMNS = [
     Column("kind", "Kind"),
     Column("name", "Name"),
     Column("method", "Method"),
+    Column("power_field", "Power reads", missing="none"),
     Column("uuid", "UUID"),
     Column("note", "Note"),
 ]
@@ -152,6 +153,7 @@ def devices(ctx, ledger, fmt, probe, probe_seconds):
                 "kind": d.kind,
                 "name": d.name,
                 "method": d.method,
+                "power_field": d.power_field,
                 "uuid": d.uuid,
                 "note": d.note,
             }

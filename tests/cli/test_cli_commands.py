@@ -137,7 +137,8 @@ class TestDevices:
         out = ok(runner, ["devices", "--format", "json"], obj={"detect": self.detection}).stdout
         data = json.loads(out)
         assert data["devices"][0] == {"id": "gpu:0", "kind": "gpu", "name": "NVIDIA H100 [80GB]",
-                                      "method": "counter", "uuid": "GPU-123", "note": "MIG parent"}
+                                      "method": "counter", "power_field": None, "uuid": "GPU-123",
+                                      "note": "MIG parent"}
         assert data["unused"] == [{"source": "rapl", "reason": "no /sys/class/powercap here"}]
 
     def test_nothing_found(self, runner):
