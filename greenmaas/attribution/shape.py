@@ -45,6 +45,8 @@ FIT_WINDOW = 30
 #: Power samples are used as shape only when fewer than this share of them repeat the previous
 #: value (a held, averaged or part-time field repeats) ...
 _HELD_SHARE = 0.5
+#: ... counted once this many pairs of reads across a change of work have been seen.
+_HELD_MIN_PAIRS = 5
 #: ... and when their energy over recent intervals is within this factor of the counter's.
 _AGREE = 2.0
 #: Weight of the prior that pulls each class's draw towards the common draw, relative to the
@@ -89,6 +91,9 @@ class DeviceShaper:
         self._e0: float | None = None  # counter value at the first knot
         self._hist: deque[_Row] = deque(maxlen=max(1, window - 1))
         self._idle: deque[float] = deque(maxlen=_IDLE_MEMORY)  # mean W of quiet intervals
+        # Consecutive power reads across a change of work, and how many of them repeated.
+        self._pairs = 0
+        self._held_pairs = 0
 
     # ------------------------------------------------------------------ the curve
 
@@ -182,7 +187,10 @@ class DeviceShaper:
                 # A held field (averaged, part-time) keeps its value across changes of work;
                 # an instantaneous one follows them.
                 changed = np.any(counts[seg[1:]] != counts[seg[:-1]], axis=1) if used.size else np.zeros(pt.size - 1, bool)
-                held = changed.any() and float(np.mean(pw[1:][changed] == pw[:-1][changed])) >= _HELD_SHARE
+                # Counted over the run so far: a few pairs per interval say little.
+                self._pairs += int(changed.sum())
+                self._held_pairs += int(np.sum(pw[1:][changed] == pw[:-1][changed]))
+                held = self._pairs >= _HELD_MIN_PAIRS and self._held_pairs >= _HELD_SHARE * self._pairs
                 if not held:
                     sums = np.bincount(seg, weights=pw, minlength=nseg)
                     n = np.bincount(seg, minlength=nseg)

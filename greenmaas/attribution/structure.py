@@ -46,7 +46,8 @@ class Node:
 
 @dataclass
 class Intervals:
-    """Self intervals of the competing spans: one entry per interval."""
+    """Self intervals of the competing spans: one entry per interval. Intervals of rate 0 take
+    no energy; they only tell the power model that work of their class runs (a batch's pass)."""
 
     starts: np.ndarray
     ends: np.ndarray
@@ -103,6 +104,15 @@ def competing(nodes: Sequence[Node], t0: float, t_open: float, policy: str) -> I
             continue
         rate = rate_of(n, policy)
         if rate <= 0:
+            if n.kind == "batch" and n.has_children:
+                # A batch takes nothing itself (its members share it), but the pass draws a
+                # base power of its own beyond its members': a power-model interval, rate 0.
+                c = class_ix.setdefault(power_class(n), len(class_ix))
+                starts.append(a)
+                ends.append(b)
+                rates.append(0.0)
+                owners.append(i)
+                classes.append(c)
             continue
         c = class_ix.setdefault(power_class(n), len(class_ix))
         for ia, ib in _subtract(a, b, [nodes[k] for k in kids.get(i, ())], t_open):

@@ -97,9 +97,7 @@ def time_rows(LO: np.ndarray, HI: np.ndarray, RD: np.ndarray) -> tuple[np.ndarra
         M = mid[rows]
         L = LO[rows]
         H = HI[rows]
-        spacing = np.nanmedian(np.diff(M, axis=1), axis=1)
-        span = M[:, -1] - np.nanmin(M, axis=1)
-        p0 = span / np.maximum(np.round(span / spacing), 1.0)
+        p0 = np.nanmedian(np.diff(M, axis=1), axis=1)
         # A change seen after a long pause (no read for more than most of a period) may span
         # several updates; the read saw the last of them. Such bounds do not pin the grid.
         wide = (H - L) > _WIDE * p0[:, None]
@@ -112,6 +110,18 @@ def time_rows(LO: np.ndarray, HI: np.ndarray, RD: np.ndarray) -> tuple[np.ndarra
         pick = np.arange(rows.size)
         ref = M[pick, refcol]
         ok = np.isfinite(p0) & (p0 > 0) & (narrow.sum(axis=1) >= 2)
+        # The median spacing of bounds a read period wide can be a few percent off: number the
+        # near changes first (where that error cannot add up to half a period), fit the period
+        # through them, then number farther ones with it.
+        for reach in (8.0, 16.0, 64.0):
+            k = np.round((M - ref[:, None]) / np.where(ok, p0, 1.0)[:, None])
+            near = np.abs(k) <= reach
+            kx = np.where(near, k, np.nan)
+            my = np.where(near, M, np.nan)
+            kc = kx - np.nanmean(kx, axis=1)[:, None]
+            var = np.nansum(kc * kc, axis=1)
+            slope = np.nansum(kc * (my - np.nanmean(my, axis=1)[:, None]), axis=1) / np.where(var > 0, var, 1.0)
+            p0 = np.where(ok & (var > 0) & (slope > 0), slope, p0)
         k = np.round((M - ref[:, None]) / np.where(ok, p0, 1.0)[:, None])  # <= 0, NaN where unused
         a = p0 * (1.0 - _SEARCH)
         b = p0 * (1.0 + _SEARCH)
