@@ -116,11 +116,11 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
     Spans and windows carry their own ± J, ``self_uncertainty_j``, and ``uncertainty_source``
     (see the module doc)."""
     import pandas as pd
-    from sqlalchemy import func, select
+    from sqlalchemy import select
 
     from .ledger import query
     from .ledger.liveness import run_status
-    from .ledger.models import DeviceTotal, Run, Span, SpanDevice
+    from .ledger.models import Run, Span, SpanDevice
 
     conditions = []
     if lo is not None:
@@ -135,16 +135,7 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
         .join(Span, Span.span_id == SpanDevice.span_id)
         .where(*conditions)
     )
-    when = func.coalesce(DeviceTotal.start, Run.start)
-    window_query = (
-        select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS))
-        .join(Run, Run.run_id == DeviceTotal.run_id)
-        .where(DeviceTotal.method != UNMEASURABLE)
-    )
-    if lo is not None:
-        window_query = window_query.where(when >= lo)
-    if hi is not None:
-        window_query = window_query.where(when < hi)
+    window_query = _window_query(lo, hi)
     run_query = select(
         Run.run_id, Run.config, Run.devices, Run.start, Run.end, Run.status, Run.host, Run.pid, Run.heartbeat
     )
@@ -421,10 +412,10 @@ def load_runs_and_windows(conn, lo, hi, *, idle: bool) -> tuple[dict[str, dict[s
     starting in ``[lo, hi)`` with their own ± J: what a report summed in SQL
     (:mod:`greenmaas.rollup`) still reads row by row. Not priced."""
     import pandas as pd
-    from sqlalchemy import func, select
+    from sqlalchemy import select
 
     from .ledger.liveness import run_status
-    from .ledger.models import DeviceTotal, Run
+    from .ledger.models import Run
 
     run_query = select(
         Run.run_id, Run.config, Run.devices, Run.start, Run.end, Run.status, Run.host, Run.pid, Run.heartbeat
@@ -438,16 +429,7 @@ def load_runs_and_windows(conn, lo, hi, *, idle: bool) -> tuple[dict[str, dict[s
     }
     if not idle:
         return runs, None
-    when = func.coalesce(DeviceTotal.start, Run.start)
-    window_query = (
-        select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS))
-        .join(Run, Run.run_id == DeviceTotal.run_id)
-        .where(DeviceTotal.method != UNMEASURABLE)
-    )
-    if lo is not None:
-        window_query = window_query.where(when >= lo)
-    if hi is not None:
-        window_query = window_query.where(when < hi)
+    window_query = _window_query(lo, hi)
     windows = ledger_frame(conn.execute(window_query).all(), WINDOW_COLUMNS)
     # A window without times takes its run's.
     starts = pd.to_datetime(windows["run_id"].map({k: r["start"] for k, r in runs.items()}), utc=True)
@@ -469,3 +451,23 @@ def price_windows(windows: "pd.DataFrame", sources: list[AccountingSource], inde
     empty.spans["self_energy_j"] = empty.spans["self_energy_j"].astype("float64")
     empty.devices["self_device_s"] = empty.devices["self_device_s"].astype("float64")
     _price_selection(empty, sources, index)
+
+
+def _window_query(lo: Any, hi: Any) -> Any:
+    """Device-total windows of measured devices that start in [lo, hi) (a window without a
+    start takes its run's)."""
+    from sqlalchemy import func, select
+
+    from .ledger.models import DeviceTotal, Run
+
+    when = func.coalesce(DeviceTotal.start, Run.start)
+    query = (
+        select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS))
+        .join(Run, Run.run_id == DeviceTotal.run_id)
+        .where(DeviceTotal.method != UNMEASURABLE)
+    )
+    if lo is not None:
+        query = query.where(when >= lo)
+    if hi is not None:
+        query = query.where(when < hi)
+    return query
