@@ -10,6 +10,8 @@ import click
 
 from greenmaas.errors import GreenmaasError, InputError
 
+from .options import UserError
+
 
 @click.command("attribute")
 @click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Trace CSV: t,device,energy_j,power_w[,t_start,max_energy_j,error,method,power_field] (as `greenmaas export` writes it).")
@@ -32,7 +34,7 @@ def attribute(trace_path: str, spans_path: str, policy: str, fmt: str) -> None:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except GreenmaasError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
         return

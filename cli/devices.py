@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from .options import format_option, ledger_option
+from .options import UserError, format_option, ledger_option
 from .render import Column, render
 
 __all__ = ["devices", "DEVICE_COLUMNS", "PROBE_COLUMNS"]
@@ -73,7 +73,7 @@ def _default_detect() -> Any:
     try:
         from greenmaas.sources.detect import detect
     except ImportError as exc:
-        raise click.ClickException(f"device detection is not available: {exc}") from exc
+        raise UserError(f"device detection is not available: {exc}") from exc
     return detect()
 
 

@@ -1,7 +1,7 @@
 """The greenmaas command line: ``greenmaas devices | runs | report | ...``.
 
 Commands are thin: parse, call the library, render. Any :class:`~greenmaas.errors.GreenmaasError`
-(no ledger, corrupt ledger, bad input) becomes one ``Error: ...`` line on stderr and exit status 1,
+(no ledger, corrupt ledger, bad input) becomes one ``Error: ...`` line on stderr and exit status 2,
 in one place, :meth:`GreenmaasGroup.invoke`. Commands from other modules are added with
 ``cli.add_command(...)`` at the bottom of this file.
 """
@@ -18,6 +18,7 @@ from .attribute import attribute
 from .devices import devices
 from .export import export
 from .migrate import migrate
+from .options import UserError
 from .report import report
 from .runs import runs
 
@@ -46,7 +47,7 @@ class GreenmaasGroup(click.Group):
             return super().invoke(ctx)
         except GreenmaasError as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
-            raise click.ClickException(message) from exc
+            raise UserError(message) from exc
         except BrokenPipeError:
             # `greenmaas report ... | head`: the reader left; stop quietly, as cat does.
             _silence_stdout()

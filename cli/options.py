@@ -70,6 +70,14 @@ def accounting_options(fn: Callable) -> Callable:
     return fn
 
 
+class UserError(click.ClickException):
+    """Something the user can fix (a bad option, a missing or foreign ledger, a malformed file):
+    one line on stderr, exit status 2 — the status click gives usage errors, so every error a
+    user can cause ends the same way."""
+
+    exit_code = 2
+
+
 class DateParam(click.ParamType):
     """A ``YYYY-MM-DD`` date or ISO 8601 time, in UTC unless it says otherwise."""
 

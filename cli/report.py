@@ -21,7 +21,7 @@ import click
 from greenmaas.errors import GreenmaasError
 from greenmaas.report import GROUPS, SCI_UNITS, ExtraColumn, Summary, summary
 
-from .options import ACCOUNTING_OPTIONS, DateParam, accounting_options, format_option, ledger_option
+from .options import ACCOUNTING_OPTIONS, DateParam, UserError, accounting_options, format_option, ledger_option
 from .render import Column, render
 
 __all__ = ["report", "build_report", "report_columns", "accounting_overrides"]
@@ -42,7 +42,7 @@ _UNIT_PLURAL = {"request": "requests", "token": "tokens", "sample": "samples"}
 def accounting_overrides(**options: Any) -> dict[str, Any]:
     """The accounting options given, parsed: ``{AccountingConfig field: value}``.
 
-    A bad value raises :class:`click.ClickException` naming the option: one line, exit 1.
+    A bad value raises :class:`UserError` naming the option: one line, exit 2.
     """
     from greenmaas.accounting.config import parse_setting
 
@@ -54,7 +54,7 @@ def accounting_overrides(**options: Any) -> dict[str, Any]:
         try:
             out[dest] = parse_setting(dest, raw)
         except GreenmaasError as exc:
-            raise click.ClickException(f"{option}: {' '.join(str(exc).split())}") from exc
+            raise UserError(f"{option}: {' '.join(str(exc).split())}") from exc
     return out
 
 
@@ -190,6 +190,8 @@ def report(ledger, by, since, until, model, sci, sources_only, fmt, **options):
     device time used while no span ran. Each run is priced with the accounting it recorded;
     the accounting options replace one setting each, for every run, without re-running.
     """
+    if since is not None and until is not None and until <= since:
+        raise UserError(f"--until {until.isoformat()} is not after --since {since.isoformat()}: nothing to report")
     overrides = accounting_overrides(**options)
     result, columns = build_report(
         ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci

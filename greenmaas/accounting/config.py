@@ -78,13 +78,20 @@ PRICE_COLUMNS = (
 )
 
 
+#: No facility uses ten times its IT energy: a larger PUE is a typo (or 1e308), not a site.
+_MAX_PUE = 10.0
+
+
 def _check_pue(value: Any) -> float:
     try:
         pue = float(value)
     except (TypeError, ValueError):
         raise AccountingError(f"PUE {value!r} is not a number; expected a number >= 1.0 such as 1.2") from None
-    if not math.isfinite(pue) or pue < 1.0:
-        raise AccountingError(f"PUE {value!r} must be a finite number >= 1.0 (facility energy / IT energy)")
+    if not math.isfinite(pue) or not 1.0 <= pue <= _MAX_PUE:
+        raise AccountingError(
+            f"PUE {value!r} must be a number from 1.0 to {_MAX_PUE:g} (facility energy / IT energy; "
+            "data centres report 1.1-2)"
+        )
     return pue
 
 

@@ -86,7 +86,7 @@ def test_series_without_location_does_not_warn(write_csv, fresh_caches):
     [
         ("GREENMAAS_LOCATION", "FRR", "did you mean FRA"),
         ("GREENMAAS_PRICE", "0.25EURO/kWh", "malformed price '0.25EURO/kWh'"),
-        ("GREENMAAS_PUE", "0.8", "must be a finite number >= 1.0"),
+        ("GREENMAAS_PUE", "0.8", "must be a number from 1.0 to 10"),
         ("GREENMAAS_PUE", "high", "not a number"),
         ("GREENMAAS_HARDWARE_PRICE", "gpu 2.5USD/h", "expected <kind>=<price>"),
         ("GREENMAAS_MARKET_INTENSITY", "-1", ">= 0"),

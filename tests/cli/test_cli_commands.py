@@ -19,7 +19,7 @@ def ok(runner, args, **kw):
     return result
 
 
-def fails(runner, args, code=1):
+def fails(runner, args, code=2):
     result = runner.invoke(cli, args)
     assert result.exit_code == code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -20,7 +20,7 @@ def ok(runner, args):
 
 def one_error_line(runner, args):
     result = runner.invoke(cli, args)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
@@ -126,7 +126,10 @@ def test_sci_per_request(report):
         (["--hardware-price", "gpu=2.50USD/kWh"], "unit /kWh is not allowed here"),
         (["--embodied", "gpu=150"], "Error: --embodied: malformed embodied carbon 'gpu=150'"),
         (["--pue", "abc"], "Error: --pue: PUE 'abc' is not a number"),
-        (["--pue", "0.8"], "must be a finite number >= 1.0"),
+        (["--pue", "0.8"], "must be a number from 1.0 to 10"),
+        (["--pue", "1e308"], "must be a number from 1.0 to 10"),
+        (["--pue", "inf"], "must be a number from 1.0 to 10"),
+        (["--since", "2024-05-02", "--until", "2024-05-01"], "is not after --since"),
         (["--market-intensity", "-5"], "Error: --market-intensity: market-based intensity"),
         (["--price", "0.2EUR/kWh", "--hardware-price", "gpu=1USD/h"], "mixed currencies"),
     ],

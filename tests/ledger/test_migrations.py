@@ -194,5 +194,5 @@ def test_greenmaas_migrate(db_path):
     assert result.stdout == f"{db_path} is up to date (schema version {SCHEMA_VERSION}); nothing to do.\n"
     missing = db_path.with_name("missing.db")
     result = runner.invoke(cli, ["migrate", "--ledger", str(missing)])
-    assert result.exit_code == 1 and result.stderr == f"Error: no ledger at {missing}\n"
+    assert result.exit_code == 2 and result.stderr == f"Error: no ledger at {missing}\n"
     assert not missing.exists()
