@@ -433,18 +433,23 @@ def _note(out: Summary, text: str) -> None:
 # ----------------------------------------------------------------------------------- sources
 
 
-def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> None:
-    """Fill in what a summary's figures rest on: sources, methods, period, per-group facts."""
+def _describe_sources(out: Summary, sources: list[AccountingSource]) -> None:
+    """One entry per accounting source the runs used, and a note for each of its notes."""
     from .accounting.config import describe
 
-    spans, devices, windows = sel.spans, sel.devices, sel.windows
-    for i, src in enumerate(sources):
+    for src in sources:
         facts = describe(src.config)
         facts.update(runs=sorted(src.runs), notes=list(src.notes))
         out.sources.append(facts)
         for note in src.notes:
-            runs = ", ".join(sorted(src.runs)[:3]) + (" …" if len(src.runs) > 3 else "")
-            _note(out, f"run {runs}: {note}" if len(src.runs) == 1 else f"runs {runs}: {note}")
+            names = ", ".join(sorted(src.runs)[:3]) + (" …" if len(src.runs) > 3 else "")
+            _note(out, f"run {names}: {note}" if len(src.runs) == 1 else f"runs {names}: {note}")
+
+
+def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> None:
+    """Fill in what a summary's figures rest on: sources, methods, period, per-group facts."""
+    spans, devices, windows = sel.spans, sel.devices, sel.windows
+    _describe_sources(out, sources)
 
     energy = spans.groupby("method")["self_energy_j"].sum(min_count=1) if len(spans) else {}
     plus_minus = spans.groupby("method")["self_uncertainty_j"].sum(min_count=1) if len(spans) else {}
@@ -548,15 +553,7 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
     spans = pd.DataFrame({"run_id": sorted(done.run_ids)}, dtype=object)
     _note_unfinished(out, Selection(spans, pd.DataFrame(), windows, runs))
 
-    from .accounting.config import describe
-
-    for i, src in enumerate(sources):
-        facts = describe(src.config)
-        facts.update(runs=sorted(src.runs), notes=list(src.notes))
-        out.sources.append(facts)
-        for note in src.notes:
-            names = ", ".join(sorted(src.runs)[:3]) + (" …" if len(src.runs) > 3 else "")
-            _note(out, f"run {names}: {note}" if len(src.runs) == 1 else f"runs {names}: {note}")
+    _describe_sources(out, sources)
     methods = set(done.methods) | (set(windows["method"]) if windows is not None else set())
     out.methods = [
         {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(done.methods.get(m, {}).get("spans", 0)),

@@ -1,6 +1,6 @@
 """Public fakes for testing code that measures energy, with no GPU and no sysfs.
 
-* :class:`FakeClock` — monotonic time you advance by hand.
+* :class:`FakeClock` — monotonic time you advance by hand; :class:`TickingClock` moves on each read.
 * :class:`FakeNVML` — an object with the ``pynvml`` functions the NVML source calls, driven by
   plain Python functions of time (counters, power, architectures, errors, visible devices).
 * :class:`ReplaySource` — an energy source that replays a trace CSV against a clock.
@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
-from .clock import FakeClock
+from .clock import FakeClock, TickingClock
 
 __all__ = [
     "FakeClock",
+    "TickingClock",
     "FakeNVML",
     "FakeGPU",
     "ReplaySource",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "TickingClock"]
 
 
 class FakeClock:
@@ -44,3 +44,17 @@ class FakeClock:
 
     def to_utc(self, t: float) -> datetime:
         return self._utc0 + timedelta(seconds=t - self._start)
+
+
+class TickingClock(FakeClock):
+    """A :class:`FakeClock` that moves ``step_s`` forward each time it is read: for code that
+    polls as fast as it can (a hardware probe), so it sees time pass without sleeping."""
+
+    def __init__(self, step_s: float = 0.00037, start: float = 0.0) -> None:
+        super().__init__(start)
+        self.step_s = step_s
+
+    def monotonic(self) -> float:
+        t = super().monotonic()
+        self.advance(self.step_s)
+        return t

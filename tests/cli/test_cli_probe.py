@@ -12,22 +12,9 @@ import pytest
 
 from greenmaas.sources.base import Detection, Unused
 from greenmaas.sources.nvml import NvmlSource
-from greenmaas.testing import FakeClock
+from greenmaas.testing import TickingClock
 from greenmaas.testing.nvml import FakeGPU, FakeNVML, step_counter
 from greenmaas_cli.main import cli
-
-
-class TickingClock(FakeClock):
-    """A FakeClock that moves ``step_s`` forward each time it is read."""
-
-    def __init__(self, step_s: float = 0.00037) -> None:
-        super().__init__()
-        self.step_s = step_s
-
-    def monotonic(self) -> float:
-        t = super().monotonic()
-        self.advance(self.step_s)
-        return t
 
 
 def _gpus():

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from greenmaas.sources.nvml import NvmlSource
-from greenmaas.testing import FakeClock
+from greenmaas.testing import TickingClock
 from greenmaas.testing.nvml import FakeGPU, FakeNVML, step_counter
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "probe_gpu.py"
@@ -66,19 +66,6 @@ def test_a_report_of_a_real_run_is_not_replaced(tmp_path):
     assert proc.returncode == 0
     assert out.read_text(encoding="utf-8").endswith("# measured\n")
     assert "kept" in proc.stderr
-
-
-class TickingClock(FakeClock):
-    """A FakeClock that moves ``step_s`` forward each time it is read."""
-
-    def __init__(self, step_s: float = 0.00037) -> None:
-        super().__init__()
-        self.step_s = step_s
-
-    def monotonic(self) -> float:
-        t = super().monotonic()
-        self.advance(self.step_s)
-        return t
 
 
 class FakeLoads:

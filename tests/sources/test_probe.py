@@ -21,21 +21,8 @@ from greenmaas.sources.probe import (
     poll,
     probe_gpu,
 )
-from greenmaas.testing import FakeClock
+from greenmaas.testing import FakeClock, TickingClock
 from greenmaas.testing.nvml import NVMLError, FakeGPU, FakeNVML, step_counter, stepped
-
-
-class TickingClock(FakeClock):
-    """A FakeClock that moves ``step_s`` forward each time it is read."""
-
-    def __init__(self, step_s: float = 0.00037, start: float = 0.0) -> None:
-        super().__init__(start)
-        self.step_s = step_s
-
-    def monotonic(self) -> float:
-        t = super().monotonic()
-        self.advance(self.step_s)
-        return t
 
 
 def _probe(gpu: FakeGPU, seconds: float = 2.0, **kw):
