@@ -198,36 +198,39 @@ class LiveAttributor:
         states = [st for st in list(self._states.values()) if st.span.start is not None]
         nodes = _nodes(states)
 
-        plans: list[tuple[str, Timeline, _Device, float]] = []
+        plans: list[tuple[str, Timeline, _Device, float, tuple | None]] = []
         for dev, tl in timelines.items():
             d = self._devices.get(dev)
             if d is None:
                 d = self._devices[dev] = _Device(tl)
-            settled = tl.settled()
-            if settled is None:
-                continue
+            knots = tl.knots() if tl.has_counter else None  # timed once per advance
+            if knots is not None:
+                settled: float | None = float(knots[0][-1])
+            else:
+                settled = tl.settled()
+                if settled is None:
+                    continue
             if d.wm is None:
-                if tl.has_counter:
-                    kt = tl.knots()[0]
+                if knots is not None:
                     if not (tl.first_knot_final or force):
                         continue  # the first knot may still move back (a stepping counter)
-                    d.wm = float(kt[0])
+                    d.wm = float(knots[0][0])
                 else:
                     d.wm = float(tl.t_first) - tl.power_lag_s  # type: ignore[arg-type]
-            plans.append((dev, tl, d, min(settled, lim)))
+            plans.append((dev, tl, d, min(settled, lim), knots))
         if not plans:
             return self._finalise(timelines, force), []
-        t_lo = min(d.wm for _, _, d, _ in plans)  # type: ignore[type-var]
-        t_hi = max(target for *_, target in plans)
+        t_lo = min(p[2].wm for p in plans)  # type: ignore[type-var]
+        t_hi = max(p[3] for p in plans)
         work = competing(nodes, t_lo, max(t_hi, t_lo), self.policy) if t_hi > t_lo else None
 
         totals: list[WindowTotals] = []
-        for dev, tl, d, target in plans:
+        for dev, tl, d, target, knots in plans:
             if work is None:
                 continue
             on_dev = work.on_device(nodes, dev)
-            if tl.has_counter:
-                kt, kv, kh = tl.knots()
+            if knots is not None:
+                kt, kv, kh = knots
                 reads = tl.power_reads() if d.shaper.use_samples else None
                 d.shaper.extend(kt, kv, kh, target, on_dev, reads)
                 ready = d.shaper.t_end
@@ -245,7 +248,7 @@ class LiveAttributor:
             w = self._window(dev, tl.method, states, on_dev, ct, ce, cu, t0, ready)
             totals.append(w)
             d.wm = ready
-            if tl.has_counter:
+            if knots is not None:
                 d.shaper.trim(ready)
         return self._finalise(timelines, force), totals
 
