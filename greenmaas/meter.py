@@ -116,6 +116,21 @@ class Meter:
         Started from another thread, nothing is installed (Python allows handlers only in the
         main thread). Pass False to leave signals alone.
 
+    ``max_pending``
+        Spans opened and not yet taken in by the background attribution (default 250,000,
+        about 100 MB). A loop that opens spans faster than they can be attributed for long
+        enough to fill it does not grow memory or slow down: further spans are *dropped* — they
+        still nest and time their children, but are not measured; ``span.dropped`` is True, their
+        result says so, the count is warned about once, listed in :attr:`errors` and recorded
+        in the run's ``config["dropped_spans"]``. Their device energy goes to their parents or
+        to idle, so the books still balance.
+    ``rollup``, ``rollup_above_hz``, ``rollup_interval_s``
+        Many short spans (forward calls, steps) are recorded as per-interval rollups once one
+        class of them closes faster than ``rollup_above_hz`` per second (default 200): one row
+        per class per ``rollup_interval_s`` (default 1 s) with their count, summed energy and
+        duration statistics, instead of a row each. ``rollup=True`` rolls up every eligible
+        span, ``False`` none. See :mod:`greenmaas.aggregate`.
+
     The run writes a heartbeat (its last sample time) at least once a second; a run whose process
     is gone reads as ``interrupted`` (:mod:`greenmaas.ledger.liveness`). :attr:`errors` also
     collects the ledger writer's failures (disk full, read-only, file gone) at each flush and at
@@ -139,10 +154,23 @@ class Meter:
         record_reads: bool = True,
         max_queue: int = 100_000,
         handle_signals: bool = True,
+        max_pending: int = 250_000,
+        rollup: Any = "auto",
+        rollup_above_hz: float | None = None,
+        rollup_interval_s: float | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
+        if rollup not in ("auto", True, False):
+            raise ConfigError(f"rollup must be 'auto', True or False, not {rollup!r}")
         self.clock = clock or SystemClock()
+        self._mono = self.clock.monotonic
+        self._intake: Any = None  # the attributor's intake (a bound append) once started
+        self._backlog: Any = ()  # spans opened and not taken in by the attributor yet
+        self.max_pending = max_pending
+        self._drops = 0  # spans dropped at intake (see max_pending)
+        self._drops_lock = threading.Lock()
+        self._drops_told = 0
         self.policy = policy
         self.background = background
         self.flush_interval_s = flush_interval_s
@@ -188,6 +216,14 @@ class Meter:
         self._signal_handlers: dict[int, Any] = {}  # signal -> (our handler, the previous one)
         self._writer_errors_seen = 0
         self._last_beat = -math.inf
+        from .aggregate import ROLLUP_ABOVE_HZ, ROLLUP_INTERVAL_S, Rollups
+
+        self.rollups = Rollups(
+            rollup,
+            ROLLUP_ABOVE_HZ if rollup_above_hz is None else rollup_above_hz,
+            ROLLUP_INTERVAL_S if rollup_interval_s is None else rollup_interval_s,
+            on_first=self._say_rollup,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -202,6 +238,8 @@ class Meter:
         self._attr = LiveAttributor(
             self.policy, self._t_start, settle_margin_s=_SETTLE_MARGIN_S if self.background else 0.0
         )
+        self._intake = self._attr.intake_append
+        self._backlog = self._attr.backlog
         devices = [
             {
                 "id": d.id,
@@ -259,6 +297,7 @@ class Meter:
                 self._error(f"stop hook {fn!r} failed: {exc}")
         self._stopped = True
         self._uninstall_signal_handlers()
+        self._intake = _discard  # spans opened on a stopped meter are not measured
         for key, m in list(_active.items()):
             if m is self:
                 _active.pop(key, None)
@@ -278,7 +317,19 @@ class Meter:
             self.run.status = status
             writer = self._writer
             dropped = (lambda: writer.stats["dropped"]) if writer is not None else (lambda: 0)
-            self._submit(_RunEnd(self.run_id, self.run.end, status, dropped))
+            extra: dict[str, Any] = {}
+            if self.dropped_spans:
+                extra["dropped_spans"] = self.dropped_spans
+                self.errors.append(
+                    (datetime.now(timezone.utc), f"{self.dropped_spans} span(s) dropped at intake (see max_pending)")
+                )
+            if self.rollups.rolled_classes:
+                extra["rollups"] = {
+                    "classes": list(self.rollups.rolled_classes),
+                    "spans": self.rollups.rolled_spans,
+                    "interval_s": self.rollups.interval_s,
+                }
+            self._submit(_RunEnd(self.run_id, self.run.end, status, dropped, extra))
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -423,20 +474,15 @@ class Meter:
     def _now(self) -> float:
         return self.clock.monotonic()
 
-    def _open_span(self, span: Span) -> tuple[str, str, float]:
-        """Register a span opening now: its id, this run's id and its start."""
-        if not self._started:
-            self.start()
-        span_id = f"{self._id_prefix}-{next(self._ids):x}"
-        start = self.clock.monotonic()
-        if self._attr is not None:
-            self._attr.add(span)
-        return span_id, self.run_id, start
-
     def _result(self, span: Span) -> SpanResult:
         """A closed span's result: final once its energy has settled (waiting for that at most
         ``result_wait_s``), else provisional."""
         attr = self._attr
+        if span.dropped:
+            return SpanResult(
+                duration_s=(span.end or self.clock.monotonic()) - span.start,  # type: ignore[operator]
+                energy_j=math.nan, by_device_j={}, self_energy_j=math.nan, method="dropped", final=True,
+            )
         if attr is None:
             return self._result_of(span)
         if attr.is_final(span):
@@ -507,17 +553,116 @@ class Meter:
         done, totals = attr.advance(now, timelines, force=force)
         if totals:
             self._record_totals(totals)
-        if done:
-            records = [self._record_of(s, timelines) for s in done]
+        records: list[Any] = []
+        if done.spans:
+            records = [self._record_of(s, timelines) for s in done.spans]
+        if done.leaves:
+            records.extend(self._leaf_records(done, timelines))
+        buckets = self.rollups.due(attr.watermark, force)
+        if buckets:
+            records.extend(self._rollup_record(b, timelines) for b in buckets)
+        if records:
             self._price(records)
-            for s, r in zip(done, records):
-                attr.set_record(s, r)
+            for r in records:
                 self._submit(r)
-            attr.forget(done)
+            for s, r in zip(done.spans, records):
+                attr.set_record(s, r)
+            attr.forget(done.spans)
         self._record_samples(attr.watermark)
         if not force:
             for tl in timelines.values():
                 tl.trim(attr.watermark - 5.0)
+        self._tell_drops()
+
+    @property
+    def dropped_spans(self) -> int:
+        """Spans dropped at intake so far (see ``max_pending``)."""
+        return self._drops
+
+    def _drop(self) -> None:
+        with self._drops_lock:
+            self._drops += 1
+
+    def _tell_drops(self) -> None:
+        n = self.dropped_spans
+        if n and not self._drops_told:
+            log.warning(
+                "greenmaas: spans are opened faster than they can be attributed; %d dropped so far "
+                "(not measured; counted in the run). Fewer spans, or rollups, or a larger "
+                "Meter(max_pending=...) avoid it", n,
+            )
+        self._drops_told = n
+
+    def _leaf_records(self, done: Any, timelines: dict) -> list[SpanRecord]:
+        """Records of the leaves finalised in bulk: one each, except those rolled up."""
+        import numpy as np
+
+        leaves = done.leaves
+        rolled = self.rollups.split(done)
+        if rolled.any():
+            self.rollups.add(done, rolled)
+        out = []
+        attr = self._attr
+        for i in np.nonzero(~rolled)[0].tolist():
+            s = leaves[i]
+            r = self._record_of(s, timelines, done.leaf_accumulator(i))
+            attr.set_record(s, r)  # type: ignore[union-attr]
+            out.append(r)
+        return out
+
+    def _rollup_record(self, b: Any, timelines: dict) -> SpanRecord:
+        s = b.first
+        devs = []
+        for dev, tl in timelines.items():
+            if s.devices is not None and dev not in s.devices:
+                continue
+            j = b.j.get(dev, 0.0)
+            devs.append(
+                DeviceEnergy(
+                    device=dev,
+                    energy_j=j,
+                    self_j=j,
+                    self_device_s=b.s.get(dev, 0.0),
+                    method=tl.method,
+                    gap_s=tl.gap_seconds(b.start, b.end),
+                    uncertainty_j=b.u.get(dev, 0.0),
+                )
+            )
+        tenant = s.tenant
+        if tenant is not None and self.ledger is not None:
+            tenant = self.ledger.pseudonymise(tenant)
+        stats = b.stats()
+        return SpanRecord(
+            span_id=f"{self._id_prefix}-{next(self._ids):x}",
+            run_id=self.run_id,
+            name=s.name,
+            start=self.clock.to_utc(b.start),
+            end=self.clock.to_utc(b.end),
+            duration_s=stats.get("duration_s", {}).get("sum", 0.0),
+            parent_id=s.parent.span_id if s.parent is not None else None,
+            kind=s.kind,
+            model=s.model,
+            phase=s.phase,
+            request_id=s.request_id,
+            tenant=tenant,
+            weight=b.weight,
+            tokens_in=b.tokens_in or None,
+            tokens_out=b.tokens_out or None,
+            items=b.items or None,
+            status=s.status,
+            attrs={"rollup": stats},
+            devices=devs,
+            start_mono=b.start,
+            end_mono=b.end,
+            count=b.count,
+        )
+
+    def _say_rollup(self, label: str) -> None:
+        log.warning(
+            "greenmaas: %s spans close faster than %g/s; recording them (and any other class that "
+            "does) as rollups, one row per %g s (Meter(rollup=False) records every span)",
+            label, self.rollups.above_hz, self.rollups.interval_s,
+        )
 
     def _on_read(self, device: str, t: float, reading: Any, error: str | None, t_start: float) -> None:
         if not self.record_reads or self._writer is None:
@@ -530,8 +675,9 @@ class Meter:
             )
         self._submit(rec)
 
-    def _record_of(self, s: Span, timelines: dict) -> SpanRecord:
-        acc = self._attr.accumulator(s)  # type: ignore[union-attr]
+    def _record_of(self, s: Span, timelines: dict, acc: Any = None) -> SpanRecord:
+        if acc is None:
+            acc = self._attr.accumulator(s)  # type: ignore[union-attr]
         assert acc is not None
         inc = acc.inclusive()
         inc_u = acc.inclusive_u()
@@ -608,7 +754,7 @@ class Meter:
             method=weakest_method(methods[d] for d in by_dev),
             methods={d: methods[d] for d in by_dev},
             gap_s=gap,
-            final=rec is not None,
+            final=rec is not None or (attr is not None and attr.is_final(s)),
             carbon_g=rec.carbon_g if rec is not None else None,
             cost=rec.cost if rec is not None else None,
             currency=rec.currency if rec is not None else None,
@@ -798,15 +944,18 @@ class _RunEnd:
     """A run-end record for the ledger writer; ``dropped()`` is how many records the writer has
     dropped by the time this is written (all records of the run were submitted before it)."""
 
-    __slots__ = ("run_id", "end", "status", "dropped")
+    __slots__ = ("run_id", "end", "status", "dropped", "extra")
 
-    def __init__(self, run_id: str, end: datetime, status: str, dropped=lambda: 0):
+    def __init__(self, run_id: str, end: datetime, status: str, dropped=lambda: 0, extra=None):
         self.run_id, self.end, self.status, self.dropped = run_id, end, status, dropped
+        self.extra = extra or {}
 
     def __call__(self, ledger) -> None:
         n = self.dropped()
-        config = {"dropped_records": n} if n else None
-        ledger.end_run(self.run_id, self.end, self.status, config=config)
+        config = dict(self.extra)
+        if n:
+            config["dropped_records"] = n
+        ledger.end_run(self.run_id, self.end, self.status, config=config or None)
 
 
 class _Heartbeat:
@@ -819,6 +968,10 @@ class _Heartbeat:
 
     def __call__(self, ledger) -> None:
         ledger.heartbeat(self.run_id, self.t)
+
+
+def _discard(span: Any) -> None:
+    """The intake of a stopped meter."""
 
 
 def _at_exit_stop(ref) -> None:

@@ -66,6 +66,9 @@ class SpanRecord:
     start_mono: float | None = None
     end_mono: float | None = None
     link_id: str | None = None  # a batch share's request span
+    # Spans this record stands for: 1, or a rollup's count (many short spans of one kind, name,
+    # model and parent recorded as one row per interval; see :mod:`greenmaas.aggregate`).
+    count: int = 1
 
     carbon_g: float | None = None  # location-based, as configured when recorded
     carbon_market_g: float | None = None  # market-based, only where configured

@@ -196,14 +196,17 @@ def test_devices_restrict_attribution():
 
 
 def test_stop_closes_open_spans_as_interrupted():
-    meter, clock = make_meter()
-    span = meter.measure("left-open")
-    span.__enter__()
-    step(meter, clock, 1.0)
-    meter.stop()
-    assert span.status == "interrupted"
-    assert span.result.energy_j == pytest.approx(100.0)
-    meter.stop()  # safe twice
+    def body():  # in a copy of the context: the span left open stays current only there
+        meter, clock = make_meter()
+        span = meter.measure("left-open")
+        span.__enter__()
+        step(meter, clock, 1.0)
+        meter.stop()
+        assert span.status == "interrupted"
+        assert span.result.energy_j == pytest.approx(100.0)
+        meter.stop()  # safe twice
+
+    contextvars.copy_context().run(body)
 
 
 def test_bad_phase_and_policy():

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import AttributionError
 
-__all__ = ["POLICIES", "Shares", "share_energy", "rates_for"]
+__all__ = ["POLICIES", "Shares", "share_energy", "share_curves", "share_time", "rates_for"]
 
 POLICIES = ("time", "weighted")
 
@@ -85,32 +85,49 @@ def share_energy(
     several intervals (a parent's time outside its children). Intervals are clipped to the
     window; rates of zero take nothing. Returns energy per owner plus idle.
     """
+    return share_curves(curve_t, [curve_e], starts, ends, rates, owners, n_owners, t0, t1)[0]
+
+
+def share_curves(
+    curve_t: np.ndarray,
+    curves: list[np.ndarray],
+    starts: np.ndarray,
+    ends: np.ndarray,
+    rates: np.ndarray,
+    owners: np.ndarray,
+    n_owners: int,
+    t0: float,
+    t1: float,
+    *,
+    with_time: bool = False,
+) -> list[Shares]:
+    """:func:`share_energy` for several curves on the same times (energy, its uncertainty, ...)
+    at once, the intervals' bookkeeping done once; with ``with_time`` one more result splits
+    device time (seconds) as :func:`share_time` does."""
     curve_t = np.asarray(curve_t, dtype=np.float64)
-    curve_e = np.asarray(curve_e, dtype=np.float64)
     starts = np.clip(np.asarray(starts, dtype=np.float64), t0, t1)
     ends = np.clip(np.asarray(ends, dtype=np.float64), t0, t1)
     rates = np.asarray(rates, dtype=np.float64)
     owners = np.asarray(owners, dtype=np.int64)
     if not (starts.shape == ends.shape == rates.shape == owners.shape):
         raise AttributionError("starts, ends, rates and owners must have one entry per interval")
-
-    by_owner = np.zeros(n_owners, dtype=np.float64)
-    busy = np.zeros(n_owners, dtype=np.float64)
+    n_out = len(curves) + (1 if with_time else 0)
     if curve_t.size == 0 or t1 <= t0:
-        return Shares(by_owner, 0.0, 0.0, busy)
+        return [Shares(np.zeros(n_owners), 0.0, 0.0, np.zeros(n_owners)) for _ in range(n_out)]
 
     live = (ends > starts) & (rates > 0)
     starts, ends, rates, owners = starts[live], ends[live], rates[live], owners[live]
 
     inner = curve_t[(curve_t > t0) & (curve_t < t1)]
     bp = np.unique(np.concatenate(([t0, t1], inner, starts, ends)))
-    e_bp = np.interp(bp, curve_t, curve_e)
-    seg_e = np.diff(e_bp).astype(_LD)
-    np.maximum(seg_e, 0, out=seg_e)  # a curve never decreases; guard against rounding
-    total = float(seg_e.sum())
-    nseg = seg_e.size
+    segs = [np.diff(np.interp(bp, curve_t, np.asarray(ce, dtype=np.float64))).astype(_LD) for ce in curves]
+    if with_time:
+        segs.append(np.diff(bp - t0).astype(_LD))
+    for seg_e in segs:
+        np.maximum(seg_e, 0, out=seg_e)  # a curve never decreases; guard against rounding
+    nseg = bp.size - 1
     if starts.size == 0:
-        return Shares(by_owner, total, total, busy)
+        return [Shares(np.zeros(n_owners), float(g.sum()), float(g.sum()), np.zeros(n_owners)) for g in segs]
 
     si = np.searchsorted(bp, starts)  # exact hits: bp contains every start and end
     ei = np.searchsorted(bp, ends)
@@ -129,32 +146,38 @@ def share_energy(
     # A busy segment whose intervals all have rates below the fixed-point resolution (rates
     # more than ~1e18 times smaller than the largest) is split equally among them instead.
     tiny = ~idle & ~busy_seg
-    per_rate = np.zeros(nseg, dtype=_LD)
-    per_rate[busy_seg] = seg_e[busy_seg] / rsum[busy_seg].astype(_LD)
     # energy_i = q_i * (sum of per_rate over its segments), taken as a prefix-sum difference. A
     # plain prefix over all segments would lose a large-rate interval's tiny per-rate terms
     # against the large terms of segments where only small rates ran. So intervals are grouped
     # by the magnitude of their rate (2**16 apart), and each group's prefix runs only over the
     # segments where one of its members is active: there every term is at most E_k / q_min.
-    energy = np.zeros(q.size, dtype=_LD)
     bucket = np.floor(np.log2(np.maximum(q, 1))).astype(np.int64) // 16
+    groups = []
     for b in np.unique(bucket):
         m = bucket == b
         sb, eb = si[m], ei[m]
         active = np.cumsum(np.bincount(sb, minlength=nseg + 1) - np.bincount(eb, minlength=nseg + 1))[:nseg] > 0
-        prefix = np.zeros(nseg + 1, dtype=_LD)
-        np.cumsum(np.where(active, per_rate, _LD(0)), out=prefix[1:])
-        energy[m] = q[m].astype(_LD) * (prefix[eb] - prefix[sb])
-    if tiny.any():
-        per_count = np.zeros(nseg, dtype=_LD)
-        per_count[tiny] = seg_e[tiny] / count[tiny]
-        prefix2 = np.zeros(nseg + 1, dtype=_LD)
-        np.cumsum(per_count, out=prefix2[1:])
-        energy += prefix2[ei] - prefix2[si]
-    by_owner = np.bincount(owners, weights=energy.astype(np.float64), minlength=n_owners)[:n_owners]
+        groups.append((m, sb, eb, active))
+    rsum_ld = rsum[busy_seg].astype(_LD)
     busy = np.bincount(owners, weights=ends - starts, minlength=n_owners)[:n_owners]
-    idle_j = float(seg_e[idle].sum())
-    return Shares(by_owner, idle_j, total, busy)
+    out = []
+    for seg_e in segs:
+        per_rate = np.zeros(nseg, dtype=_LD)
+        per_rate[busy_seg] = seg_e[busy_seg] / rsum_ld
+        energy = np.zeros(q.size, dtype=_LD)
+        for m, sb, eb, active in groups:
+            prefix = np.zeros(nseg + 1, dtype=_LD)
+            np.cumsum(np.where(active, per_rate, _LD(0)), out=prefix[1:])
+            energy[m] = q[m].astype(_LD) * (prefix[eb] - prefix[sb])
+        if tiny.any():
+            per_count = np.zeros(nseg, dtype=_LD)
+            per_count[tiny] = seg_e[tiny] / count[tiny]
+            prefix2 = np.zeros(nseg + 1, dtype=_LD)
+            np.cumsum(per_count, out=prefix2[1:])
+            energy += prefix2[ei] - prefix2[si]
+        by_owner = np.bincount(owners, weights=energy.astype(np.float64), minlength=n_owners)[:n_owners]
+        out.append(Shares(by_owner, float(seg_e[idle].sum()), float(seg_e.sum()), busy))
+    return out
 
 
 def _bincount_int(idx: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:

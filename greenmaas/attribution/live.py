@@ -21,12 +21,22 @@ computes the same figures.
 This module owns every piece of per-span attribution state (energy so far, records, holds for
 spans whose GPU times are still being resolved); a :class:`~greenmaas.spans.Span` is only the
 user's handle.
+
+Many short spans (a forward call or a step, thousands a second) take a bulk path: a span that
+has closed by the time the attributor first sees it, has no children, is not part of a batch and
+is not held is a *leaf*, kept in arrays rather than objects (start, end, class, devices, parent)
+and attributed with every other span by the same rules, vectorised. Finalised leaves are handed
+back in bulk (:class:`Finished`) with their energy per device; the meter records them one by one
+or rolls them up (:mod:`greenmaas.aggregate`). Their results stay readable for the most recent
+:data:`RESULT_RING` leaves.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +44,14 @@ import numpy as np
 
 from ..sampling.timeline import Timeline
 from ..sources.base import ESTIMATE, METHOD_UNCERTAINTY
-from .engine import share_energy, share_time
+from .engine import share_curves
 from .shape import DeviceShaper
-from .structure import CONTAINER_KINDS, Intervals, Node, competing
+from .structure import CONTAINER_KINDS, Intervals, Leaves, Node, competing
 
 if TYPE_CHECKING:
     from ..spans import Span
 
-__all__ = ["LiveAttributor", "Accumulator", "WindowTotals"]
+__all__ = ["LiveAttributor", "Accumulator", "WindowTotals", "Finished"]
 
 
 @dataclass
@@ -88,13 +98,20 @@ class WindowTotals:
     uncertainty_j: float = 0.0  # ± J of idle_j
 
 
+#: How many finalised leaves keep their figures for ``span.result`` after the meter has taken
+#: them (a ring: older ones are answered from nothing and say so).
+RESULT_RING = 1 << 16
+
+_NO_PARENT = -1
+
+
 class _State:
     __slots__ = ("span", "acc", "held", "done")
 
-    def __init__(self, span: "Span") -> None:
+    def __init__(self, span: "Span", held: bool = False) -> None:
         self.span = span
         self.acc = Accumulator()
-        self.held = False
+        self.held = held
         self.done = False
 
 
@@ -106,47 +123,290 @@ class _Device:
         self.shaper = DeviceShaper(samples=timeline.power_field == "instant")
 
 
+@dataclass
+class Finished:
+    """What one :meth:`LiveAttributor.advance` finalised.
+
+    ``spans``: spans with an :class:`Accumulator` (:meth:`LiveAttributor.accumulator`), parents
+    before their parents' parents. ``leaves``: leaf spans finalised in bulk, with per device
+    ``leaf_j`` (energy, inclusive = self), ``leaf_u`` (± J) and ``leaf_s`` (device seconds), arrays
+    aligned with ``leaves``."""
+
+    spans: list = field(default_factory=list)
+    leaves: list = field(default_factory=list)
+    leaf_j: dict[str, np.ndarray] = field(default_factory=dict)
+    leaf_u: dict[str, np.ndarray] = field(default_factory=dict)
+    leaf_s: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Each leaf's class: an index into ``leaf_keys``, the (kind, name, model, phase, status,
+    #: request_id, tenant, devices, parent) of the leaves of that class.
+    leaf_code: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    leaf_keys: list = field(default_factory=list)
+    leaf_start: np.ndarray = field(default_factory=lambda: np.empty(0))
+    leaf_end: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    def __bool__(self) -> bool:
+        return bool(self.spans or self.leaves)
+
+    def leaf_accumulator(self, i: int) -> Accumulator:
+        return Accumulator(
+            self_j={d: float(a[i]) for d, a in self.leaf_j.items()},
+            self_u={d: float(a[i]) for d, a in self.leaf_u.items()},
+            self_s={d: float(a[i]) for d, a in self.leaf_s.items()},
+        )
+
+
+class _LeafPool:
+    """Closed leaf spans not yet finalised, as arrays (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.spans: list = []
+        self.start = np.empty(0)
+        self.end = np.empty(0)
+        self.seq = np.empty(0, dtype=np.int64)
+        self.code = np.empty(0, dtype=np.int64)  # leaf class (index into the attributor's keys)
+        self.j: dict[str, np.ndarray] = {}
+        self.u: dict[str, np.ndarray] = {}
+        self.s: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def extend(self, spans: list, start, end, seq, code) -> None:
+        n = len(spans)
+        self.spans.extend(spans)
+        self.start = np.concatenate((self.start, start))
+        self.end = np.concatenate((self.end, end))
+        self.seq = np.concatenate((self.seq, seq))
+        self.code = np.concatenate((self.code, code))
+        for acc in (self.j, self.u, self.s):
+            for d in acc:
+                acc[d] = np.concatenate((acc[d], np.zeros(n)))
+
+    def column(self, acc: dict[str, np.ndarray], device: str) -> np.ndarray:
+        col = acc.get(device)
+        if col is None:
+            col = acc[device] = np.zeros(len(self.spans))
+        return col
+
+    def take(self, mask: np.ndarray) -> tuple[list, dict, dict, dict]:
+        """Remove the leaves under ``mask``; return them and their figures."""
+        idx = np.nonzero(mask)[0]
+        spans = [self.spans[i] for i in idx.tolist()]
+        out = ({d: a[idx] for d, a in self.j.items()}, {d: a[idx] for d, a in self.u.items()},
+               {d: a[idx] for d, a in self.s.items()})
+        keep = ~mask
+        kidx = np.nonzero(keep)[0]
+        self.spans = [self.spans[i] for i in kidx.tolist()]
+        self.start, self.end, self.seq, self.code = self.start[keep], self.end[keep], self.seq[keep], self.code[keep]
+        for acc in (self.j, self.u, self.s):
+            for d in list(acc):
+                acc[d] = acc[d][keep]
+        return spans, *out  # type: ignore[return-value]
+
+
+class _Ring:
+    """The figures of the last :data:`RESULT_RING` finalised leaves, by span sequence number."""
+
+    def __init__(self, size: int = RESULT_RING) -> None:
+        self.size = size
+        self.seq = np.full(size, -1, dtype=np.int64)
+        self.j: dict[str, np.ndarray] = {}
+        self.u: dict[str, np.ndarray] = {}
+        self.s: dict[str, np.ndarray] = {}
+
+    def put(self, seq: np.ndarray, j: dict, u: dict, s: dict) -> None:
+        if seq.size > self.size:
+            seq = seq[-self.size :]
+            j = {d: a[-self.size :] for d, a in j.items()}
+            u = {d: a[-self.size :] for d, a in u.items()}
+            s = {d: a[-self.size :] for d, a in s.items()}
+        pos = seq % self.size
+        self.seq[pos] = seq
+        for store, new in ((self.j, j), (self.u, u), (self.s, s)):
+            for d, a in new.items():
+                col = store.get(d)
+                if col is None:
+                    col = store[d] = np.zeros(self.size)
+                col[pos] = a
+            for d, col in store.items():  # a device this batch did not touch: zero, not stale
+                if d not in new:
+                    col[pos] = 0.0
+
+    def get(self, seq: int) -> Accumulator | None:
+        pos = seq % self.size
+        if self.seq[pos] != seq:
+            return None
+        return Accumulator(
+            self_j={d: float(a[pos]) for d, a in self.j.items()},
+            self_u={d: float(a[pos]) for d, a in self.u.items()},
+            self_s={d: float(a[pos]) for d, a in self.s.items()},
+        )
+
+
 class LiveAttributor:
     """Attributes device energy to spans as it settles.
 
-    :meth:`add` is a dict insert, safe from any thread; :meth:`advance` must be called by one
-    thread at a time (the meter holds its flush lock around it). ``settle_margin_s``: how long
-    after a span's clock read it surely has been added (spans are stamped, then added; a window
-    never ends closer to ``now`` than this).
+    :meth:`add` is an append, safe from any thread (the span is taken in at the next
+    :meth:`advance`); :meth:`advance` must be called by one thread at a time (the meter holds its
+    flush lock around it). ``settle_margin_s``: how long after a span's clock read it surely has
+    been added (spans are stamped, then added; a window never ends closer to ``now`` than this).
     """
 
     def __init__(self, policy: str, start: float, *, settle_margin_s: float = 0.0) -> None:
         self.policy = policy
         self.start = start
         self.settle_margin_s = settle_margin_s
+        self._new: deque = deque()
+        #: :meth:`add` itself, as a bound C method (the meter calls it for every span it opens).
+        self.intake_append = self._new.append
+        #: Spans added and not taken in yet (its ``len`` is the backlog).
+        self.backlog = self._new
+        self._held: set[int] = set()
         self._states: dict[int, _State] = {}
+        self._leaves = _LeafPool()
+        self._ring = _Ring()
+        # Leaf classes: every tag that a rollup keeps, the parent by identity.
+        self._keys: dict[tuple, int] = {}
+        self._key_list: list[tuple] = []
+        self._key_cls: list[int] = []  # power-model class of each key
+        self._key_dev: list[int] = []  # device set of each key
+        self._key_parent: list[int] = []  # id() of each key's parent, or _NO_PARENT
+        self._classes: dict[tuple[str, str], int] = {}
+        self._class_names: list[str] = []
+        self._dev_sets: dict[tuple[str, ...] | None, int] = {}
+        self._dev_list: list[tuple[str, ...] | None] = []
         self._devices: dict[str, _Device] = {}
         self._records: "weakref.WeakKeyDictionary[Span, Any]" = weakref.WeakKeyDictionary()
+        self._gone = 0  # leaves finalised so far (the ring remembers the last RESULT_RING)
 
     # ------------------------------------------------------------------ span state
 
     def add(self, span: "Span") -> None:
-        self._states[id(span)] = _State(span)
+        self._new.append(span)
+
+    def _intake(self) -> None:
+        """Take in the spans added since the last advance: closed leaves into the pool, the
+        rest as states."""
+        new = self._new
+        n = len(new)
+        if not n:
+            return
+        popleft = new.popleft
+        batch = [popleft() for _ in range(n)]  # others may append meanwhile: they wait a pass
+        held = self._held
+        if self.policy == "time":
+            is_leaf = [
+                s.end is not None and not s.has_children and s.share_rate is None and s.kind not in _NOT_LEAF
+                for s in batch
+            ]
+            if held:
+                is_leaf = [ok and id(s) not in held for ok, s in zip(is_leaf, batch)]
+        else:
+            is_leaf = [False] * n
+        states = self._states
+        leaves = []
+        for ok, s in zip(is_leaf, batch):
+            if ok:
+                leaves.append(s)
+            elif s.start is not None:
+                states[id(s)] = _State(s, held=id(s) in held)
+        if not leaves:
+            return
+        m = len(leaves)
+        if len(self._keys) > _MAX_KEYS:
+            self._prune_keys()
+        table = self._keys
+        keys = list(map(_key_of, leaves))
+        codes = [table.get(k) for k in keys]
+        if None in codes:
+            for i, k in enumerate(keys):
+                if codes[i] is None:
+                    codes[i] = self._new_key(k)
+        self._leaves.extend(
+            leaves,
+            np.fromiter([s.start for s in leaves], dtype=np.float64, count=m),
+            np.fromiter([s.end for s in leaves], dtype=np.float64, count=m),
+            np.fromiter([s._seq for s in leaves], dtype=np.int64, count=m),
+            np.asarray(codes, dtype=np.int64),
+        )
+
+    def _new_key(self, key: tuple) -> int:
+        c = self._keys.get(key)
+        if c is not None:
+            return c
+        kind, name, devices, parent = key[0], key[1], key[7], key[8]
+        ck = (kind, name)
+        cls = self._classes.get(ck)
+        if cls is None:
+            cls = self._classes[ck] = len(self._class_names)
+            self._class_names.append(f"{kind}:{name}")
+        dev = self._dev_sets.get(devices)
+        if dev is None:
+            dev = self._dev_sets[devices] = len(self._dev_list)
+            self._dev_list.append(devices)
+        c = self._keys[key] = len(self._key_list)
+        self._key_list.append(key)
+        self._key_cls.append(cls)
+        self._key_dev.append(dev)
+        self._key_parent.append(_NO_PARENT if parent is None else id(parent))
+        return c
+
+    def _prune_keys(self) -> None:
+        """Forget the leaf classes no pending leaf uses (a class holds its parent span; a run
+        with a parent per step would otherwise keep every one)."""
+        pool = self._leaves
+        used = np.unique(pool.code).tolist() if len(pool) else []
+        old = self._key_list
+        self._keys, self._key_list = {}, []
+        self._key_cls, self._key_dev, self._key_parent = [], [], []
+        remap = np.zeros(len(old), dtype=np.int64)
+        for c in used:
+            remap[c] = self._new_key(old[c])
+        if len(pool):
+            pool.code = remap[pool.code]
 
     def hold(self, span: "Span") -> None:
         """Keep windows before ``span``'s start until :meth:`release` (its true times are being
         resolved, e.g. from CUDA events)."""
+        self._held.add(id(span))
         st = self._states.get(id(span))
         if st is not None:
             st.held = True
 
     def release(self, span: "Span") -> None:
+        self._held.discard(id(span))
         st = self._states.get(id(span))
         if st is not None:
             st.held = False
 
     def is_held(self, span: "Span") -> bool:
-        st = self._states.get(id(span))
-        return st is not None and st.held
+        return id(span) in self._held
 
     def accumulator(self, span: "Span") -> Accumulator | None:
+        """The span's energy so far (None once its figures are gone: see :data:`RESULT_RING`)."""
         st = self._states.get(id(span))
-        return st.acc if st is not None else None
+        if st is not None:
+            return st.acc
+        seq = getattr(span, "_seq", None)
+        if seq is None:
+            return None
+        pool = self._leaves
+        if len(pool):
+            hit = np.nonzero(pool.seq == seq)[0]
+            if hit.size:
+                i = int(hit[0])
+                if pool.spans[i] is span:
+                    return Accumulator(
+                        self_j={d: float(a[i]) for d, a in pool.j.items()},
+                        self_u={d: float(a[i]) for d, a in pool.u.items()},
+                        self_s={d: float(a[i]) for d, a in pool.s.items()},
+                    )
+        acc = self._ring.get(seq)
+        if acc is not None:
+            return acc
+        if any(s is span for s in list(self._new)):
+            return Accumulator()
+        return None
 
     def set_record(self, span: "Span", record: Any) -> None:
         self._records[span] = record
@@ -155,11 +415,22 @@ class LiveAttributor:
         return self._records.get(span)
 
     def is_final(self, span: "Span") -> bool:
-        return span in self._records
+        if span in self._records:
+            return True
+        seq = getattr(span, "_seq", None)
+        if seq is None or id(span) in self._states:
+            return False
+        pool = self._leaves
+        if len(pool) and bool(np.any(pool.seq == seq)):
+            return False
+        if any(s is span for s in list(self._new)):
+            return False
+        return self._ring.get(seq) is not None
 
     @property
     def pending(self) -> int:
-        return len(self._states)
+        """Spans taken in and not finalised, plus those not taken in yet."""
+        return len(self._states) + len(self._leaves) + len(self._new)
 
     @property
     def watermark(self) -> float:
@@ -168,6 +439,7 @@ class LiveAttributor:
         return min(wms) if wms else self.start
 
     def open_spans(self) -> list["Span"]:
+        self._intake()
         return [st.span for st in list(self._states.values()) if st.span.end is None]
 
     def limit(self) -> float:
@@ -190,10 +462,11 @@ class LiveAttributor:
 
     def advance(
         self, now: float, timelines: dict[str, Timeline], *, force: bool = False
-    ) -> tuple[list["Span"], list[WindowTotals]]:
+    ) -> tuple[Finished, list[WindowTotals]]:
         """Attribute what has settled on every device (limited by :meth:`limit` unless
-        ``force``, which ends every device at its last settled energy) and return the spans
+        ``force``, which ends every device at its last settled energy) and return what was
         finalised and the per-device totals of the windows."""
+        self._intake()
         lim = math.inf if force else min(self.limit(), now - self.settle_margin_s)
         states = [st for st in list(self._states.values()) if st.span.start is not None]
         nodes = _nodes(states)
@@ -222,13 +495,14 @@ class LiveAttributor:
             return self._finalise(timelines, force), []
         t_lo = min(p[2].wm for p in plans)  # type: ignore[type-var]
         t_hi = max(p[3] for p in plans)
-        work = competing(nodes, t_lo, max(t_hi, t_lo), self.policy) if t_hi > t_lo else None
+        leaves = self._leaf_set(states)
+        work = competing(nodes, t_lo, max(t_hi, t_lo), self.policy, leaves) if t_hi > t_lo else None
 
         totals: list[WindowTotals] = []
         for dev, tl, d, target, knots in plans:
             if work is None:
                 continue
-            on_dev = work.on_device(nodes, dev)
+            on_dev = work.on_device(dev)
             if knots is not None:
                 kt, kv, kh = knots
                 reads = tl.power_reads() if d.shaper.use_samples else None
@@ -252,20 +526,45 @@ class LiveAttributor:
                 d.shaper.trim(ready)
         return self._finalise(timelines, force), totals
 
+    def _leaf_set(self, states: list[_State]) -> Leaves | None:
+        pool = self._leaves
+        if not len(pool):
+            return None
+        index = {id(st.span): i for i, st in enumerate(states)}
+        key_parent = np.asarray([index.get(k, _NO_PARENT) if k != _NO_PARENT else _NO_PARENT for k in self._key_parent],
+                                dtype=np.int64)
+        codes = pool.code
+        return Leaves(
+            pool.start,
+            pool.end,
+            key_parent[codes],
+            np.asarray(self._key_cls, dtype=np.int64)[codes],
+            list(self._class_names),
+            np.asarray(self._key_dev, dtype=np.int64)[codes],
+            list(self._dev_list),
+        )
+
     def _window(self, dev, method, states, work: Intervals, ct, ce, cu, t0, t1) -> WindowTotals:
         n = len(states)
-        sh = share_energy(ct, ce, work.starts, work.ends, work.rates, work.owners, n, t0, t1)
-        su = share_energy(ct, cu, work.starts, work.ends, work.rates, work.owners, n, t0, t1)
-        tm = share_time(work.starts, work.ends, work.rates, work.owners, n, t0, t1)
-        for i in np.nonzero(sh.by_owner)[0].tolist():
+        m = len(self._leaves)
+        total = n + m
+        sh, su, tm = share_curves(
+            ct, [ce, cu], work.starts, work.ends, work.rates, work.owners, total, t0, t1, with_time=True
+        )
+        for i in np.nonzero(sh.by_owner[:n])[0].tolist():
             acc = states[i].acc
             _add(acc.self_j, dev, float(sh.by_owner[i]))
             _add(acc.self_u, dev, float(su.by_owner[i]))
-        for i in np.nonzero(tm.by_owner)[0].tolist():
+        for i in np.nonzero(tm.by_owner[:n])[0].tolist():
             _add(states[i].acc.self_s, dev, float(tm.by_owner[i]))
+        if m:
+            pool = self._leaves
+            pool.column(pool.j, dev)[:] += sh.by_owner[n:]
+            pool.column(pool.u, dev)[:] += su.by_owner[n:]
+            pool.column(pool.s, dev)[:] += tm.by_owner[n:]
         return WindowTotals(dev, method, t0, t1, sh.total_j, sh.attributed_j, sh.idle_j, tm.idle_j, su.idle_j)
 
-    def _finalise(self, timelines: dict[str, Timeline], force: bool) -> list["Span"]:
+    def _finalise(self, timelines: dict[str, Timeline], force: bool) -> Finished:
         """Spans every one of whose devices has been attributed past their end."""
         wms = {dev: d.wm for dev, d in self._devices.items()}
         done: list[_State] = []
@@ -278,6 +577,50 @@ class LiveAttributor:
                 if any(wms.get(x) is None or wms[x] < s.end for x in devs):  # type: ignore[operator]
                     continue
             done.append(st)
+        out = Finished()
+        pool = self._leaves
+        if len(pool):
+            if force:
+                ready = np.ones(len(pool), dtype=bool)
+            else:
+                reach = np.empty(len(self._dev_list))
+                for code, ds in enumerate(self._dev_list):
+                    devs = timelines if ds is None else [x for x in ds if x in timelines]
+                    vals = [wms.get(x) for x in devs]
+                    reach[code] = -math.inf if any(v is None for v in vals) else min(vals, default=math.inf)  # type: ignore[type-var]
+                ready = pool.end <= reach[np.asarray(self._key_dev, dtype=np.int64)[pool.code]]
+            if ready.any():
+                starts = pool.start[ready]
+                ends = pool.end[ready]
+                codes = pool.code[ready]
+                keys = np.asarray(self._key_parent, dtype=np.int64)[codes]
+                seqs = pool.seq[ready]
+                spans, j, u, sec = pool.take(ready)
+                # A leaf's energy joins its parent's while that one is not final; a parent
+                # finalised in this same pass takes only leaves that ended by its own end
+                # (children before parents, as below).
+                closing = {id(st.span): st.span.end for st in done}
+                for key in np.unique(keys).tolist():
+                    if key == _NO_PARENT:
+                        continue
+                    tst = self._states.get(key)
+                    if tst is None or tst.done:
+                        continue
+                    sel = keys == key
+                    p_end = closing.get(key)
+                    if p_end is not None:
+                        sel &= ends <= p_end
+                    if not sel.any():
+                        continue
+                    for dv, a in j.items():
+                        _add(tst.acc.child_j, dv, float(a[sel].sum()))
+                    for dv, a in u.items():
+                        _add(tst.acc.child_u, dv, float(a[sel].sum()))
+                self._ring.put(seqs, j, u, sec)
+                self._gone += len(spans)
+                out.leaves, out.leaf_j, out.leaf_u, out.leaf_s = spans, j, u, sec
+                out.leaf_code, out.leaf_keys = codes, self._key_list
+                out.leaf_start, out.leaf_end = starts, ends
         # Children before parents. A span's energy joins its parent's (and a batch share's its
         # request's) only while that one is not final: a child that outlives its parent (a
         # generator, a thread) keeps its energy to itself, whenever the windows fell.
@@ -290,16 +633,26 @@ class LiveAttributor:
             for target in (s.parent, s.link):
                 tst = self._states.get(id(target)) if target is not None else None
                 if tst is not None and not tst.done:
-                    for dv, j in inc.items():
-                        _add(tst.acc.child_j, dv, j)
-                    for dv, u in inc_u.items():
-                        _add(tst.acc.child_u, dv, u)
-        return [st.span for st in done]
+                    for dv, jj in inc.items():
+                        _add(tst.acc.child_j, dv, jj)
+                    for dv, uu in inc_u.items():
+                        _add(tst.acc.child_u, dv, uu)
+        out.spans = [st.span for st in done]
+        return out
 
     def forget(self, spans: list["Span"]) -> None:
         """Drop the state of finalised spans (after the meter has recorded them)."""
         for s in spans:
             self._states.pop(id(s), None)
+            self._held.discard(id(s))
+
+
+#: Kinds that never take the bulk path (their energy depends on other spans').
+_NOT_LEAF = frozenset({"request", "batch", "share"})
+#: What makes leaves one class: every tag a rollup keeps, and the parent (by identity).
+_key_of = operator.attrgetter("kind", "name", "model", "phase", "status", "request_id", "tenant", "devices", "parent")
+#: Leaf classes remembered before unused ones are forgotten.
+_MAX_KEYS = 8192
 
 
 def _nodes(states: list[_State]) -> list[Node]:

@@ -231,10 +231,16 @@ class _OfflineSpan:
 
     __slots__ = (
         "start", "end", "kind", "name", "parent", "link", "weight", "share_rate", "devices", "has_children",
-        "__weakref__",
+        "_seq", "__weakref__",
     )
+    # Tags the attributor groups leaves by; a spans file's spans carry none of them.
+    model = phase = request_id = tenant = None
+    status = "ok"
 
-    def __init__(self, start: float, end: float, kind: str, name: str, weight: float, devices: tuple[str, ...]):
+    def __init__(
+        self, seq: int, start: float, end: float, kind: str, name: str, weight: float, devices: tuple[str, ...]
+    ):
+        self._seq = seq
         self.start = start
         self.end = end
         self.kind = kind
@@ -294,7 +300,9 @@ def attribute_trace(
         kind = (table.kind[i] if table.kind else None) or "span"
         name = (table.name[i] if table.name else None) or ""
         nodes.append(
-            _OfflineSpan(float(table.start[i]), float(table.end[i]), kind, name, float(table.weight[i]), table.devices[i])
+            _OfflineSpan(
+                i, float(table.start[i]), float(table.end[i]), kind, name, float(table.weight[i]), table.devices[i]
+            )
         )
     index = {sid: i for i, sid in enumerate(table.ids)}
     for i in range(n):
@@ -321,17 +329,23 @@ def attribute_trace(
     attr = LiveAttributor(policy, start)
     for nd in sorted(nodes, key=lambda x: x.start):
         attr.add(nd)  # type: ignore[arg-type]
-    _, totals = attr.advance(math.inf, timelines, force=True)
+    finished, totals = attr.advance(math.inf, timelines, force=True)
     by_device = {dev: np.zeros(n) for dev in data}
     unc = {dev: np.zeros(n) for dev in data}
-    for i, nd in enumerate(nodes):
-        acc = attr.accumulator(nd)  # type: ignore[arg-type]
+    for nd in finished.spans:
+        acc = attr.accumulator(nd)
         if acc is None:
             continue
         inc, inc_u = acc.inclusive(), acc.inclusive_u()
         for dev in data:
-            by_device[dev][i] = inc.get(dev, 0.0)
-            unc[dev][i] = inc_u.get(dev, 0.0)
+            by_device[dev][nd._seq] = inc.get(dev, 0.0)
+            unc[dev][nd._seq] = inc_u.get(dev, 0.0)
+    if finished.leaves:
+        rows = np.fromiter((nd._seq for nd in finished.leaves), dtype=np.int64, count=len(finished.leaves))
+        for dev in data:
+            if dev in finished.leaf_j:
+                by_device[dev][rows] = finished.leaf_j[dev]
+                unc[dev][rows] = finished.leaf_u[dev]
     idle = {dev: 0.0 for dev in data}
     idle_u = {dev: 0.0 for dev in data}
     total = {dev: 0.0 for dev in data}

@@ -34,10 +34,16 @@ class RecordingMeter(Meter):
         super().__init__(**kw)
         self.opened = []
 
-    def _open_span(self, span):
-        opened = super()._open_span(span)
-        self.opened.append(span)
-        return opened
+    def start(self):
+        super().start()
+        intake = self._intake
+
+        def record(span):
+            self.opened.append(span)
+            intake(span)
+
+        self._intake = record
+        return self
 
     def of_kind(self, kind):
         return [s for s in self.opened if s.kind == kind]
@@ -351,12 +357,19 @@ def test_every_mode_is_host_time_on_the_cpu(meter, clock):
 
 def test_measuring_failures_never_reach_the_caller(meter, clock, caplog):
     model = Timed(clock)
-    stopped = Meter(sources=[], ledger=False, clock=clock, background=False, accounting=False)
 
-    def broken_open(span):
-        raise RuntimeError("meter broke")
+    class BrokenClock(FakeClock):
+        armed = False
 
-    stopped._open_span = broken_open  # type: ignore[method-assign]
+        def monotonic(self):
+            if self.armed:
+                raise RuntimeError("meter broke")
+            return super().monotonic()
+
+    broken = BrokenClock()
+    stopped = Meter(sources=[], ledger=False, clock=broken, background=False, accounting=False)
+    stopped.start()
+    broken.armed = True
     with track_module(model, meter=stopped):
         out = model(torch.ones(1, 4))
     assert out.shape == (1, 4)
