@@ -52,6 +52,8 @@ __all__ = [
 log = logging.getLogger("greenmaas")
 
 SYNC_MODES = ("none", "sync", "events")
+#: A tracked module without parameters is scanned for them again every this many calls.
+_RESCAN_EVERY = 1000
 
 
 # ---------------------------------------------------------------------- handles
@@ -156,6 +158,7 @@ class _Tracker:
         self._dev_key: Any = None
         self._probe: weakref.ref | None = None
         self._torch_devices: tuple[torch.device, ...] = ()
+        self._bare_calls = 0  # calls left before a module with no tensors is scanned again
         self._ids: dict[int, str] = {}
         self._ids_meter: Any = None
         # What the devices imply, recomputed only when torch_devices() returns a new tuple (the
@@ -181,6 +184,9 @@ class _Tracker:
         probe = self._probe() if self._probe is not None else None
         if probe is not None and probe.device == self._dev_key:
             return self._torch_devices
+        if self._probe is None and self._bare_calls:  # no tensors last time: look again later
+            self._bare_calls -= 1
+            return self._torch_devices
         devs: set[torch.device] = set()
         self._probe = None
         for t in self._params():
@@ -189,6 +195,8 @@ class _Tracker:
                 self._dev_key = t.device
             devs.add(t.device)
         self._torch_devices = tuple(sorted(devs, key=str))
+        if self._probe is None:  # a module without parameters (or not yet materialised)
+            self._bare_calls = _RESCAN_EVERY
         return self._torch_devices
 
     def _timed(self, tdevs: tuple[torch.device, ...]) -> list:
