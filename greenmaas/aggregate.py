@@ -15,7 +15,8 @@ as every other span (its members competed one by one), so spans + idle = device 
 holds, and a parent's energy still includes its rolled-up children. ``Meter(rollup=True)`` rolls
 up every eligible span at any rate, ``False`` never (every span a row, whatever it costs).
 
-Only leaf spans are rolled up (no children; not requests, batches or batch shares), and only
+Only leaf spans are rolled up (no children; not batches or batch shares), never requests (each
+is billed on its own), and only
 those the attributor takes in bulk (closed when it first sees them). Their ``span.result``
 stays readable for the most recent spans (:data:`~greenmaas.attribution.live.RESULT_RING`),
 without carbon and cost, which are priced on the rollup row.
@@ -36,6 +37,8 @@ __all__ = ["ROLLUP_ABOVE_HZ", "ROLLUP_INTERVAL_S", "Rollups", "Bucket", "PERCENT
 ROLLUP_ABOVE_HZ = 200.0
 #: Default interval of a rollup row (s of the spans' end times).
 ROLLUP_INTERVAL_S = 1.0
+#: Kinds always recorded one row each, at any rate.
+NEVER_ROLLED = frozenset({"request"})
 #: Classes remembered before those not rolled up are forgotten.
 _MAX_CLASSES = 4096
 #: Duration percentiles kept per rollup row.
@@ -113,8 +116,12 @@ class Rollups:
             st = self._state.get(key)
             if st is None:
                 st = self._state[key] = [-math.inf, 0, False]
-                if self.mode is True:
+                if key[0] in NEVER_ROLLED:
+                    st[2] = None  # never: each is billed on its own
+                elif self.mode is True:
                     self._roll(key, st)
+            if st[2] is None:
+                continue
             sel = codes == c
             if not st[2]:
                 self._count(key, st, np.sort(done.leaf_end[sel]))

@@ -647,8 +647,8 @@ class LiveAttributor:
             self._held.discard(id(s))
 
 
-#: Kinds that never take the bulk path (their energy depends on other spans').
-_NOT_LEAF = frozenset({"request", "batch", "share"})
+#: Kinds that never take the bulk path (a batch's and its shares' energy depend on each other).
+_NOT_LEAF = frozenset({"batch", "share"})
 #: What makes leaves one class: every tag a rollup keeps, and the parent (by identity).
 _key_of = operator.attrgetter("kind", "name", "model", "phase", "status", "request_id", "tenant", "devices", "parent")
 #: Leaf classes remembered before unused ones are forgotten.
