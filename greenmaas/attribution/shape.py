@@ -141,9 +141,16 @@ class DeviceShaper:
         order = np.argsort(work.starts, kind="stable")
         ws, we, wc = work.starts[order], work.ends[order], work.classes[order]
         names = work.class_names
+        # Each interval looks only at the work that can reach it: starts sorted, and the running
+        # maximum of ends says where work ending before it stops.
+        reach = np.maximum.accumulate(we) if we.size else we
         for k in range(i, j):
             a, b = float(kt[k]), float(kt[k + 1])
-            self._shape(a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws, we, wc, names, reads)
+            lo = int(np.searchsorted(reach, a, side="right"))
+            hi = int(np.searchsorted(ws, b, side="left"))
+            self._shape(
+                a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws[lo:hi], we[lo:hi], wc[lo:hi], names, reads
+            )
             self._e[-1] = float(kv[k + 1]) - self._e0  # type: ignore[operator]  # no drift
 
     def _shape(self, a, b, energy, timing_s, ws, we, wc, names, reads) -> None:
