@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 LEDGER ?= greenmaas.db
 
-.PHONY: venv demo test bench accuracy clean
+.PHONY: venv demo test bench bench-overhead accuracy ledger-bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: venv
 	$(PY) examples/bench_attribution.py
 	$(PY) examples/bench_overhead.py
 	$(PY) examples/bench_accuracy.py
+
+bench-overhead: venv
+	$(PY) examples/bench_overhead.py
 
 accuracy: venv
 	$(PY) examples/bench_accuracy.py
