@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 LEDGER ?= greenmaas.db
 
-.PHONY: venv demo test bench bench-overhead accuracy ledger-bench clean
+.PHONY: venv demo test bench bench-overhead accuracy ledger-bench html-report bench-serving ci clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ bench-overhead: venv
 
 accuracy: venv
 	$(PY) examples/bench_accuracy.py
+
+html-report: venv
+	$(PY) examples/render_report.py
+
+bench-serving: venv
+	$(PY) examples/bench_serving.py
+
+ci:
+	.ci/run
 
 ledger-bench: venv
 	$(PY) examples/bench_ledger.py

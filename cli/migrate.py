@@ -1,4 +1,5 @@
-"""``greenmaas migrate``: upgrade a ledger written by an older greenmaas, in place."""
+"""``greenmaas migrate``: upgrade a ledger written by an older greenmaas, in place (Alembic
+revisions shipped with the package; see :mod:`greenmaas.ledger.migrations`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ __all__ = ["migrate"]
 def migrate(ledger):
     """Upgrade a ledger written by an older greenmaas to this version's schema, in place.
 
-    A SQLite file is first copied to <name>.schema<N>.bak beside it (opening it for writing
-    does the same on its own). A server database (PostgreSQL) is never upgraded on its own and
-    is not copied here: back it up with its own tools first. An up-to-date ledger is left as is.
+    A SQLite file is first copied to <name>.schema<N>.bak beside it, file mode kept (opening it
+    for writing does the same on its own unless GREENMAAS_AUTO_UPGRADE=0). A server database
+    (PostgreSQL) is upgraded only here (or with GREENMAAS_AUTO_UPGRADE=1) and is not copied:
+    back it up with its own tools first. The upgrade runs in one transaction: it is done
+    completely or not at all. An up-to-date ledger is left as is; a newer one is refused.
     """
     from greenmaas.ledger.migrations import migrate as upgrade_ledger
 

@@ -44,8 +44,8 @@ def format_option(formats: Sequence[str] = FORMATS) -> Callable[[Callable], Call
 #: ``(option, AccountingConfig field, metavar, help)`` of the options that re-price a report.
 ACCOUNTING_OPTIONS = (
     ("--location", "location", "SPEC",
-     "Grid location: FR, FRA, US-CA, USA/virginia, gcp:europe-west1, aws:us-east-1, azure:westeurope, "
-     "or a fixed number in gCO2e/kWh."),
+     "Grid location: FR, FRA, US-CA, USA/virginia, CA-QC, CAN/quebec, CN-GD, SE3, gcp:europe-west1, "
+     "aws:us-east-1, azure:westeurope, or a fixed number in gCO2e/kWh."),
     ("--price", "tariff", "TARIFF",
      "Electricity price: 0.25EUR/kWh, or time of use: 0.30EUR/kWh@08-20@mon-fri,0.18EUR/kWh[,tz=Europe/Paris] "
      "(first match wins; the last price is the default), or a tariff .json file."),

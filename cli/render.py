@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
-__all__ = ["Column", "render", "format_value"]
+__all__ = ["Column", "render", "format_value", "write_document", "output_to", "progress_steps"]
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ def render(
         return
 
     shown = list(rows)
-    has_total = total_label is not None and rows and any(c.total for c in columns)
-    total = _total_row(rows, columns, total_label) if has_total else None
+    has_total = bool(rows) and any(c.total for c in columns)
+    total = _total_row(rows, columns, total_label) if has_total and total_label is not None else None
     if fmt == "markdown":
         right = _NUMERIC
         lines = [
@@ -144,8 +145,7 @@ def render(
         table = Table(title=title, show_footer=total is not None)
         for c in columns:
             footer = _total_cell(total, c, len(table.columns)) if total is not None else ""
-            justify = "right" if c.kind in _NUMERIC else "left"
-            table.add_column(Text(c.header), footer=Text(footer), justify=justify)
+            table.add_column(Text(c.header), footer=Text(footer), justify="right" if c.kind in _NUMERIC else "left")
         for r in shown:
             table.add_row(*(Text(format_value(c.get(r), c)) for c in columns))
         Console(file=out, width=None if out.isatty() else 160).print(table)
@@ -165,3 +165,53 @@ def _csv_value(value: Any) -> Any:
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _open_output(path: str) -> Any:
+    from .options import UserError
+
+    try:
+        return open(path, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise UserError(f"--output {path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def write_document(text: str, output: str | None) -> None:
+    """Write a document to ``output`` (a path), or to stdout when None."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with _open_output(output) as fh:
+        fh.write(text)
+    click.echo(f"Wrote {output}", err=True)
+
+
+@contextmanager
+def output_to(output: str) -> Iterator[None]:
+    """Send what a command writes to stdout into the file ``output`` instead."""
+    with _open_output(output) as fh, redirect_stdout(fh):
+        yield
+
+
+@contextmanager
+def progress_steps(title: str, steps: Sequence[str]) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on stderr over named ``steps``; yields ``step(name)``, to call as each
+    one starts. Shown only on a terminal: pipes and files get nothing."""
+    if not sys.stderr.isatty():
+        yield lambda _name: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(title, total=len(steps))
+        seen: list[str] = []
+
+        def step(name: str) -> None:
+            if seen:
+                bar.advance(task)
+            seen.append(name)
+            bar.update(task, description=f"{title}: {name}")
+
+        yield step

@@ -7,6 +7,13 @@ Without accounting options each run is priced as it recorded (``config["accounti
 re-running anything. Tables end with a short sources footer; markdown adds a sources section
 (and a model card per model with ``--by model``); JSON and CSV stay a plain list of rows, and
 ``--sources`` prints what the figures rest on instead of the rows.
+
+Documents (:mod:`greenmaas.reporting`): ``html`` is one self-contained page with plots;
+``eu-ai-act`` the energy and compute fields of EU AI Act Annex XI §2(d)–(e) and the GPAI Code of
+Practice model documentation form, per model (markdown; JSON with ``eu-ai-act-json`` or an
+``--output`` ending in ``.json``); ``sci`` the GSF SCI with its terms (JSON, per ``--sci`` unit,
+default request); ``boamps`` a BoAmps energy report (JSON), validated against its schema.
+``--output FILE`` writes any format to a file.
 """
 
 from __future__ import annotations
@@ -19,12 +26,24 @@ from typing import Any, Mapping, Sequence
 import click
 
 from greenmaas.errors import GreenmaasError
+from greenmaas.period import to_utc
 from greenmaas.report import GROUPS, SCI_UNITS, ExtraColumn, Summary, summary
 
-from .options import ACCOUNTING_OPTIONS, DateParam, UserError, accounting_options, format_option, ledger_option
-from .render import Column, render
+from .options import (
+    ACCOUNTING_OPTIONS,
+    FORMATS,
+    DateParam,
+    UserError,
+    accounting_options,
+    format_option,
+    ledger_option,
+)
+from .render import Column, output_to, progress_steps, render, write_document
 
-__all__ = ["report", "build_report", "report_columns", "accounting_overrides"]
+__all__ = ["report", "build_report", "report_columns", "accounting_overrides", "DOCUMENT_FORMATS"]
+
+#: Formats that are documents rather than a table of rows (see :mod:`greenmaas.reporting`).
+DOCUMENT_FORMATS = ("html", "eu-ai-act", "eu-ai-act-json", "sci", "boamps")
 
 _GROUP_HEADERS = {
     "model": "Model",
@@ -100,6 +119,15 @@ def report_columns(
         columns.append(Column("carbon_market_g", "Carbon, market-based (gCO2e)", "amount", total=True))
     if "cost" in present:
         columns += _money_columns(rows)
+    if by == "request" and "prefill_j" in present:
+        columns += [
+            Column("prompt_tokens", "Prompt tokens", "int", total=True),
+            Column("output_tokens", "Output tokens", "int", total=True),
+            Column("prefill_j", "Prefill (J)", "float", digits=2, total=True),
+            Column("decode_j", "Decode (J)", "float", digits=2, total=True),
+            Column("j_per_output_token", "J/output token", "float", digits=4),
+            Column("ttft_s", "TTFT (s)", "float", digits=3),
+        ]
     for c in extra:
         if c.key in present:
             columns.append(Column(c.key, c.header, "float", digits=c.digits, total=True))
@@ -135,6 +163,39 @@ def _money_columns(rows: Sequence[dict]) -> list[Column]:
         Column("cost", f"Cost{unit}", "amount", total=total, show=human),
         Column("currency", "Currency", show="all" if priced and not unit else "machine"),
     ]
+
+
+def _device_kinds_present(ledger: Any) -> set[str]:
+    """The device kinds a ledger has recorded, as reports price them: each run's description of
+    its devices, else the device id's prefix (``gpu:0`` -> ``gpu``); lower case."""
+    from greenmaas.analysis import read_ledger
+
+    kinds: set[str] = set()
+    described: set[tuple[str, str]] = set()
+    runs = read_ledger(ledger, "runs")
+    for run_id, devices in zip(runs["run_id"], runs["devices"]):
+        for d in devices if isinstance(devices, list) else []:
+            if isinstance(d, dict) and d.get("id"):
+                described.add((run_id, str(d["id"])))
+                kinds.add(str(d.get("kind") or str(d["id"]).split(":", 1)[0]).lower())
+    totals = read_ledger(ledger, "devices")
+    for run_id, device in zip(totals["run_id"], totals["device"]):
+        if (run_id, str(device)) not in described:
+            kinds.add(str(device).split(":", 1)[0].lower())
+    return kinds
+
+
+def _warn_unused_hardware_prices(ledger: Any, prices: Mapping[str, Any]) -> None:
+    """One warning line per ``--hardware-price`` kind the ledger has no device of (a typo, or
+    the wrong ledger): that price prices nothing."""
+    present = _device_kinds_present(ledger)
+    for kind in sorted(set(prices) - present):
+        have = ", ".join(sorted(present)) or "none"
+        click.echo(
+            f"Warning: --hardware-price: the ledger has no device of kind {kind!r} "
+            f"(kinds present: {have}); its price is not used.",
+            err=True,
+        )
 
 
 def build_report(
@@ -181,18 +242,42 @@ def build_report(
     is_flag=True,
     help="Print what the figures rest on (location, intensity, PUE, prices, methods) instead of the rows.",
 )
-@format_option()
-def report(ledger, by, since, until, model, sci, sources_only, fmt, **options):
+@format_option(FORMATS + DOCUMENT_FORMATS)
+@click.option(
+    "--output",
+    "output",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write to FILE instead of standard output (eu-ai-act: JSON when FILE ends in .json).",
+)
+def report(ledger, by, since, until, model, sci, sources_only, fmt, output, **options):
     """Energy, carbon and cost per model, phase, run, day, request, tenant or span name.
 
     Nested spans are never double counted: each group sums its spans' own energy (children
     excluded), and carbon and cost are computed on that energy. An (idle) row holds energy and
     device time used while no span ran. Each run is priced with the accounting it recorded;
     the accounting options replace one setting each, for every run, without re-running.
+
+    Documents: --format html (one page with plots), eu-ai-act (EU AI Act / GPAI Code of
+    Practice energy fields per model), sci (GSF SCI form, JSON), boamps (BoAmps JSON).
     """
-    if since is not None and until is not None and until <= since:
+    lo, hi = to_utc(since), to_utc(until, upper=True)  # a bare --until date includes its day
+    if lo is not None and hi is not None and hi <= lo:
         raise UserError(f"--until {until.isoformat()} is not after --since {since.isoformat()}: nothing to report")
     overrides = accounting_overrides(**options)
+    if overrides.get("hardware_prices"):
+        _warn_unused_hardware_prices(ledger, overrides["hardware_prices"])
+    if fmt in DOCUMENT_FORMATS:
+        if sources_only:
+            raise UserError(f"--sources prints the sources as table, csv, json or markdown, not {fmt}")
+        if fmt == "eu-ai-act" and output is not None and output.lower().endswith(".json"):
+            fmt = "eu-ai-act-json"
+        write_document(_document(fmt, ledger, by=by, since=since, until=until, model=model,
+                                 accounting=overrides, sci=sci), output)
+        return
+    if output is not None:
+        click.get_current_context().with_resource(output_to(output))
     result, columns = build_report(
         ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci
     )
@@ -213,6 +298,27 @@ def report(ledger, by, since, until, model, sci, sources_only, fmt, **options):
     what = "Energy, carbon and cost" if result.priced else "Energy"
     title = f"{what} by {by}" + (f" (model {model})" if model else "")
     render(rows, columns, fmt, title=title, total_label="Total", after=after)
+
+
+def _document(fmt: str, ledger: Any, *, by: str, since: Any, until: Any, model: str | None,
+              accounting: Mapping[str, Any], sci: str | None) -> str:
+    """The text of a document format (:data:`DOCUMENT_FORMATS`)."""
+    from greenmaas import reporting
+
+    common: dict[str, Any] = dict(since=since, until=until, model=model, accounting=accounting or None)
+    if fmt == "html":
+        with progress_steps("Reading the ledger", ("summary", "plots", "page")) as step:
+            return reporting.html_report(ledger, by=by, progress=step, **common)
+    if fmt == "eu-ai-act":
+        return reporting.eu_ai_act(ledger, **common).to_markdown()
+    if fmt == "eu-ai-act-json":
+        return json.dumps(reporting.eu_ai_act(ledger, **common).to_dict(), indent=2, default=str) + "\n"
+    if fmt == "sci":
+        form = reporting.sci_form(ledger, unit=sci or "request", by=by, **common)
+        return json.dumps(form, indent=2, default=str) + "\n"
+    doc = reporting.boamps_report(ledger, **common)
+    reporting.validate_boamps(doc)
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def _render_sources(result: Summary, fmt: str) -> None:

@@ -15,6 +15,12 @@ Writes ``reports/ledger.md``. Regenerate with::
 3. Ingest: spans per second through the background :class:`LedgerWriter` (records made
    beforehand; from the first ``submit`` to ``flush`` returning), and bytes per span (file size
    over spans, device totals included).
+4. PostgreSQL, when ``--postgres URL`` or ``$GREENMAAS_BENCH_POSTGRES_URL`` names a database
+   (``postgresql+psycopg://user:pass@127.0.0.1/db``; the user needs CREATE on it): the same
+   ingest, build and reports (``--postgres-sizes``, default 1,000,000 spans) in a schema of the
+   benchmark's own, dropped afterwards (kept with ``--keep``), with the table sizes per span.
+
+Everything but the ledger location is the same for both backends, so their rows compare.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 from greenmaas.ledger import Ledger
 from greenmaas.ledger.writer import LedgerWriter
 from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SpanRecord
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV_POSTGRES = "GREENMAAS_BENCH_POSTGRES_URL"
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 DAYS = 3
 MODELS = ("llama-3-8b", "mistral-7b", "qwen-2-7b")
@@ -143,14 +151,15 @@ def accounting_config(tmp: Path) -> dict:
     return AccountingConfig(**settings).to_dict()
 
 
-def build(path: Path, n: int) -> float:
-    """A ledger of ``n`` spans at ``path``; returns seconds taken."""
-    if path.exists():
-        path.unlink()
+def build(target: Path | str, n: int, tmp: Path) -> float:
+    """A ledger of ``n`` spans at ``target`` (a SQLite path, or the URL of an empty PostgreSQL
+    schema); returns seconds taken."""
+    if isinstance(target, Path) and target.exists():
+        target.unlink()
     t = time.perf_counter()
     run = run_record("bench")
-    run.config = {"accounting": accounting_config(path.parent)}
-    with Ledger.open(path) as led:
+    run.config = {"accounting": accounting_config(tmp)}
+    with Ledger.open(target) as led:
         led.write([run])
         for chunk in spans(n, "bench"):
             led.write(chunk)
@@ -159,11 +168,11 @@ def build(path: Path, n: int) -> float:
     return time.perf_counter() - t
 
 
-def ingest_rate(tmp: Path, n: int) -> float:
-    """Spans per second through the background writer (records made beforehand)."""
-    path = tmp / "ingest.db"
+def ingest_rate(target: Path | str, n: int) -> float:
+    """Spans per second through the background writer (records made beforehand) into a new
+    ledger at ``target`` (a SQLite path, removed afterwards, or an empty PostgreSQL schema)."""
     records = [r for chunk in spans(n, "ingest", seed=2) for r in chunk]
-    with Ledger.open(path) as led:
+    with Ledger.open(target) as led:
         writer = LedgerWriter(led, max_batch=5000, max_queue=n + 10)
         writer.submit(run_record("ingest"))
         writer.flush()
@@ -174,10 +183,83 @@ def ingest_rate(tmp: Path, n: int) -> float:
         elapsed = time.perf_counter() - t
         stats = writer.stats
         writer.close()
-    path.unlink()
+    if isinstance(target, Path):
+        target.unlink()
     if stats.get("dropped"):
         print(f"  writer dropped records: {stats}", file=sys.stderr)
     return n / elapsed
+
+
+class PostgresSchema:
+    """A new schema in the database at ``base_url``, reached through the URL it gives
+    (``options=-csearch_path=...``); dropped on exit unless ``keep``."""
+
+    def __init__(self, base_url: str, name: str, keep: bool = False):
+        from sqlalchemy.engine import make_url
+
+        self.base = make_url(base_url)
+        self.name = name
+        self.keep = keep
+        options = f"{self.base.query.get('options', '')} -csearch_path={name}".strip()
+        self.url = self.base.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+    def _execute(self, *statements) -> Any:
+        """Run ``statements`` in one transaction; the last one's first value, if it has rows."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.base, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                for statement in statements:
+                    result = conn.execute(statement)
+                return result.scalar() if result.returns_rows else None
+        finally:
+            engine.dispose()
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics of the schema's tables, as autovacuum soon would."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("ANALYZE"))
+        finally:
+            engine.dispose()
+
+    def reset(self) -> str:
+        """Empty the schema (made if missing); returns its URL."""
+        import sqlalchemy as sa
+
+        self._execute(sa.schema.DropSchema(self.name, cascade=True, if_exists=True), sa.schema.CreateSchema(self.name))
+        return self.url
+
+    def bytes(self) -> int:
+        """What the schema's tables take, indexes and TOAST included."""
+        import sqlalchemy as sa
+
+        from sqlalchemy.dialects.postgresql import REGCLASS
+
+        tables = sa.table("pg_tables", sa.column("schemaname"), sa.column("tablename"))
+        relation = sa.cast(sa.func.format("%I.%I", tables.c.schemaname, tables.c.tablename), REGCLASS)
+        query = sa.select(sa.func.coalesce(sa.func.sum(sa.func.pg_total_relation_size(relation)), 0)).where(
+            tables.c.schemaname == self.name)
+        return int(self._execute(query))
+
+    def server_version(self) -> str:
+        import sqlalchemy as sa
+
+        return str(self._execute(sa.select(sa.func.current_setting("server_version"))))
+
+    def __enter__(self) -> PostgresSchema:
+        self.reset()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.keep:
+            import sqlalchemy as sa
+
+            self._execute(sa.schema.DropSchema(self.name, cascade=True, if_exists=True))
 
 
 def time_command(args: list[str], repeat: int) -> tuple[float, float, int]:
@@ -211,54 +293,86 @@ def interpreter_floor(repeat: int) -> float:
     return best
 
 
+def measure(target: Path | str, n: int, args, size: Callable[[], int], built: float) -> dict:
+    """Time the reports on the ledger of ``n`` spans at ``target``, built in ``built`` seconds."""
+    nbytes = size()
+    row = {"spans": n, "build_s": built, "bytes_per_span": nbytes / n, "file_mb": nbytes / 1e6, "reports": {}}
+    print(f"{n:,} spans: built in {built:.1f} s, {nbytes / n:.0f} bytes/span", flush=True)
+    for by in GROUPINGS:
+        row["reports"][f"--by {by}"] = time_command(["report", "--ledger", str(target), "--by", by], args.repeat)
+        print(f"  --by {by}: {row['reports'][f'--by {by}']}", flush=True)
+    if n <= args.request_json_max:
+        cmd = ["report", "--ledger", str(target), "--by", "request", "--format", "json"]
+        row["reports"]["--by request --format json"] = time_command(cmd, max(1, args.repeat - 1))
+        print(f"  --by request json: {row['reports']['--by request --format json']}", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,1000000", help="span counts, comma-separated")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ingest", type=int, default=200_000, help="spans written through the writer")
+    ap.add_argument("--request-json-max", type=int, default=100_000, metavar="N",
+                    help="time `--by request --format json` (every span, one by one) up to N spans only")
+    ap.add_argument("--postgres", metavar="URL", default=os.environ.get(ENV_POSTGRES) or None,
+                    help=f"also benchmark PostgreSQL in this database (default ${ENV_POSTGRES})")
+    ap.add_argument("--postgres-sizes", default="1000000", help="span counts on PostgreSQL, comma-separated")
     ap.add_argument("--out", default=str(ROOT / "reports" / "ledger.md"))
-    ap.add_argument("--keep", metavar="DIR", help="build (and keep) the ledgers here")
+    ap.add_argument("--keep", metavar="DIR", help="build (and keep) the ledgers here (and the PostgreSQL schemas)")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    pg_sizes = [int(s) for s in args.postgres_sizes.split(",") if s] if args.postgres else []
 
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="greenmaas-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, pg_results, pg = [], [], {}
     try:
-        rate = ingest_rate(tmp, args.ingest)
+        rate = ingest_rate(tmp / "ingest.db", args.ingest)
         print(f"ingest: {rate:,.0f} spans/s", flush=True)
         floor = interpreter_floor(args.repeat)
         for n in sizes:
             path = tmp / f"ledger-{n}.db"
-            built = build(path, n) if not path.exists() or not args.keep else 0.0
-            size = path.stat().st_size
-            row = {"spans": n, "build_s": built, "bytes_per_span": size / n, "file_mb": size / 1e6, "reports": {}}
-            print(f"{n:,} spans: built in {built:.1f} s, {size / n:.0f} bytes/span", flush=True)
-            for by in GROUPINGS:
-                row["reports"][f"--by {by}"] = time_command(["report", "--ledger", str(path), "--by", by],
-                                                            args.repeat)
-                print(f"  --by {by}: {row['reports'][f'--by {by}']}", flush=True)
-            cmd = ["report", "--ledger", str(path), "--by", "request", "--format", "json"]
-            row["reports"]["--by request --format json"] = time_command(cmd, max(1, args.repeat - 1))
-            print(f"  --by request json: {row['reports']['--by request --format json']}", flush=True)
-            results.append(row)
+            built = build(path, n, tmp) if not path.exists() or not args.keep else 0.0
+            results.append(measure(path, n, args, lambda: path.stat().st_size, built))
+        if args.postgres:
+            with PostgresSchema(args.postgres, "greenmaas_bench_ingest") as schema:
+                pg["version"] = schema.server_version()
+                pg["rate"] = ingest_rate(schema.url, args.ingest)
+            print(f"PostgreSQL {pg['version']} ingest: {pg['rate']:,.0f} spans/s", flush=True)
+            for n in pg_sizes:
+                with PostgresSchema(args.postgres, f"greenmaas_bench_{n}", keep=bool(args.keep)) as schema:
+                    built = build(schema.url, n, tmp)
+                    schema.analyze()
+                    pg_results.append(measure(schema.url, n, args, schema.bytes, built))
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    write_report(Path(args.out), results, rate, floor, args)
+    write_report(Path(args.out), results, rate, floor, args, pg_results, pg)
 
 
-def write_report(out: Path, results: list[dict], rate: float, floor: float, args) -> None:
+#: A section of the report written by hand (what the numbers mean against the targets): kept
+#: when the tables above it are regenerated.
+KEPT_SECTION = "## Targets"
+
+
+def write_report(out: Path, results: list[dict], rate: float, floor: float, args, pg_results: list[dict],
+                 pg: dict) -> None:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "# Ledger benchmark: reports and ingest at scale",
         "",
-        "Regenerate with `make ledger-bench` (or `.venv/bin/python examples/bench_ledger.py`).",
+        "Regenerate with `make ledger-bench` (or `.venv/bin/python examples/bench_ledger.py`; with "
+        f"`{ENV_POSTGRES}=postgresql+psycopg://...` set, PostgreSQL too). Regenerating rewrites "
+        f"everything above the `{KEPT_SECTION}` section.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}. "
-        f"Best of {args.repeat} runs each (request JSON: best of {max(1, args.repeat - 1)}).",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load average "
+        f"{load} when the run ended: shared with other jobs, so times are noisy upper bounds), Python "
+        f"{platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
+        + (f", PostgreSQL {pg['version']} on the same machine (127.0.0.1)" if pg else "")
+        + f". Best of {args.repeat} runs each (request JSON: best of {max(1, args.repeat - 1)}).",
         "",
-        "Ledgers: SQLite files built through `Ledger.write`; ~80 % requests (3 models, 8 pseudonymised "
+        "Ledgers: built through `Ledger.write`; ~80 % requests (3 models, 8 pseudonymised "
         "tenants, a fifth with a child decode span), ~20 % training steps under epochs; one device "
         "each (4 GPUs); 3 days; one device-totals window per device and hour. The run's recorded "
         "accounting: an hourly intensity CSV, a time-of-use tariff, PUE 1.2, a GPU hourly price.",
@@ -267,28 +381,44 @@ def write_report(out: Path, results: list[dict], rate: float, floor: float, args
         f"included: `greenmaas report --help` alone takes {floor:.2f} s here); peak RSS of that "
         "process from `/usr/bin/time -v`.",
         "",
-        "| spans | command | time (s) | peak RSS (GB) | output (MB) |",
-        "|---:|---|---:|---:|---:|",
+        "| backend | spans | command | time (s) | peak RSS (GB) | output (MB) |",
+        "|---|---:|---|---:|---:|---:|",
     ]
-    for r in results:
-        for cmd, (t, rss, size) in r["reports"].items():
-            lines.append(f"| {r['spans']:,} | `greenmaas report {cmd}` | {t:.2f} | {rss:.2f} | {size / 1e6:.1f} |")
+    backends = [("SQLite", results), ("PostgreSQL", pg_results)]
+    for backend, rows in backends:
+        for r in rows:
+            for cmd, (t, rss, size) in r["reports"].items():
+                lines.append(f"| {backend} | {r['spans']:,} | `greenmaas report {cmd}` | {t:.2f} | {rss:.2f} | "
+                             f"{size / 1e6:.1f} |")
     lines += [
         "",
-        "| spans | file (MB) | bytes per span | build via `Ledger.write` (s) |",
-        "|---:|---:|---:|---:|",
+        "| backend | spans | stored (MB) | bytes per span | build via `Ledger.write` (s) |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for r in results:
-        lines.append(f"| {r['spans']:,} | {r['file_mb']:.0f} | {r['bytes_per_span']:.0f} | {r['build_s']:.1f} |")
+    for backend, rows in backends:
+        for r in rows:
+            lines.append(f"| {backend} | {r['spans']:,} | {r['file_mb']:.0f} | {r['bytes_per_span']:.0f} | "
+                         f"{r['build_s']:.1f} |")
     lines += [
+        "",
+        "Stored: SQLite, the file's size; PostgreSQL, the schema's tables with their indexes and "
+        "TOAST (`pg_total_relation_size`), after `ANALYZE` (run once the ledger is built, as "
+        "autovacuum soon would).",
         "",
         f"Ingest through the background `LedgerWriter` (max_batch 5000, {args.ingest:,} spans made "
-        f"beforehand, first submit to flush): **{rate:,.0f} spans/s**.",
+        f"beforehand, first submit to flush): **{rate:,.0f} spans/s** into SQLite"
+        + (f", **{pg['rate']:,.0f} spans/s** into PostgreSQL." if pg else "."),
         "",
     ]
-    out.write_text("\n".join(lines))
+    kept = ""
+    if out.exists():
+        old = out.read_text()
+        at = old.find(f"\n{KEPT_SECTION}\n")
+        if at >= 0:
+            kept = old[at + 1 :]
+    out.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     print(f"wrote {out}")
-    print(json.dumps(results, indent=1, default=str)[:2000])
+    print(json.dumps({"sqlite": results, "postgresql": pg_results}, indent=1, default=str)[:2000])
 
 
 if __name__ == "__main__":

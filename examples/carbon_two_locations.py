@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import greenmaas
+from greenmaas.ledger import ENV_LEDGER
 from greenmaas.modelcard import format_amount
 from greenmaas.report import summary
 
@@ -38,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("locations", nargs="*", default=["FR", "aws:us-east-1"],
                    help="two location specs [FR aws:us-east-1]")
-    p.add_argument("--ledger", default=None, help="ledger file [a new temporary file]")
+    p.add_argument("--ledger", default=None,
+                   help="ledger file [$GREENMAAS_LEDGER, else a new temporary file]")
     p.add_argument("--epochs", type=int, default=4, help="training epochs [4]")
     p.add_argument("--epoch-seconds", type=float, default=0.5, help="training time per epoch [0.5]")
     p.add_argument("--samples", type=int, default=20000, help="synthetic training samples [20000]")
@@ -68,7 +70,8 @@ def train(meter: greenmaas.Meter, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None, *, sources=None) -> int:
     args = parse_args(argv)
-    ledger = args.ledger or os.path.join(tempfile.mkdtemp(prefix="greenmaas-"), "greenmaas.db")
+    ledger = (args.ledger or os.environ.get(ENV_LEDGER)
+              or os.path.join(tempfile.mkdtemp(prefix="greenmaas-"), "greenmaas.db"))
 
     print(f"Training {MODEL} on the CPU, measured into {ledger}")
     # accounting=False: nothing is priced at record time; the reports below price the energy.

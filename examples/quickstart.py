@@ -19,6 +19,7 @@ import torch
 
 import greenmaas
 from greenmaas.integrations.torch import epochs, track_module, track_optimizer
+from greenmaas.ledger.store import resolve_target
 from greenmaas.sources.base import COUNTER, ESTIMATE, METHOD_UNCERTAINTY, POWER
 
 CLASSIFIER = "mlp-classifier"
@@ -33,7 +34,8 @@ METHOD_WORDS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ledger", default="greenmaas.db", help="ledger file or SQLAlchemy URL [greenmaas.db]")
+    p.add_argument("--ledger", default=None,
+                   help="ledger file or SQLAlchemy URL [$GREENMAAS_LEDGER, else greenmaas.db]")
     p.add_argument("--no-ledger", action="store_true", help="record nothing, print only")
     p.add_argument("--epochs", type=int, default=3, help="training epochs [3]")
     p.add_argument("--samples", type=int, default=16384, help="synthetic training samples [16384]")
@@ -48,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--inference-calls", type=int, default=20, help="inference calls per model [20]")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.ledger = str(resolve_target(args.ledger))  # as the CLI: --ledger, $GREENMAAS_LEDGER, greenmaas.db
+    return args
 
 
 def make_data(n: int, features: int, classes: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 import greenmaas
+from greenmaas.ledger.store import resolve_target
 from greenmaas.spans import Span
 
 MODEL = "tiny-decoder"
@@ -33,7 +34,8 @@ TOLERANCE = 1e-6
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ledger", default="greenmaas.db", help="ledger file or SQLAlchemy URL [greenmaas.db]")
+    p.add_argument("--ledger", default=None,
+                   help="ledger file or SQLAlchemy URL [$GREENMAAS_LEDGER, else greenmaas.db]")
     p.add_argument("--no-ledger", action="store_true", help="record nothing, print only")
     p.add_argument("--requests", type=int, default=200, help="requests to send [200]")
     p.add_argument("--rate", type=float, default=100.0, help="mean arrival rate, requests per second [100]")
@@ -43,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256, help="decoder width [256]")
     p.add_argument("--show", type=int, default=10, help="requests listed at the end [10]")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.ledger = str(resolve_target(args.ledger))  # as the CLI: --ledger, $GREENMAAS_LEDGER, greenmaas.db
+    return args
 
 
 class TinyDecoder(torch.nn.Module):

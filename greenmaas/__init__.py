@@ -41,6 +41,8 @@ __all__ = [
     "get_meter",
     "current_span",
     "bind",
+    # serving
+    "ServingMeter",
     # PyTorch
     "track_module",
     "track_optimizer",
@@ -59,6 +61,8 @@ __all__ = [
     "LedgerError",
     "AttributionError",
     "AccountingError",
+    # IPython: %load_ext greenmaas
+    "load_ipython_extension",
 ]
 
 _LAZY = {
@@ -71,6 +75,7 @@ _LAZY = {
     "SpanResult": ".spans",
     "current_span": ".spans",
     "bind": ".spans",
+    "ServingMeter": ".serving",
     "track_module": ".integrations.torch",
     "track_optimizer": ".integrations.torch",
     "read_ledger": ".analysis",
@@ -78,6 +83,14 @@ _LAZY = {
     "AccountingConfig": ".accounting.config",
     "detect": ".sources.detect",
 }
+
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext greenmaas``: adds the ``%%measure NAME [--model M] [--phase P]`` cell magic
+    (:mod:`greenmaas.integrations.ipython`)."""
+    from .integrations.ipython import load_ipython_extension as load
+
+    load(ip)
 
 
 def __getattr__(name: str):
@@ -99,5 +112,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .integrations.torch import track_module, track_optimizer
     from .ledger.store import Ledger
     from .meter import Meter, batch, get_meter, measure, request
+    from .serving import ServingMeter
     from .sources.detect import detect
     from .spans import Span, SpanResult, bind, current_span

@@ -28,7 +28,7 @@ def totals(
     until: date | datetime | str | None = None,
     run: str | None = None,
 ) -> list[dict[str, Any]]:
-    """What each device consumed: ``{"device", "method", "total_j", "attributed_j", "idle_j",
+    """What each device of each host consumed: ``{"host", "device", "method", "total_j", "attributed_j", "idle_j",
     "gap_s", "idle_s", "uncertainty_j", "windows"}`` summed over attribution windows (and runs), by
     device.
 
@@ -43,7 +43,7 @@ def totals(
 
     lo, hi = to_utc(since), to_utc(until, upper=True)
     when = func.coalesce(DeviceTotal.start, Run.start)
-    query = select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS)).join(
+    query = select(*(getattr(DeviceTotal, c) for c in WINDOW_COLUMNS), Run.host).join(
         Run, Run.run_id == DeviceTotal.run_id
     )
     if lo is not None:
@@ -53,13 +53,16 @@ def totals(
     if run is not None:
         query = query.where(DeviceTotal.run_id == run)
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        windows = ledger_frame(conn.execute(query).all(), WINDOW_COLUMNS)
+        windows = ledger_frame(conn.execute(query).all(), (*WINDOW_COLUMNS, "host"))
+    windows["host"] = windows["host"].fillna("")
 
     out = []
-    for device, g in windows.groupby("device", sort=True):
+    # By host, then device: gpu:0 of one host is not gpu:0 of another.
+    for (host, device), g in windows.groupby(["host", "device"], sort=True):
         measured = g[g["method"] != UNMEASURABLE]
         out.append(
             {
+                "host": host or None,
                 "device": device,
                 "method": ", ".join(sorted(set(g["method"]))),
                 "total_j": as_float(measured["total_j"].sum(min_count=1)),

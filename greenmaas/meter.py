@@ -205,6 +205,7 @@ class Meter:
         self._stopped = False
         self._t_start: float | None = None
         self._sample_next: dict[str, float] = {}
+        self._sample_base: dict[str, float] = {}  # cumulative energy at each device's first sample
         self.errors: list[tuple[datetime, str]] = []
         self.totals: dict[str, dict[str, float]] = {}
         self.run: RunRecord | None = None
@@ -266,7 +267,7 @@ class Meter:
                 self._error(f"accounting config not recorded: {exc}")
         self.run = RunRecord(
             run_id=self.run_id,
-            host=socket.gethostname(),
+            host=os.environ.get("GREENMAAS_HOST", "").strip() or socket.gethostname(),
             pid=os.getpid(),
             start=self.clock.to_utc(self._t_start),
             status="running",
@@ -800,7 +801,10 @@ class Meter:
             grid = np.arange(nxt, upto + 1e-12, self.sample_interval_s)
             if grid.size == 0:
                 continue
-            e = tl.energy_at(grid) - float(tl.energy_at([self._t_start or first])[0])
+            base = self._sample_base.get(dev)
+            if base is None:  # the run's zero, once: the timeline is trimmed behind the watermark
+                base = self._sample_base[dev] = float(tl.energy_at([max(first, self._t_start or first)])[0])
+            e = tl.energy_at(grid) - base
             pt, pw = tl.power_samples()
             if pt.size:
                 idx = np.clip(np.searchsorted(pt, grid, side="right") - 1, 0, pt.size - 1)

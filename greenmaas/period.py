@@ -1,7 +1,8 @@
 """The period a ledger query covers: ``since``/``until`` bounds as aware UTC datetimes.
 
 Reports, priced spans and device totals all filter on these bounds; the CLI parses its
-``--since``/``--until`` with :func:`parse_date`.
+``--since``/``--until`` with :func:`parse_date` (the package's one time parser,
+:mod:`greenmaas.timeparse`). A bound without an offset is UTC.
 """
 
 from __future__ import annotations
@@ -9,22 +10,18 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 
 from .errors import ConfigError
+from .timeparse import parse_when
 
 __all__ = ["parse_date", "to_utc"]
 
 
-def parse_date(text: str) -> date | datetime:
-    """``YYYY-MM-DD`` as a ``date``, or an ISO 8601 time (``2024-05-01T12:00Z``) as a ``datetime``.
+def parse_date(text: str, *, where: str | None = None) -> date | datetime:
+    """``YYYY-MM-DD`` as a ``date``, or a time (``2024-05-01T12:00Z``; no offset means UTC) as an
+    aware UTC ``datetime``: :func:`greenmaas.timeparse.parse_when`.
 
-    Raises :class:`ConfigError` naming the text when it is neither.
+    Raises :class:`ConfigError` naming the text (and ``where``, e.g. the option) when it is neither.
     """
-    text = text.strip()
-    try:
-        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"invalid date {text!r}; use YYYY-MM-DD or an ISO 8601 time like 2024-05-01T12:00Z"
-        ) from None
+    return parse_when(text, where=where, lead="invalid date")
 
 
 def to_utc(value: date | datetime | str | None, *, upper: bool = False) -> datetime | None:

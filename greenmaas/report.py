@@ -82,6 +82,7 @@ __all__ = [
     "NONE",
     "SCI_UNITS",
     "ExtraColumn",
+    "SERVING_COLUMNS",
     "Summary",
     "summary",
     "summarize",
@@ -176,6 +177,20 @@ class Summary:
             "notes": self.notes,
         }
 
+    def to_frame(self) -> "pd.DataFrame":
+        """The rows as a DataFrame indexed by group (the index named after ``by``), one column
+        per key of the rows, in their order; a value a row lacks is NaN (None in text columns)."""
+        import pandas as pd
+
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        frame = pd.DataFrame.from_records(self.rows, columns=columns or ["group"])
+        return frame.set_index("group").rename_axis(self.by)
+
+    def _repr_html_(self) -> str:
+        from .notebook import summary_html
+
+        return summary_html(self)
+
 
 # ----------------------------------------------------------------------------------- grouping
 
@@ -252,10 +267,48 @@ def summary(
             row[c.key] = as_float(c.idle(sel.windows)) if c.idle is not None else None
         rows.append(row)
     out.rows = rows
+    if by == "request":
+        _serving_columns(out, ledger_or_url, lo, hi, model)
     _note_stated(out)
     _note_unfinished(out, sel)
     _describe(out, sel, sources)
     return out
+
+
+#: Per-request serving columns ``summary(by="request")`` adds (see :mod:`greenmaas.serving`).
+SERVING_COLUMNS = ("prompt_tokens", "output_tokens", "prefill_j", "decode_j", "j_per_output_token", "ttft_s")
+
+
+def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model) -> None:
+    """Add prompt and output tokens, prefill and decode J, J per output token and time to first
+    token to each request row (None where not recorded; a time to first token only where the
+    request ran in one run, whose clock both ends are on)."""
+    from .analysis import opened
+    from .ledger import query
+
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        found = query.serving_requests(conn, lo, hi, model)
+    per: dict[str, dict[str, Any]] = {}
+    for r in found:
+        d = per.setdefault(str(r.request_id), {"prompt_tokens": None, "output_tokens": None, "prefill_j": None,
+                                               "decode_j": None, "ttft_s": None, "runs": 0})
+        d["runs"] += 1
+        for k in ("prompt_tokens", "output_tokens", "prefill_j", "decode_j"):
+            v = getattr(r, k)
+            if v is not None:
+                d[k] = (d[k] or 0) + (int(v) if k.endswith("tokens") else float(v))
+        if r.first_token_mono is not None and r.start_mono is not None:
+            d["ttft_s"] = float(r.first_token_mono) - float(r.start_mono)
+    for row in out.rows:
+        got = per.get(row["group"])
+        if got is None:
+            row.update({k: None for k in SERVING_COLUMNS})
+            continue
+        if got["runs"] > 1:
+            got["ttft_s"] = None
+        tokens, energy = got["output_tokens"], row.get("energy_j")
+        row.update({k: got[k] for k in SERVING_COLUMNS if k != "j_per_output_token"})
+        row["j_per_output_token"] = energy / tokens if tokens and energy is not None else None
 
 
 def _note_unfinished(out: Summary, sel: Selection) -> None:
@@ -320,7 +373,13 @@ def _group_keys(spans: "pd.DataFrame", by: str) -> "pd.Series":
     if spans.empty:
         return spans["span_id"].astype(str)
     key = spans["start"].dt.strftime("%Y-%m-%d") if by == "day" else spans[_GROUP_COLUMN[by]]
-    return key.where(key.notna() & (key.astype(str) != ""), NONE).astype(str)
+    key = key.where(key.notna() & (key.astype(str) != ""), NONE).astype(str)
+    if by == "phase":  # serving shares: prefill and decode are phases of their own
+        from .ledger.query import SERVING_PHASES
+
+        serving = spans["kind"].eq("share") & spans["name"].isin(SERVING_PHASES)
+        key = key.where(~serving, spans["name"].astype(str))
+    return key
 
 
 def _rows(frame: "pd.DataFrame", key: "pd.Series", *, priced: bool, market: bool, extra: list[str],

@@ -90,6 +90,12 @@ class SpanResult:
             f"method={self.method!r}, final={self.final})"
         )
 
+    def _repr_html_(self) -> str:
+        """The result as a table in Jupyter (:func:`greenmaas.notebook.span_result_html`)."""
+        from .notebook import span_result_html
+
+        return span_result_html(self)
+
 
 class Span:
     """A named interval of work, with tags.

@@ -21,6 +21,14 @@ def test_import_is_cheap_and_side_effect_free():
         "import greenmaas\n"
         "heavy = [m for m in ('pynvml', 'torch', 'pandas', 'sqlalchemy', 'codecarbon', 'numpy', 'subprocess_marker') if m in sys.modules]\n"
         "assert heavy == [], heavy\n"
+        # The framework integrations import their framework only when their module is imported;
+        # the notebook renderers import pandas only when a frame is asked for; MLflow is imported
+        # when a run is logged.
+        "import greenmaas.integrations, greenmaas.notebook, greenmaas.integrations.mlflow\n"
+        "greenmaas.load_ipython_extension\n"
+        "frameworks = ('transformers', 'pytorch_lightning', 'lightning', 'mlflow', 'IPython', 'torch', 'pandas')\n"
+        "loaded = [m for m in frameworks if m in sys.modules]\n"
+        "assert loaded == [], loaded\n"
         "assert logging.getLogger().handlers == [], 'root logging configured'\n"
         "assert logging.getLogger('greenmaas').handlers == []\n"
         "assert threading.active_count() == 1\n"

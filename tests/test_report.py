@@ -177,7 +177,7 @@ def test_to_utc():
 
 def test_totals_and_runs(led):
     (gpu,) = totals(led)
-    assert gpu == {"device": "gpu:0", "method": "counter", "total_j": 1580.0, "attributed_j": 1260.0,
+    assert gpu == {"host": "node", "device": "gpu:0", "method": "counter", "total_j": 1580.0, "attributed_j": 1260.0,
                    "idle_j": 320.0, "gap_s": 0.0, "idle_s": 0.0, "uncertainty_j": None, "windows": 2}
     assert totals(led, since=date(2024, 5, 2))[0]["total_j"] == 80.0
     (r,) = list_runs(led)

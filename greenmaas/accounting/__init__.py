@@ -1,8 +1,8 @@
 """Carbon, cost and SCI accounting: joules in, grams and money out.
 
 * :mod:`.intensity` — grid intensities read by path from codecarbon's data files (never imported)
-* :mod:`.locations` — location specs (``FR``, ``US-CA``, ``gcp:us-central1``, ``aws:us-east-1``,
-  ``420``) resolved to a :class:`Location`
+* :mod:`.locations` — location specs (``FR``, ``US-CA``, ``CA-QC``, ``CN-GD``, ``SE3``,
+  ``gcp:us-central1``, ``aws:us-east-1``, ``420``) resolved to a :class:`Location`
 * :mod:`.timeseries` — time-varying intensity (:class:`IntensitySeries`, ``timestamp,gco2_per_kwh``)
 * :mod:`.tariff` — electricity prices, time-of-use tariffs, hardware prices per device-hour
 * :mod:`.embodied`, :mod:`.sci` — embodied carbon and the Green Software Foundation's SCI

@@ -7,7 +7,8 @@ tariff, the PUE, hardware rental prices and embodied carbon per device kind, and
 
 Environment variables read by :meth:`AccountingConfig.from_env`::
 
-    GREENMAAS_LOCATION          FR, US-CA, USA/virginia, gcp:europe-west1, aws:us-east-1, 420
+    GREENMAAS_LOCATION          FR, US-CA, USA/virginia, CA-QC, CAN/quebec, CN-GD, SE3,
+                                gcp:europe-west1, aws:us-east-1, 420
     GREENMAAS_INTENSITY_CSV     path to a timestamp,gco2_per_kwh CSV (time-varying intensity)
     GREENMAAS_MARKET_INTENSITY  market-based intensity in g/kWh (contracts, certificates)
     GREENMAAS_PRICE             tariff: 0.25EUR/kWh, or 0.30EUR/kWh@08-20@mon-fri,0.18EUR/kWh
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from ..errors import AccountingError, ConfigError, GreenmaasError
+from ..errors import AccountingError, ConfigError, GreenmaasError, InputError
 from .embodied import Embodied, parse_embodied
 from .locations import Location, resolve_location
 from .sci import SCIResult, sci_score
@@ -182,7 +183,7 @@ class AccountingConfig:
                 continue
             try:
                 values[name] = parse_setting(name, raw, source="env")
-            except AccountingError as exc:
+            except (AccountingError, InputError) as exc:
                 raise ConfigError(f"{var}: {exc}") from exc
         return cls(**values)
 

@@ -1,17 +1,33 @@
 """Where the electricity comes from: location specs resolved to a grid carbon intensity.
 
-Accepted specs (case-insensitive)::
+A location is given as one string (case-insensitive; extra spaces ignored)::
 
-    FR, FRA              ISO-3166 alpha-2 or alpha-3 country code (UK is taken as GB)
-    US-CA                a US state (or DC) by its two-letter code
-    USA/virginia         a US state by its name
+    FR, FRA              a country: ISO 3166-1 alpha-2 or alpha-3 code (UK is taken as GB)
+    US-CA, USA/california, USA/ca
+                         a US state or DC: ISO 3166-2 code, or USA/<name or code>
+    CA-QC, CAN/quebec    a Canadian province or territory (ISO 3166-2:CA code or name)
+    CN-GD, CHN/guangdong a Chinese province (ISO 3166-2:CN code or name; Tibet, which the
+                         official table lacks, is not accepted; HK, MO and TW are countries)
+    SE3, NO4, SWE/SE3    a Nordic electricity bidding zone (SE1-SE4, NO1-NO5)
+    FIN/FI               Finland's bidding zone; plain FI is the country, as for every code
     gcp:us-central1      a Google Cloud region (Google's own figure, from codecarbon)
-    aws:us-east-1        an AWS or Azure region, via the grid it sits in (cloud_regions.csv)
-    azure:westeurope
+    aws:ca-central-1     an AWS or Azure region, via the grid it sits in (cloud_regions.csv):
+    azure:westeurope     a state, province, zone or country, e.g. aws:ca-central-1 is CA-QC
     420, "420 g/kWh"     a fixed intensity in gCO2e/kWh
 
-No location is ever guessed: with none configured, :func:`resolve_location` (given ``None``)
-returns the world average, marks it ``location_source="default"`` and warns once per process.
+``<country>/<region>`` is codecarbon's own pair (country ISO code, region), so every entry of
+its data can be named; a country may be written with its alpha-2 or alpha-3 code. Figures are
+the ones codecarbon's ``Emissions`` computes for the same place (see :mod:`.intensity`). A data
+set the installed codecarbon release lacks (Nordic zones before 3.2.5, Chinese provinces before
+3.3.2) makes its specs fail with the release to install; a cloud region whose grid is such a
+region uses its country's figure instead and says so in its label. The year a figure describes
+also depends on the release (US states: eGRID 2016 before codecarbon 3.3.2, eGRID 2023 from
+it); :attr:`Location.year`, ``source`` and ``codecarbon_version`` record which was used.
+
+An unknown spec raises :class:`~greenmaas.errors.AccountingError`, one line naming the spec and
+close matches. No location is ever guessed: with none configured, :func:`resolve_location`
+(given ``None``) returns the world average, marks it ``location_source="default"`` and warns
+once per process.
 """
 
 from __future__ import annotations
@@ -24,9 +40,11 @@ import io
 import math
 import re
 import sys
+import unicodedata
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ..errors import AccountingError
@@ -74,9 +92,16 @@ _GCP_ALIASES = {"me-central1": "me-cenrtal1"}
 _PROVIDERS = ("gcp", "aws", "azure")
 _FIXED_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:g(?:co2e?)?\s*/\s*kwh)?\s*$", re.I)
 _FORMS = (
-    "use an ISO country code (FR, FRA), US-<state code> (US-CA), USA/<state name>, "
-    "gcp:<region>, aws:<region>, azure:<region> or a number in g/kWh"
+    "use an ISO country code (FR, FRA), a state or province (US-CA, USA/california, CA-QC, CN-GD), "
+    "a Nordic zone (SE3, NO4), gcp:<region>, aws:<region>, azure:<region> or a number in g/kWh"
 )
+# Places the official Chinese provincial table leaves out, and what to use instead.
+_CHINA_ELSEWHERE = {
+    "tibet": "CHN", "xizang": "CHN", "xz": "CHN", "hong kong": "HKG", "hk": "HKG", "macao": "MAC",
+    "macau": "MAC", "mo": "MAC", "taiwan": "TWN", "tw": "TWN",
+}
+# Countries with regional data in codecarbon, and which data set holds their regions.
+_REGIONAL_KIND = {"USA": "usa", "CAN": "can", "CHN": "chn", "SWE": "nordic", "NOR": "nordic", "FIN": "nordic"}
 
 
 class NoLocationWarning(UserWarning):
@@ -126,7 +151,7 @@ class CloudRegion:
 
     provider: str
     region: str
-    location: str  # a spec resolve_location accepts: USA/<state> or an ISO-3 code
+    location: str  # the grid, as a spec resolve_location accepts: USA/<state>, CA-QC, SE3, FRA...
     place: str
     source: str
 
@@ -145,8 +170,67 @@ def cloud_regions() -> dict[tuple[str, str], CloudRegion]:
     return out
 
 
-def _states_by_code() -> dict[str, _data.GridFigure]:
-    return {fig.code: fig for fig in _data.us_state_intensities().values() if fig.code}
+def _fold(name: str) -> str:
+    """A place name as looked up: lower case, single spaces, accents dropped (Québec = quebec)."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(plain.lower().replace("_", " ").split())
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A region of a country with regional data, found in one of codecarbon's regional files."""
+
+    spec: str  # canonical: US-VA, CA-QC, CN-GD, SE3, FIN/FI
+    label: str
+    fig: _data.GridFigure
+
+
+def _regions(kind: str) -> dict[str, _Region]:
+    """Every way of naming the regions of one data set (lower case) -> the region."""
+    return _region_index()[kind]
+
+
+@functools.lru_cache(maxsize=None)
+def _region_index() -> dict[str, dict[str, _Region]]:
+    index: dict[str, dict[str, _Region]] = {"usa": {}, "can": {}, "chn": {}, "nordic": {}}
+    for name, fig in _data.us_state_intensities().items():
+        code = fig.code or name.upper()
+        region = _Region(f"US-{code}", f"{fig.name}, USA (US-{code})", fig)
+        index["usa"].update({name: region, code.lower(): region})
+    for name, fig in _data.canada_province_intensities().items():
+        spec = f"CA-{fig.code}" if fig.code else f"CAN/{name}"
+        region = _Region(spec, f"{fig.name}, Canada ({spec})", fig)
+        index["can"][name] = region
+        if fig.code:
+            index["can"][fig.code.lower()] = region
+    for code, fig in _data.china_province_intensities().items():
+        region = _Region(code, f"{fig.name}, China ({code})", fig)
+        index["chn"].update({alias: region for alias in fig.aliases})
+        index["chn"].update({code.lower(): region, code.lower()[3:]: region})
+    for zone, fig in _data.nordic_zone_intensities().items():
+        spec = zone if re.fullmatch(r"[A-Z]{2}[0-9]", zone) else f"{fig.country}/{zone}"
+        index["nordic"][zone.lower()] = _Region(spec, f"{fig.name} ({spec})", fig)
+    return index
+
+
+def _spec_country(spec: str) -> str:
+    """The ISO-3 country of a grid spec from ``cloud_regions.csv`` (``USA/ohio``, ``CA-QC``, ``SE3``, ``FRA``)."""
+    lower = spec.strip().lower()
+    head = re.split(r"[/-]", lower, maxsplit=1)[0] if ("/" in lower or "-" in lower) else lower
+    if re.fullmatch(r"[a-z]{2}[0-9]", head):
+        return _data.NORDIC_ZONE_COUNTRIES.get(head[:2].upper(), head.upper())
+    return _iso3(head) or spec
+
+
+def _iso3(code: str) -> str | None:
+    """ISO-3 for a country written as alpha-2 or alpha-3 (any case), or None."""
+    upper = code.strip().upper()
+    if len(upper) == 2:
+        return ALPHA2_TO_ALPHA3.get(upper)
+    if len(upper) == 3 and upper.isalpha():
+        return upper
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,10 +243,18 @@ def known_locations() -> dict[str, str]:
     for a2, a3 in ALPHA2_TO_ALPHA3.items():
         if a3 in countries:
             out[a2.lower()] = a2
-    for name, fig in _data.us_state_intensities().items():
-        out[f"usa/{name}"] = f"USA/{name}"
-        if fig.code:
-            out[f"us-{fig.code.lower()}"] = f"US-{fig.code}"
+    prefixes = {"usa": "USA", "can": "CAN", "chn": "CHN"}
+    for kind, regions in _region_index().items():
+        for key, entry in regions.items():
+            if kind == "nordic":
+                country = entry.fig.country or ""
+                out[f"{country.lower()}/{key}"] = f"{country}/{key.upper()}"
+                if "/" not in entry.spec:
+                    out[key] = entry.spec
+                continue
+            if len(key) > 3 and not key.startswith("cn-"):  # names, not codes
+                out[f"{kind}/{key}"] = f"{prefixes[kind]}/{key}"
+            out[entry.spec.lower()] = entry.spec
     for region in _data.gcp_region_intensities():
         out[f"gcp:{region.lower()}"] = f"gcp:{region}"
     for provider, region in cloud_regions():
@@ -192,17 +284,24 @@ def resolve_location(spec: Any = None, *, source: str = "configured") -> Locatio
     if isinstance(spec, (int, float)):
         return _fixed(float(spec), source)
 
-    text = spec.strip()
+    text = " ".join(spec.split())
     match = _FIXED_RE.match(text)
     if match:
         return _fixed(float(match.group(1)), source)
     lower = text.lower()
     if ":" in lower:
         return _cloud(text, source)
-    if lower.startswith("usa/"):
-        return _us_state(text, lower[4:].strip(), source, by="name")
-    if re.fullmatch(r"us-[a-z]{2}", lower):
-        return _us_state(text, lower[3:], source, by="code")
+    if "/" in lower:
+        country, _, region = (part.strip() for part in lower.partition("/"))
+        return _subnational(text, _iso3(country), region, source)
+    subdivision = re.fullmatch(r"([a-z]{2})-([a-z0-9]{1,3})", lower)
+    if subdivision:
+        return _subnational(text, _iso3(subdivision.group(1)), subdivision.group(2), source, iso_code=True)
+    if re.fullmatch(r"[a-z]{2}[0-9]", lower):
+        iso3 = _data.NORDIC_ZONE_COUNTRIES.get(lower[:2].upper())
+        if iso3 is None:
+            raise _unknown(text)
+        return _subnational(text, iso3, lower, source)
     if re.fullmatch(r"[a-z]{2}", lower):
         iso3 = ALPHA2_TO_ALPHA3.get(lower.upper())
         if iso3 is None:
@@ -247,16 +346,40 @@ def _country(text: str, iso3: str, source: str) -> Location:
     return _location(iso3, f"{fig.name} ({iso3})", fig, source)
 
 
-def _us_state(text: str, key: str, source: str, *, by: str) -> Location:
-    if by == "code":
-        fig = _states_by_code().get(key.upper())
-    else:
-        fig = _data.us_state_intensities().get(" ".join(key.split()))
-        if fig is None and len(key) == 2:  # USA/va
-            fig = _states_by_code().get(key.upper())
-    if fig is None:
+class _RegionalDataMissing(AccountingError):
+    """The installed codecarbon release ships no data for this kind of region."""
+
+
+def _subnational(text: str, iso3: str | None, region: str, source: str, *, iso_code: bool = False) -> Location:
+    """A state, province or zone: ``region`` is a name or code within the country ``iso3``."""
+    kind = _REGIONAL_KIND.get(iso3 or "")
+    if iso_code and kind == "nordic":
+        raise AccountingError(
+            f"unknown location {text!r}: Nordic bidding zones are written SE1-SE4, NO1-NO5 or FIN/FI"
+        )
+    if kind is None:
+        if iso3 is None or iso3 not in _data.country_intensities():
+            raise _unknown(text)
+        raise AccountingError(
+            f"codecarbon has no regional data for {text!r}: use the country ({iso3}); regions exist for "
+            "US states, Canadian and Chinese provinces and Nordic zones"
+        )
+    missing = _data.regional_dataset_missing(kind)
+    if missing:
+        raise _RegionalDataMissing(f"location {text!r}: {missing}")
+    key = _fold(region)
+    if kind == "chn":
+        key = _data.china_province_name_key(key)
+    found = _regions(kind).get(key)
+    if found is None and kind == "chn" and key in _CHINA_ELSEWHERE:
+        instead = _CHINA_ELSEWHERE[key]
+        raise AccountingError(
+            f"codecarbon's Chinese provincial data (MEE/NBS) has no figure for {text!r}: use "
+            + ("the national figure, CHN" if instead == "CHN" else f"its own country code, {instead}")
+        )
+    if found is None or found.fig.country != iso3:
         raise _unknown(text)
-    return _location(f"US-{fig.code}", f"{fig.name}, USA (US-{fig.code})", fig, source)
+    return _location(found.spec, found.label, found.fig, source)
 
 
 def _cloud(text: str, source: str) -> Location:
@@ -276,10 +399,20 @@ def _cloud(text: str, source: str) -> Location:
     row = cloud_regions().get((provider, region))
     if row is None:
         raise _unknown(text)
-    grid = resolve_location(row.location, source=source)
+    spec = f"{provider}:{region}"
+    try:
+        grid = resolve_location(row.location, source=source)
+        label = f"{spec} ({row.place}; grid {grid.label})"
+    except _RegionalDataMissing:
+        # An older codecarbon without this region's data: the country's figure, said so.
+        grid = resolve_location(_spec_country(row.location), source=source)
+        label = (
+            f"{spec} ({row.place}; grid {row.location} not in codecarbon {_data.codecarbon_version()}, "
+            f"national figure {grid.label} used)"
+        )
     return Location(
-        spec=f"{provider}:{region}",
-        label=f"{provider}:{region} ({row.place}; grid {grid.label})",
+        spec=spec,
+        label=label,
         intensity_g_per_kwh=grid.intensity_g_per_kwh,
         source=f"{grid.source}; region to grid: greenmaas cloud_regions.csv",
         year=grid.year,
@@ -323,7 +456,7 @@ def _warn_no_location(value: float) -> None:
 def _outside_greenmaas() -> int:
     """The stacklevel of the first caller outside greenmaas, so the warning points at user code."""
     package_dir = str(Path(__file__).resolve().parents[1])
-    frame = sys._getframe(1)  # the frame calling warnings.warn is stacklevel 1
+    frame: FrameType | None = sys._getframe(1)  # the frame calling warnings.warn is stacklevel 1
     level = 1
     while frame is not None:
         filename = frame.f_code.co_filename
@@ -345,19 +478,27 @@ def _candidates_for(lower: str) -> dict[str, str]:
         prefix = lower.partition(":")[0] + ":"
         same = {k: v for k, v in known.items() if k.startswith(prefix)}
         return same or {k: v for k, v in known.items() if ":" in k}
-    if lower.startswith("usa/"):
-        return {k: v for k, v in known.items() if k.startswith("usa/")}
-    if lower.startswith("us-") and len(lower) <= 5:
-        return {k: v for k, v in known.items() if k.startswith("us-")}
+    if "/" in lower:
+        head = lower.partition("/")[0].strip()
+        prefix = (_iso3(head) or head).lower() + "/"
+        same = {k: v for k, v in known.items() if k.startswith(prefix)}
+        return same or {k: v for k, v in known.items() if "/" in k}
+    subdivision = re.fullmatch(r"([a-z]{2})-[a-z0-9]{0,3}", lower)
+    if subdivision:
+        prefix = subdivision.group(1) + "-"
+        same = {k: v for k, v in known.items() if k.startswith(prefix) and ":" not in k}
+        return same or {k: v for k, v in known.items() if re.fullmatch(r"[a-z]{2}-[a-z0-9]+", k)}
+    if re.fullmatch(r"[a-z]{2}[0-9]", lower):
+        return {k: v for k, v in known.items() if re.fullmatch(r"[a-z]{2}[0-9]", k)}
     if re.fullmatch(r"[a-z]{2,3}", lower):
         return {k: v for k, v in known.items() if len(k) == len(lower) and k.isalpha()}
-    # Anything else (a country or state name, a bare cloud region): offer every form, matched
-    # by name as well as by code.
+    # Anything else (a country, state or province name, a bare cloud region): offer every form,
+    # matched by name as well as by code.
     out = dict(known)
     for iso3, fig in _data.country_intensities().items():
         out.setdefault(fig.name.lower(), iso3)
     for key, value in known.items():
-        if ":" in key or key.startswith("usa/"):
+        if ":" in key or "/" in key:
             out.setdefault(key.split(":", 1)[-1].split("/", 1)[-1], value)
     return out
 

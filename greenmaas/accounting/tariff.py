@@ -381,6 +381,11 @@ def parse_tariff(spec: str | Mapping[str, Any] | Tariff, *, timezone: str | None
                 raw = Path(text).read_text(encoding="utf-8")
             except OSError as exc:
                 raise AccountingError(f"cannot read tariff file {text}: {exc.strerror or exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise AccountingError(
+                    f"malformed tariff file {text}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                    f"at offset {exc.start})"
+                ) from None
             tariff = Tariff.from_dict(_load_json(raw, text))
         else:
             tariff = _parse_tariff_string(text)

@@ -21,7 +21,6 @@ vectorised (numpy) so that reports can price thousands of spans at once.
 
 from __future__ import annotations
 
-import csv
 import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +28,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import AccountingError, InputError
+from .._parsing import CsvFile
+from ..errors import AccountingError, ConfigError, InputError
+from ..timeparse import parse_time
 
 __all__ = ["IntensitySeries", "StepFunction", "to_epoch_ns", "parse_timestamp", "J_PER_KWH"]
 
@@ -42,14 +43,12 @@ _COLUMNS = ("timestamp", "gco2_per_kwh")
 
 
 def parse_timestamp(text: str) -> datetime:
-    """An ISO-8601 timestamp as an aware UTC datetime (naive means UTC). Raises ValueError."""
-    text = text.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+    """An ISO-8601 timestamp as an aware UTC datetime (naive means UTC), by
+    :func:`greenmaas.timeparse.parse_time`. Raises ValueError."""
+    try:
+        return parse_time(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _datetime_ns(dt: datetime) -> int:
@@ -72,6 +71,11 @@ def to_epoch_ns(values: Any) -> np.ndarray:
 
     if isinstance(values, datetime) and not isinstance(values, pd.Timestamp):
         return np.array([_datetime_ns(values)], dtype=np.int64)
+    if isinstance(values, str):  # one time a person wrote: the package's own parser
+        try:
+            return np.array([_datetime_ns(parse_time(values))], dtype=np.int64)
+        except ConfigError as exc:
+            raise AccountingError(f"cannot read timestamps {_short(values)}: {exc}") from None
     scalar = isinstance(values, (str, pd.Timestamp, np.datetime64))
     try:
         converted = pd.to_datetime([values] if scalar else values, utc=True)
@@ -193,36 +197,25 @@ class IntensitySeries:
     def from_csv(cls, path: str | Path, *, hold_before_first: bool = False) -> "IntensitySeries":
         """Read a ``timestamp,gco2_per_kwh`` CSV. Raises :class:`InputError` naming path and line."""
         name = str(path)
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as fh:
-                rows = list(_numbered_rows(fh, name))
-        except OSError as exc:
-            raise InputError(f"cannot read intensity CSV: {exc.strerror or exc}", path=name) from exc
-        if not rows:
-            raise InputError("empty file; expected a header timestamp,gco2_per_kwh", path=name, line=1)
-        header_line, header = rows[0]
-        columns = [c.strip().lower() for c in header]
-        for col in _COLUMNS:
-            if col not in columns:
-                raise InputError(
-                    f"missing column {col!r}; the header must name timestamp,gco2_per_kwh "
-                    f"(found {','.join(columns)})",
-                    path=name, line=header_line,
-                )
+        with CsvFile(path, what="intensity CSV", expected=",".join(_COLUMNS), verb="read") as f:
+            header_line = f.header_line
+            columns = [c.lower() for c in f.header]
+            for col in _COLUMNS:
+                if col not in columns:
+                    raise InputError(
+                        f"missing column {col!r}; the header must name timestamp,gco2_per_kwh "
+                        f"(found {','.join(columns)})",
+                        path=name, line=header_line,
+                    )
+            rows = list(f.rows())
         it, iv = columns.index("timestamp"), columns.index("gco2_per_kwh")
         times: list[int] = []
         values: list[float] = []
-        for line, row in rows[1:]:
+        for line, row in rows:
             if len(row) <= max(it, iv):
                 raise InputError(f"expected {len(columns)} fields, found {len(row)}", path=name, line=line)
             raw_t, raw_v = row[it].strip(), row[iv].strip()
-            try:
-                t_ns = _datetime_ns(parse_timestamp(raw_t))
-            except ValueError:
-                raise InputError(
-                    f"bad timestamp {raw_t!r}; expected ISO-8601 such as 2024-05-01T13:00:00Z",
-                    path=name, line=line,
-                ) from None
+            t_ns = _datetime_ns(parse_time(raw_t, path=name, line=line, lead="bad timestamp"))
             try:
                 value = float(raw_v)
             except ValueError:
@@ -305,15 +298,3 @@ class IntensitySeries:
         energy = np.atleast_1d(np.asarray(energy_j, dtype=np.float64))
         return energy / J_PER_KWH * self.mean_intensity_g_per_kwh(start, end)
 
-
-def _numbered_rows(fh: Any, name: str) -> Iterable[tuple[int, list[str]]]:
-    """Non-blank CSV rows with the line each starts on."""
-    reader = csv.reader(fh)
-    line = 1
-    try:
-        for row in reader:
-            if row and any(cell.strip() for cell in row):
-                yield line, row
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise InputError(f"malformed CSV: {exc}", path=name, line=line) from exc

@@ -20,14 +20,13 @@ its first to its last settled reading is split into span shares plus idle.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._parsing import finite_number
+from .._parsing import CsvFile, finite_number
 from ..errors import InputError
 from ..sampling.timeline import Timeline, build_curve
 from ..sources.base import COUNTER, POWER, Reading
@@ -65,10 +64,6 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
     column, a non-numeric or NaN time or weight, end before start, a negative weight, a
     duplicate id, or a device not in ``known_devices``."""
     path = os.fspath(path)
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot open spans: {exc.strerror or exc}", path=path) from exc
     ids: list[str] = []
     starts: list[float] = []
     ends: list[float] = []
@@ -79,17 +74,9 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
     tenants: list[str | None] = []
     structure: dict[str, list[str | None]] = {"parent": [], "kind": [], "link": [], "name": []}
     seen: set[str] = set()
-    with f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError("empty file: expected a header row id,start,end,devices", path=path, line=1) from None
-        names = [h.strip().lstrip("\ufeff") for h in header]
-        missing = [c for c in _REQUIRED if c not in names]
-        if missing:
-            raise InputError(f"missing column {', '.join(missing)} (header: {','.join(names)})", path=path, line=1)
-        ix = {n: i for i, n in enumerate(names)}
+    with CsvFile(path, what="spans", expected="id,start,end,devices") as f:
+        f.require(_REQUIRED)
+        ix = f.columns()
 
         def opt(row: list[str], col: str) -> str | None:
             i = ix.get(col)
@@ -98,52 +85,44 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
             v = row[i].strip()
             return v or None
 
-        try:
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) <= max(ix[c] for c in _REQUIRED):
-                    raise InputError(f"row has {len(row)} fields, fewer than the header's", path=path, line=line)
-                sid = row[ix["id"]].strip()
-                if not sid:
-                    raise InputError("id is blank", path=path, line=line)
-                if sid in seen:
-                    raise InputError(f"duplicate span id {sid!r}", path=path, line=line)
-                seen.add(sid)
-                s = finite_number(row[ix["start"]], "start", path, line)
-                e = finite_number(row[ix["end"]], "end", path, line)
-                if e < s:
-                    raise InputError(f"end {e:g} is before start {s:g}", path=path, line=line)
-                w_text = opt(row, "weight")
-                w = finite_number(w_text, "weight", path, line) if w_text is not None else 1.0
-                if w < 0:
-                    raise InputError(f"weight is negative: {w_text}", path=path, line=line)
-                devs = tuple(d.strip() for d in row[ix["devices"]].split(";") if d.strip())
-                if not devs:
-                    raise InputError("devices is blank", path=path, line=line)
-                if known_devices is not None:
-                    unknown = [d for d in devs if d not in known_devices]
-                    if unknown:
-                        raise InputError(
-                            f"unknown device {unknown[0]!r} (the trace has {', '.join(sorted(known_devices))})",
-                            path=path,
-                            line=line,
-                        )
-                ids.append(sid)
-                starts.append(s)
-                ends.append(e)
-                weights.append(w)
-                devices.append(devs)
-                models.append(opt(row, "model"))
-                rids.append(opt(row, "request_id"))
-                tenants.append(opt(row, "tenant"))
-                for col, values in structure.items():
-                    values.append(opt(row, col))
-        except csv.Error as exc:
-            raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from exc
-        except UnicodeDecodeError as exc:
-            raise InputError(f"not UTF-8 text: {exc.reason}", path=path, line=reader.line_num + 1) from exc
+        for line, row in f.rows():
+            if len(row) <= max(ix[c] for c in _REQUIRED):
+                raise InputError(f"row has {len(row)} fields, fewer than the header's", path=path, line=line)
+            sid = row[ix["id"]].strip()
+            if not sid:
+                raise InputError("id is blank", path=path, line=line)
+            if sid in seen:
+                raise InputError(f"duplicate span id {sid!r}", path=path, line=line)
+            seen.add(sid)
+            s = finite_number(row[ix["start"]], "start", path, line)
+            e = finite_number(row[ix["end"]], "end", path, line)
+            if e < s:
+                raise InputError(f"end {e:g} is before start {s:g}", path=path, line=line)
+            w_text = opt(row, "weight")
+            w = finite_number(w_text, "weight", path, line) if w_text is not None else 1.0
+            if w < 0:
+                raise InputError(f"weight is negative: {w_text}", path=path, line=line)
+            devs = tuple(d.strip() for d in row[ix["devices"]].split(";") if d.strip())
+            if not devs:
+                raise InputError("devices is blank", path=path, line=line)
+            if known_devices is not None:
+                unknown = [d for d in devs if d not in known_devices]
+                if unknown:
+                    raise InputError(
+                        f"unknown device {unknown[0]!r} (the trace has {', '.join(sorted(known_devices))})",
+                        path=path,
+                        line=line,
+                    )
+            ids.append(sid)
+            starts.append(s)
+            ends.append(e)
+            weights.append(w)
+            devices.append(devs)
+            models.append(opt(row, "model"))
+            rids.append(opt(row, "request_id"))
+            tenants.append(opt(row, "tenant"))
+            for col, values in structure.items():
+                values.append(opt(row, col))
     for col in ("parent", "link"):
         for i, ref in enumerate(structure[col]):
             if ref is not None and ref not in seen:
@@ -191,6 +170,12 @@ class AttributionResult:
     policy: str
     uncertainty_by_device: dict[str, np.ndarray] = field(default_factory=dict)
     idle_uncertainty_j: dict[str, float] = field(default_factory=dict)
+    #: Energy of each span alone, without its children (sums over spans never double count).
+    self_by_device: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Each span's own share of device time (s), shared by the same rules as energy.
+    device_s_by_device: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Device time no span used (s).
+    idle_s: dict[str, float] = field(default_factory=dict)
 
     def span_energy_j(self) -> np.ndarray:
         out = np.zeros(len(self.spans))
@@ -332,6 +317,8 @@ def attribute_trace(
     finished, totals = attr.advance(math.inf, timelines, force=True)
     by_device = {dev: np.zeros(n) for dev in data}
     unc = {dev: np.zeros(n) for dev in data}
+    own = {dev: np.zeros(n) for dev in data}
+    dev_s = {dev: np.zeros(n) for dev in data}
     for nd in finished.spans:
         acc = attr.accumulator(nd)
         if acc is None:
@@ -340,17 +327,23 @@ def attribute_trace(
         for dev in data:
             by_device[dev][nd._seq] = inc.get(dev, 0.0)
             unc[dev][nd._seq] = inc_u.get(dev, 0.0)
+            own[dev][nd._seq] = acc.self_j.get(dev, 0.0)
+            dev_s[dev][nd._seq] = acc.self_s.get(dev, 0.0)
     if finished.leaves:
         rows = np.fromiter((nd._seq for nd in finished.leaves), dtype=np.int64, count=len(finished.leaves))
         for dev in data:
             if dev in finished.leaf_j:
                 by_device[dev][rows] = finished.leaf_j[dev]
+                own[dev][rows] = finished.leaf_j[dev]
                 unc[dev][rows] = finished.leaf_u[dev]
+                dev_s[dev][rows] = finished.leaf_s[dev]
     idle = {dev: 0.0 for dev in data}
     idle_u = {dev: 0.0 for dev in data}
+    idle_s = {dev: 0.0 for dev in data}
     total = {dev: 0.0 for dev in data}
     for w in totals:
         idle[w.device] += w.idle_j
         idle_u[w.device] += w.uncertainty_j
+        idle_s[w.device] += w.idle_s
         total[w.device] += w.total_j
-    return AttributionResult(table, by_device, idle, total, policy, unc, idle_u)
+    return AttributionResult(table, by_device, idle, total, policy, unc, idle_u, own, dev_s, idle_s)

@@ -4,6 +4,11 @@ Each integration lives in its own module and imports its framework only when use
 ``import greenmaas.integrations`` imports no framework. The PyTorch one is
 :mod:`greenmaas.integrations.torch` (``track_module``, ``track_optimizer``, ``epochs``, ``step``,
 ``epoch``); its names are also reachable here, importing torch on first access.
+
+Others, each importing its framework when imported: :mod:`~greenmaas.integrations.hf`
+(transformers ``GreenmaasCallback``), :mod:`~greenmaas.integrations.lightning` (Lightning
+``GreenmaasCallback``), :mod:`~greenmaas.integrations.ipython` (``%%measure``) and
+:mod:`~greenmaas.integrations.mlflow` (``log_run``, ``logged``).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def run_status(
     """
     if status != "running":
         return status
-    if host is not None and host == (this_host if this_host is not None else socket.gethostname()):
+    here = this_host if this_host is not None else (os.environ.get("GREENMAAS_HOST", "").strip() or socket.gethostname())
+    if host is not None and host == here:
         if pid is not None:
             return "running" if (pid_alive or _pid_alive)(int(pid)) else "interrupted"
     if heartbeat is None:

@@ -1,43 +1,74 @@
-"""Upgrading a ledger written by an older greenmaas to this one's schema, in place.
+"""Upgrading a ledger written by an older greenmaas to this one's schema, in place, with Alembic.
 
-``UPGRADES[n]`` takes a ledger from schema ``n`` to ``n + 1``. Every step needed runs in one
-transaction, which then sets ``meta.schema_version``: a ledger is upgraded completely or not at
-all. Steps are additive (new tables, new nullable columns), so rows already stored read back
-unchanged, with NULL in the new columns.
+The revisions live in the package (``greenmaas/ledger/alembic/versions``), one per schema
+version: revision ``schema<N>`` takes a ledger to ``meta.schema_version`` N. greenmaas runs them
+itself, through :mod:`alembic.command`, on the connection of one transaction that also stamps
+Alembic's version table (``alembic_version``) and sets ``meta.schema_version``: a ledger is
+upgraded completely or not at all. No ``alembic.ini`` is needed.
 
-Each step spells out the tables and columns as they were at its version, rather than reading
-today's models: a later change to a model must not change what an old step does. DDL is built by
-SQLAlchemy from those definitions (names quoted by the dialect, never formatted from input).
+Two records of the version, kept equal: ``meta.schema_version``, which every greenmaas reads
+(an older one refuses a newer ledger by it), and Alembic's stamp. Ledgers made before the stamp
+existed have ``meta`` only; their version is read from it, and they are stamped to it (in the
+upgrade's transaction) before the first revision runs. New ledgers are created from the models
+and stamped with the newest revision.
 
 When a ledger is upgraded (see :meth:`greenmaas.ledger.Ledger.open`):
 
 * a SQLite file, automatically when opened for writing, after copying it (checkpointed first)
-  to ``<name>.schema<N>.bak`` beside it; when that copy cannot be written nothing is upgraded;
+  to ``<name>.schema<N>.bak`` beside it, file mode kept; when that copy cannot be written nothing
+  is upgraded;
 * a server database (PostgreSQL), only by ``greenmaas migrate --ledger URL`` (:func:`migrate`):
   back it up first, with the database's own tools;
 * never by a read-only open, which refuses an older ledger, naming ``greenmaas migrate``.
+
+``$GREENMAAS_AUTO_UPGRADE`` changes the default of the second point: ``0`` turns automatic
+upgrades off for SQLite files too, ``1`` turns them on for server databases as well.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
-from sqlalchemy import Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.schema import ExecutableDDLElement
+from ..errors import ConfigError, LedgerError
 
-from ..errors import LedgerError
-
-__all__ = ["UPGRADES", "TABLES_AT", "Upgrade", "upgrade", "backup_path", "backup_sqlite", "migrate"]
+__all__ = [
+    "TABLES_AT",
+    "VERSION_TABLE",
+    "SCRIPT_LOCATION",
+    "ENV_AUTO_UPGRADE",
+    "Upgrade",
+    "revisions",
+    "revision_of",
+    "version_of",
+    "stored_version",
+    "read_stamps",
+    "auto_upgrade",
+    "stamp",
+    "upgrade",
+    "backup_path",
+    "backup_sqlite",
+    "migrate",
+]
 
 #: The tables each schema version has (a damaged ledger is refused before anything is changed).
 TABLES_AT: dict[int, frozenset[str]] = {
     1: frozenset({"meta", "runs", "spans", "span_devices", "samples", "device_totals"}),
 }
+#: Alembic's version table in a ledger (Alembic's default name).
+VERSION_TABLE = "alembic_version"
+#: The Alembic environment shipped with the package: ``env.py`` and ``versions/``.
+SCRIPT_LOCATION = Path(__file__).with_name("alembic")
+#: ``0`` / ``1``: whether opening a ledger for writing upgrades it (default: SQLite files only).
+ENV_AUTO_UPGRADE = "GREENMAAS_AUTO_UPGRADE"
+
+_REVISION = re.compile(r"schema([0-9]+)")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -56,87 +87,139 @@ class Upgrade:
         return self.from_version < self.to_version
 
 
-class _AddColumn(ExecutableDDLElement):
-    """``ALTER TABLE <table> ADD COLUMN <column spec>``, both rendered by the dialect."""
+# ------------------------------------------------------------------------------ versions
 
-    def __init__(self, column: Column):
-        self.column = column
-
-
-@compiles(_AddColumn)
-def _compile_add_column(element: _AddColumn, compiler, **kw) -> str:
-    column = element.column
-    return (
-        f"ALTER TABLE {compiler.preparer.format_table(column.table)} "
-        f"ADD COLUMN {compiler.get_column_specification(column)}"
-    )
+def revision_of(version: int) -> str:
+    """The Alembic revision that brings a ledger to schema ``version``: ``schema<N>``."""
+    return f"schema{int(version)}"
 
 
-def _upgrade_1_to_2(conn) -> None:
-    """Schema 2: the raw reads of a run (``reads``); monotonic span times, the batch share's link
-    and ± J on spans; ± J on span devices and device totals; the runs' heartbeat."""
-    md = MetaData()
-    reads = Table(
-        "reads",
-        md,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("run_id", String(64), ForeignKey("runs.run_id"), nullable=False),
-        Column("device", String(64), nullable=False),
-        Column("t_mono", Float, nullable=False),
-        Column("energy_j", Float),
-        Column("power_w", Float),
-        Column("max_energy_j", Float),
-        Column("error", Text),
-        Column("t_start_mono", Float),
-        Index("ix_reads_run_device_t", "run_id", "device", "t_mono"),
-    )
-    added = {
-        "runs": (Column("heartbeat", DateTime(timezone=True)),),
-        "spans": (
-            Column("start_mono", Float),
-            Column("end_mono", Float),
-            Column("link_id", String(64)),
-            Column("uncertainty_j", Float),
-        ),
-        "span_devices": (Column("uncertainty_j", Float),),
-        "device_totals": (Column("uncertainty_j", Float),),
-    }
-    for name, columns in added.items():
-        if name == "runs":  # also named by the foreign key of ``reads``
-            columns = (Column("run_id", String(64), primary_key=True), *columns)
-        Table(name, md, *columns)  # gives each column its table, which the DDL names
-        for column in columns:
-            if not column.primary_key:
-                conn.execute(_AddColumn(column))
-    md.create_all(conn, tables=[reads], checkfirst=False)
-    # Indexes the reports' roll-ups read a span's children through (separate metadata: ``spans``
-    # above names only the columns added).
-    indexed = MetaData()
-    spans = Table("spans", indexed, Column("parent_id", String(64)), Column("link_id", String(64)),
-                  Column("uncertainty_j", Float))
-    for index in (Index("ix_spans_parent_id", spans.c.parent_id, spans.c.uncertainty_j),
-                  Index("ix_spans_link_id", spans.c.link_id, spans.c.uncertainty_j)):
-        index.create(conn)
+def version_of(revision: str) -> int | None:
+    """The schema version revision ``schema<N>`` stands for, or None for any other text."""
+    match = _REVISION.fullmatch(revision.strip())
+    return int(match.group(1)) if match else None
 
 
-#: ``UPGRADES[n](conn)`` takes a ledger from schema ``n`` to ``n + 1`` within ``conn``'s transaction.
-UPGRADES: dict[int, Callable[[Any], None]] = {1: _upgrade_1_to_2}
+@lru_cache(maxsize=1)
+def revisions() -> dict[int, str]:
+    """``{schema version: revision id}`` of the revisions shipped, checked to form one chain
+    ``schema1 -> schema2 -> ...`` whose head is :data:`~greenmaas.ledger.models.SCHEMA_VERSION`."""
+    from .models import SCHEMA_VERSION
+
+    script = _script()
+    out: dict[int, str] = {}
+    for rev in script.walk_revisions():
+        declared = getattr(rev.module, "schema_version", None)
+        if not isinstance(declared, int) or declared != version_of(rev.revision) or declared in out:
+            raise LedgerError(f"ledger migration {rev.revision}: declares schema version {declared!r}")
+        expected_down = None if declared == 1 else revision_of(declared - 1)
+        if rev.down_revision != expected_down:
+            raise LedgerError(f"ledger migration {rev.revision}: revises {rev.down_revision!r}, not {expected_down!r}")
+        out[declared] = rev.revision
+    if script.get_heads() != [revision_of(SCHEMA_VERSION)]:
+        raise LedgerError(f"ledger migrations end at {script.get_heads()}, not schema {SCHEMA_VERSION}")
+    return dict(sorted(out.items()))
+
+
+def stored_version(display: str, meta: Mapping[str, str], stamps: list[str] | None) -> int:
+    """The schema version of a ledger from its ``meta`` rows and Alembic stamps (None: no version
+    table). Raises :class:`LedgerError` naming the ledger for a version this greenmaas does not
+    know (newer: "upgrade greenmaas"), or when the two records disagree."""
+    from .models import SCHEMA_VERSION
+
+    text = meta.get("schema_version", "")
+    if not text.isdigit():
+        raise LedgerError(f"{display}: unknown ledger schema version {text!r}")
+    version = int(text)
+    stamped = None
+    if stamps is not None and stamps:
+        if len(stamps) > 1:
+            raise LedgerError(f"{display}: damaged greenmaas ledger (several {VERSION_TABLE} stamps: "
+                              f"{', '.join(sorted(stamps))})")
+        stamped = version_of(stamps[0])
+        if stamped is None:
+            raise LedgerError(f"{display}: unknown ledger schema revision {stamps[0]!r}")
+    newest = max(version, stamped or 0)
+    if newest > SCHEMA_VERSION:
+        raise LedgerError(
+            f"{display}: ledger schema version {newest} is newer than this greenmaas "
+            f"supports ({SCHEMA_VERSION}); upgrade greenmaas"
+        )
+    if stamps and stamped is not None and stamped != version:
+        raise LedgerError(f"{display}: damaged greenmaas ledger (meta says schema version {version}, "
+                          f"{VERSION_TABLE} says {stamps[0]})")
+    return version
+
+
+def read_stamps(conn) -> list[str]:
+    """The revisions in the ledger's Alembic version table (which must exist)."""
+    from sqlalchemy import Column, MetaData, String, Table, select
+
+    table = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32)))
+    return [row[0] for row in conn.execute(select(table.c.version_num))]
+
+
+def auto_upgrade(sqlite_file: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether opening for writing upgrades an older ledger when the caller did not say:
+    ``$GREENMAAS_AUTO_UPGRADE`` (``1``/``0``) if set, else yes for a SQLite file, no for a server
+    database. Raises :class:`ConfigError` for another value."""
+    raw = (os.environ if environ is None else environ).get(ENV_AUTO_UPGRADE, "").strip().lower()
+    if not raw:
+        return sqlite_file
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{ENV_AUTO_UPGRADE}={raw!r}: expected 1 or 0")
+
+
+# ------------------------------------------------------------------------------ running
+
+def _script():
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(SCRIPT_LOCATION))
+
+
+def _config(conn) -> Any:
+    import io
+
+    from alembic.config import Config
+
+    # Alembic's default output is the sys.stdout of when alembic was imported; a library prints
+    # nothing, and that stream may be closed by now.
+    config = Config(stdout=io.StringIO())
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    config.attributes["connection"] = conn
+    return config
+
+
+def stamp(conn, version: int) -> None:
+    """Stamp the ledger on ``conn`` as being at schema ``version`` (creating Alembic's version
+    table), in ``conn``'s transaction. Runs no revision."""
+    from alembic import command
+
+    command.stamp(_config(conn), revisions()[version], purge=True)
 
 
 def upgrade(conn, from_version: int, to_version: int) -> None:
-    """Run every step from ``from_version`` to ``to_version`` on ``conn``, then set
-    ``meta.schema_version``; the caller's transaction makes it all or nothing."""
-    from sqlalchemy import update
+    """Run every revision from ``from_version`` to ``to_version`` on ``conn`` (stamping a ledger
+    made before stamps first), then set ``meta.schema_version``; the caller's transaction makes it
+    all or nothing."""
+    from alembic import command
+    from sqlalchemy import inspect, update
 
     from .models import Meta
 
-    for version in range(from_version, to_version):
-        step = UPGRADES.get(version)
-        if step is None:  # pragma: no cover - a missing step is a bug caught by the tests
-            raise LedgerError(f"no upgrade from ledger schema version {version}")
-        step(conn)
+    known = revisions()
+    if from_version not in known or to_version not in known:
+        raise LedgerError(f"no upgrade from ledger schema version {from_version} to {to_version}")
+    if VERSION_TABLE not in inspect(conn).get_table_names() or not read_stamps(conn):
+        stamp(conn, from_version)  # made before stamps: its meta version is where the chain starts
+    command.upgrade(_config(conn), known[to_version])
     conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(to_version)))
 
+# ------------------------------------------------------------------------------ backups
 
 def backup_path(path: Path, version: int) -> Path:
     """Where the copy of a schema-``version`` SQLite ledger goes: ``<name>.schema<N>.bak``."""

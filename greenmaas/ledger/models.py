@@ -5,10 +5,10 @@ PostgreSQL. Times are timezone-aware UTC ``datetime`` objects in Python; SQLite,
 time zones, stores them as naive UTC text and :class:`UTCDateTime` puts the zone back on read.
 Units are in the column names (``energy_j``, ``duration_s``, ``power_w``, ``carbon_g``).
 
-Bump :data:`SCHEMA_VERSION` whenever a table or column changes, and add the step that upgrades
-the previous version in place to :mod:`greenmaas.ledger.migrations` (columns added to an existing
-table go last, where ``ALTER TABLE ... ADD COLUMN`` puts them, so an upgraded ledger and a new one
-are the same). A ledger written by a newer greenmaas is refused rather than half-understood.
+Bump :data:`SCHEMA_VERSION` whenever a table or column changes, and add an Alembic revision
+``schema<N>`` (with ``schema_version = N``) under ``greenmaas/ledger/alembic/versions/`` (columns
+added to an existing table go last, where ``ALTER TABLE ... ADD COLUMN`` puts them, so an upgraded
+ledger and a new one are the same). A ledger written by a newer greenmaas is refused rather than half-understood.
 """
 
 from __future__ import annotations

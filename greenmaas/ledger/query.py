@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sqlalchemy import String, and_, case, func, literal, null, select, union_all
+from sqlalchemy import Integer, String, and_, case, func, literal, null, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .models import Read, Run, Span, SpanDevice
+from .models import Read, Run, Sample, Span, SpanDevice
 
 __all__ = [
     "latest_run",
@@ -28,6 +28,16 @@ __all__ = [
     "rollup_spans",
     "rollup_crossing",
     "rollup_devices",
+    "SERVING_PHASES",
+    "serving_iterations",
+    "serving_requests",
+    "sample_counts",
+    "sample_series",
+    "top_level_spans",
+    "request_energy_stats",
+    "request_energy_histogram",
+    "phase_runs",
+    "runs_described",
 ]
 
 
@@ -159,13 +169,23 @@ def _utc_text_postgresql(element, compiler, **kw):
     return f"to_char({compiler.process(column, **kw)} AT TIME ZONE 'UTC', '{fmt}')"
 
 
+#: Batch shares a serving engine names after the work they paid for (:mod:`greenmaas.serving`):
+#: by phase, each is a group of its own.
+SERVING_PHASES = ("prefill", "decode")
+
+
 def group_key(table, by: str, none: str):
     """The report group of each row of ``table`` (the ``spans`` table or an alias): its value for
-    ``by``, or ``none`` where it has none (NULL or empty)."""
+    ``by``, or ``none`` where it has none (NULL or empty). By phase, serving shares named
+    ``prefill`` or ``decode`` are groups of their own."""
     if by == "day":
         return utc_text(table.c.start, 10)
     column = table.c[_KEY_COLUMNS[by]]
-    return case((and_(column.is_not(None), column != ""), column), else_=literal(none))
+    present = (and_(column.is_not(None), column != ""), column)
+    if by == "phase":
+        serving = (and_(table.c.kind == "share", table.c.name.in_(SERVING_PHASES)), table.c.name)
+        return case(serving, present, else_=literal(none))
+    return case(present, else_=literal(none))
 
 
 def _hour(table):
@@ -269,3 +289,248 @@ def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> It
         .group_by(g, s.c.run_id, d.c.device, d.c.method, s.c.method, measured, recorded)
     )
     return conn.execute(query)
+
+
+# ------------------------------------------------------------------------------ serving
+
+
+def serving_iterations(conn, name: str, run_id: str | None = None, model: str | None = None) -> list[Any]:
+    """A serving engine's iterations: batch spans named ``name`` (of ``run_id`` and ``model``
+    where given), by start: rows of ``energy_j, attrs``."""
+    conditions = [Span.kind == "batch", Span.name == name]
+    if run_id is not None:
+        conditions.append(Span.run_id == run_id)
+    if model is not None:
+        conditions.append(Span.model == model)
+    query = select(Span.energy_j, Span.attrs).where(*conditions).order_by(Span.start_mono, Span.span_id)
+    return conn.execute(query).all()
+
+
+def serving_requests(conn, lo=None, hi=None, model=None) -> list[Any]:
+    """Per request and run, what serving recorded for it (:mod:`greenmaas.serving`), from the
+    selected spans: rows of ``request_id, run_id, prompt_tokens, output_tokens, prefill_j,
+    decode_j, start_mono, first_token_mono``. Prompt and output tokens are the request span's;
+    prefill and decode joules sum its shares named so; ``first_token_mono`` is the end of its last
+    prefill share (monotonic s of the run, as is ``start_mono``, the request span's start)."""
+    s = Span.__table__.alias("s")
+    conditions = _selection(s, lo, hi, model)
+    is_request = s.c.kind == "request"
+    is_share = s.c.kind == "share"
+
+    def share_of(phase: str, column):
+        return case((and_(is_share, s.c.name == phase), column), else_=null())
+
+    query = (
+        select(
+            s.c.request_id, s.c.run_id,
+            func.max(case((is_request, s.c.tokens_in), else_=null())).label("prompt_tokens"),
+            func.max(case((is_request, s.c.tokens_out), else_=null())).label("output_tokens"),
+            func.sum(share_of("prefill", s.c.self_energy_j)).label("prefill_j"),
+            func.sum(share_of("decode", s.c.self_energy_j)).label("decode_j"),
+            func.min(case((is_request, s.c.start_mono), else_=null())).label("start_mono"),
+            func.max(share_of("prefill", s.c.end_mono)).label("first_token_mono"),
+        )
+        .where(*conditions, s.c.request_id.is_not(None), s.c.request_id != "")
+        .group_by(s.c.request_id, s.c.run_id)
+    )
+    return conn.execute(query).all()
+
+
+# ------------------------------------------------------------------------------ report plots
+#
+# What the HTML report draws, read so that its cost does not grow with the ledger: power series
+# thinned in SQL to a bounded number of points per device, the longest spans only, and the
+# per-request energy distribution binned in SQL.
+
+
+def _sample_selection(lo, hi, run_ids):
+    conditions = []
+    if lo is not None:
+        conditions.append(Sample.t >= lo)
+    if hi is not None:
+        conditions.append(Sample.t < hi)
+    if run_ids is not None:
+        conditions.append(Sample.run_id.in_(list(run_ids)))
+    return conditions
+
+
+def sample_counts(conn, lo=None, hi=None, run_ids=None) -> list[Any]:
+    """How many samples each run and device holds in ``[lo, hi)`` (of ``run_ids`` where given):
+    rows of ``run_id, device, method, points, first, last``, by run and device."""
+    query = (
+        select(Sample.run_id, Sample.device, func.min(Sample.method), func.count(), func.min(Sample.t),
+               func.max(Sample.t))
+        .where(*_sample_selection(lo, hi, run_ids))
+        .group_by(Sample.run_id, Sample.device)
+        .order_by(Sample.run_id, Sample.device)
+    )
+    return conn.execute(query).all()
+
+
+class _time_bucket(FunctionElement):
+    """Which of the ``width``-second buckets counted from ``origin`` (POSIX s) a UTC time falls
+    in, as an integer: SQLite keeps times as text (julianday), PostgreSQL as timestamps."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_time_bucket)
+def _time_bucket_default(element, compiler, **kw):
+    column, origin, width = (compiler.process(c, **kw) for c in element.clauses)
+    # Times are at or after the origin, so truncation is the floor.
+    return f"CAST(((julianday({column}) - 2440587.5) * 86400.0 - {origin}) / {width} AS INTEGER)"
+
+
+@compiles(_time_bucket, "postgresql")
+def _time_bucket_postgresql(element, compiler, **kw):
+    column, origin, width = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(floor((extract(epoch from {column}) - {origin}) / {width}) AS INTEGER)"
+
+
+def sample_series(conn, max_points: int, lo=None, hi=None, run_ids=None, counts=None) -> list[Any]:
+    """Each run's and device's samples in ``[lo, hi)``, thinned in the database to at most about
+    ``max_points`` per series: the series' time is cut into ``max_points // 2`` equal buckets and
+    the first and last sample of each is kept (a series with fewer samples is read whole).
+
+    Rows of ``run_id, device, t, energy_j, power_w``, by run, device and time. The samples'
+    ``energy_j`` is cumulative, so the mean power between two kept points (ΔE / Δt) is exact over
+    that interval however many points were skipped. ``counts``: what :func:`sample_counts` gave
+    for the same selection, when the caller has it already.
+    """
+    if max_points < 2:
+        raise ValueError("max_points must be at least 2")
+    buckets = max_points // 2
+    out: list[Any] = []
+    if counts is None:
+        counts = sample_counts(conn, lo, hi, run_ids)
+    for run_id, device, _method, n, first, last in counts:
+        where = [Sample.run_id == run_id, Sample.device == device, *_sample_selection(lo, hi, None)]
+        columns = (Sample.run_id, Sample.device, Sample.t, Sample.energy_j, Sample.power_w)
+        if n <= max_points or first is None or last is None or last <= first:
+            query = select(*columns).where(*where).order_by(Sample.t, Sample.id)
+            out += conn.execute(query).all()
+            continue
+        origin = first.timestamp()
+        width = (last.timestamp() - origin) / buckets * (1 + 1e-9)
+        bucket = _time_bucket(Sample.t, literal(origin), literal(width))
+        edges = select(func.min(Sample.t), func.max(Sample.t)).where(*where).group_by(bucket)
+        times = sorted({t for pair in conn.execute(edges) for t in pair})
+        query = (
+            select(*columns)
+            .where(Sample.run_id == run_id, Sample.device == device, Sample.t.in_(times))
+            .order_by(Sample.t, Sample.id)
+        )
+        rows = conn.execute(query).all()
+        out += [r for i, r in enumerate(rows) if i == 0 or r[2] != rows[i - 1][2]]
+    return out
+
+
+def top_level_spans(conn, by: str, none: str, limit: int, lo=None, hi=None, model=None) -> tuple[int, list[Any]]:
+    """The ``limit`` longest selected spans with no parent (NULL or empty), on each of their
+    devices; and how many selected spans have no parent in all.
+
+    Rows of ``span_id, run_id, device, start, end, grp`` (``grp`` the span's report group for
+    ``by``, as :func:`group_key`), longest first. The spans are chosen in the ``spans`` table
+    alone; only the chosen ones are joined to their devices.
+    """
+    s = Span.__table__.alias("s")
+    d = SpanDevice.__table__
+    # Read as a scan of the table: through the parent index, SQLite would visit most rows out of
+    # order (ten times slower on a million spans).
+    conditions = [*_selection(s, lo, hi, model), func.coalesce(s.c.parent_id, "") == ""]
+    total = conn.execute(select(func.count()).select_from(s).where(*conditions)).scalar_one()
+    longest = (
+        select(s.c.span_id, s.c.run_id, s.c.start, s.c.end, s.c.duration_s, group_key(s, by, none).label("grp"))
+        .where(*conditions)
+        .order_by(s.c.duration_s.desc(), s.c.span_id)
+        .limit(limit)
+        .subquery()
+    )
+    query = (
+        select(longest.c.span_id, longest.c.run_id, d.c.device, longest.c.start, longest.c.end, longest.c.grp)
+        .select_from(longest.join(d, d.c.span_id == longest.c.span_id))
+        .order_by(longest.c.duration_s.desc(), longest.c.span_id, d.c.device)
+    )
+    return int(total or 0), conn.execute(query).all()
+
+
+def _request_energy(lo, hi, model):
+    """Per request id of the selected spans: the sum of their own energy (``energy_j``), as a
+    report by request counts it; requests none of whose spans was measured are left out."""
+    s = Span.__table__.alias("s")
+    return (
+        select(s.c.request_id, func.sum(s.c.self_energy_j).label("energy_j"))
+        .where(*_selection(s, lo, hi, model), s.c.request_id.is_not(None), s.c.request_id != "",
+               s.c.self_energy_j.is_not(None))
+        .group_by(s.c.request_id)
+        .subquery()
+    )
+
+
+def request_energy_stats(conn, lo=None, hi=None, model=None) -> Any:
+    """Count, sum, minimum and maximum of the energy per request (J), and how many requests
+    have a positive figure and their minimum: a row of ``requests, energy_j, min_j, max_j,
+    positive, min_positive_j``."""
+    r = _request_energy(lo, hi, model)
+    positive = case((r.c.energy_j > 0, r.c.energy_j), else_=null())
+    query = select(
+        func.count().label("requests"), func.sum(r.c.energy_j).label("energy_j"),
+        func.min(r.c.energy_j).label("min_j"), func.max(r.c.energy_j).label("max_j"),
+        func.count(positive).label("positive"), func.min(positive).label("min_positive_j"),
+    )
+    return conn.execute(query).one()
+
+
+def request_energy_histogram(conn, edges, lo=None, hi=None, model=None) -> list[Any]:
+    """How many requests' energy falls in each bin ``[edges[i], edges[i+1])`` (the last bin
+    includes its upper edge), counted in the database: rows of ``bin, requests, energy_j``
+    (``bin`` -1 below the first edge, ``len(edges) - 1`` above the last), by bin."""
+    edges = [float(e) for e in edges]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError("edges must be at least two increasing numbers")
+    r = _request_energy(lo, hi, model)
+    whens = [(r.c.energy_j < edges[0], literal(-1))]
+    whens += [(r.c.energy_j < e, literal(i)) for i, e in enumerate(edges[1:-1])]
+    whens.append((r.c.energy_j <= edges[-1], literal(len(edges) - 2)))
+    bin_ = case(*whens, else_=literal(len(edges) - 1)).label("bin")
+    query = select(bin_, func.count().label("requests"), func.sum(r.c.energy_j).label("energy_j")).group_by(
+        bin_).order_by(bin_)
+    return conn.execute(query).all()
+
+
+def phase_runs(conn, lo=None, hi=None, model=None) -> list[Any]:
+    """Per phase (as a report by phase groups them, :func:`group_key`) and run, of the selected
+    spans: rows of ``phase, run_id, spans, first, last, requests, tokens_in, tokens_out, items``.
+
+    ``first``/``last`` are the earliest start and latest end (UTC); ``requests`` the distinct
+    request ids; ``tokens_in``/``tokens_out`` summed over request spans (``kind = 'request'``, where
+    serving records them); ``items`` summed over top-level spans.
+    """
+    s = Span.__table__.alias("s")
+    g = group_key(s, "phase", "(none)")
+    is_request = s.c.kind == "request"
+    query = (
+        select(
+            g.label("phase"), s.c.run_id, func.count().label("spans"), func.min(s.c.start).label("first"),
+            func.max(s.c.end).label("last"), func.count(func.distinct(s.c.request_id)).label("requests"),
+            func.sum(case((is_request, s.c.tokens_in), else_=null())).label("tokens_in"),
+            func.sum(case((is_request, s.c.tokens_out), else_=null())).label("tokens_out"),
+            func.sum(case((s.c.parent_id.is_(None), s.c["items"]), else_=null())).label("items"),
+        )
+        .where(*_selection(s, lo, hi, model))
+        .group_by(g, s.c.run_id)
+        .order_by(g, s.c.run_id)
+    )
+    return conn.execute(query).all()
+
+
+def runs_described(conn, run_ids) -> list[Any]:
+    """The given runs as they described themselves: rows of ``run_id, host, start, end, status,
+    greenmaas_version, devices`` (the device list recorded at start), by start."""
+    query = (
+        select(Run.run_id, Run.host, Run.start, Run.end, Run.status, Run.greenmaas_version, Run.devices)
+        .where(Run.run_id.in_(list(run_ids)))
+        .order_by(Run.start, Run.run_id)
+    )
+    return conn.execute(query).all()

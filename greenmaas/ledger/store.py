@@ -98,6 +98,30 @@ def _json_dumps(value: Any) -> str:
     return _JSON_ENCODER.encode(value)
 
 
+_STRICT_JSON_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"), allow_nan=False)
+
+
+def _json_dumps_strict(value: Any) -> str:
+    """The ledger's JSON text for a server database, which takes strict JSON only: NaN and
+    infinities (a loss of NaN in a span's attributes) become null rather than the row being
+    refused. SQLite keeps them (``_json_dumps``)."""
+    try:
+        return _STRICT_JSON_ENCODER.encode(value)
+    except ValueError:  # a non-finite float (or a circular value, which fails again below)
+        return _STRICT_JSON_ENCODER.encode(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float in its dicts, lists and tuples replaced by None."""
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip() or type(orig).__name__
@@ -114,6 +138,20 @@ def _num(value: Any, null: Any = None) -> float | None:
 
 def _int(value: Any, null: Any = None) -> int | None:
     return null if value is None else int(value)
+
+
+#: The PostgreSQL advisory lock (one per database) under which a ledger is created or upgraded.
+_PG_SETUP_LOCK = int.from_bytes(hashlib.sha256(b"greenmaas ledger setup").digest()[:8], "big", signed=True)
+
+
+def _lock_for_setup(conn) -> None:
+    """Make processes that create or upgrade the ledger at once take turns, in ``conn``'s
+    transaction. SQLite's ``BEGIN IMMEDIATE`` does so already; PostgreSQL's DDL does not (hosts
+    opening an empty database together would each create the tables, and all but one fail)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy import func, select
+
+        conn.execute(select(func.pg_advisory_xact_lock(_PG_SETUP_LOCK)))
 
 
 def _sqlite_file_problem(path: Path) -> str | None:
@@ -490,7 +528,7 @@ class Ledger:
                     raise LedgerError(f"{display}: {problem}")
 
         is_sqlite = url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"json_serializer": _json_dumps}
+        kwargs: dict[str, Any] = {"json_serializer": _json_dumps if is_sqlite else _json_dumps_strict}
         if is_sqlite and path is None:
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         try:
@@ -538,21 +576,24 @@ class Ledger:
         """Check this is a greenmaas ledger of a schema we know; initialise it if empty."""
         from sqlalchemy import inspect, select
 
-        def state(conn) -> tuple[set[str], dict[str, str] | None]:
+        def state(conn) -> tuple[set[str], dict[str, str] | None, list[str] | None]:
             tables = set(inspect(conn).get_table_names())
             if "meta" not in tables:
-                return tables, None
+                return tables, None, None
             rows = conn.execute(select(Meta.key, Meta.value)).all()
-            return tables, {k: v for k, v in rows}
+            # Alembic's stamp, where there is one (ledgers made before it have meta only).
+            stamps = migrations.read_stamps(conn) if migrations.VERSION_TABLE in tables else None
+            return tables, {k: v for k, v in rows}, stamps
 
         with self._translate("cannot be read as a greenmaas ledger"), self._engine.connect() as conn:
-            tables, meta = state(conn)
+            tables, meta, stamps = state(conn)
 
         if not tables:
             if not create:
                 raise LedgerError(f"{self.display}: empty database, not a greenmaas ledger")
             with self._translate(), self._write_engine.begin() as conn:
-                tables, meta = state(conn)  # another process may have won the race
+                _lock_for_setup(conn)
+                tables, meta, stamps = state(conn)  # another process may have won the race
                 if not tables:
                     Base.metadata.create_all(conn)
                     now = datetime.now(timezone.utc).isoformat()
@@ -567,21 +608,16 @@ class Ledger:
                     conn.execute(
                         Meta.__table__.insert(), [{"key": k, "value": v} for k, v in meta.items()]
                     )
-                    tables = set(_TABLES)
+                    migrations.stamp(conn, SCHEMA_VERSION)
+                    tables = set(_TABLES) | {migrations.VERSION_TABLE}
+                    stamps = [migrations.revision_of(SCHEMA_VERSION)]
 
         if meta is None or meta.get("application") != APPLICATION:
             others = ", ".join(sorted(tables)[:5])
             raise LedgerError(f"{self.display}: not a greenmaas ledger (has tables {others})")
-        version = meta.get("schema_version", "")
-        if not version.isdigit():
-            raise LedgerError(f"{self.display}: unknown ledger schema version {version!r}")
-        if int(version) > SCHEMA_VERSION:
-            raise LedgerError(
-                f"{self.display}: ledger schema version {version} is newer than this greenmaas "
-                f"supports ({SCHEMA_VERSION}); upgrade greenmaas"
-            )
-        if int(version) < SCHEMA_VERSION:
-            self._upgrade(int(version), tables, upgrade)
+        version = migrations.stored_version(self.display, meta, stamps)
+        if version < SCHEMA_VERSION:
+            self._upgrade(version, tables, upgrade)
             tables |= _TABLES
         missing = _TABLES - tables
         if missing:
@@ -591,7 +627,7 @@ class Ledger:
 
     def _upgrade(self, version: int, tables: set[str], upgrade: bool | None) -> None:
         """Upgrade this ledger from schema ``version`` in place, or refuse (see :meth:`open`)."""
-        from sqlalchemy import select
+        from sqlalchemy import inspect, select
 
         old = f"{self.display}: ledger schema version {version} is older than this greenmaas's ({SCHEMA_VERSION})"
         sqlite_file = self.path is not None
@@ -604,7 +640,9 @@ class Ledger:
                               + (" or open it for writing" if sqlite_file else ""))
         if upgrade is False:
             raise LedgerError(f"{old} and this open may not upgrade it: {how}")
-        if upgrade is None and not sqlite_file:
+        if upgrade is None and not migrations.auto_upgrade(sqlite_file):
+            if sqlite_file:
+                raise LedgerError(f"{old} and automatic upgrades are off ({migrations.ENV_AUTO_UPGRADE}): {how}")
             raise LedgerError(f"{old} and a server database is not upgraded automatically: {how}")
         missing = migrations.TABLES_AT.get(version, frozenset()) - tables
         if missing:
@@ -624,8 +662,11 @@ class Ledger:
             self._write_engine.begin() as conn,
         ):
             # Under the write lock: another process may have upgraded it meanwhile.
-            stored = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one()
-            current = int(stored)
+            _lock_for_setup(conn)
+            meta = {k: v for k, v in conn.execute(select(Meta.key, Meta.value))}
+            has_stamps = migrations.VERSION_TABLE in inspect(conn).get_table_names()
+            stamps = migrations.read_stamps(conn) if has_stamps else None
+            current = migrations.stored_version(self.display, meta, stamps)
             if current >= SCHEMA_VERSION:
                 return
             backup = None

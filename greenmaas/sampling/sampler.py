@@ -41,7 +41,7 @@ class DeviceFailure:
 
 
 class _Channel:
-    __slots__ = ("source", "device", "timeline", "period_s", "next_t", "failing")
+    __slots__ = ("source", "device", "timeline", "period_s", "next_t", "failing", "last_t")
 
     def __init__(self, source: Source, device: Device, period_s: float):
         self.source = source
@@ -50,6 +50,7 @@ class _Channel:
         self.period_s = period_s
         self.next_t = 0.0
         self.failing = False
+        self.last_t: float | None = None  # when the last read began
 
 
 class Sampler:
@@ -127,6 +128,9 @@ class Sampler:
 
     def _read(self, ch: _Channel) -> None:
         t_start = self.clock.monotonic()
+        if t_start == ch.last_t:  # no time has passed since the last read (a fake clock):
+            return  # the same read again would only repeat a time, which no trace allows
+        ch.last_t = t_start
         try:
             reading = ch.source.read(ch.device.id)
         except Exception as exc:  # a device failing must never stop the others or the user

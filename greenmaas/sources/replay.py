@@ -20,7 +20,6 @@ naming the file, the line and the problem.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from array import array
@@ -30,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from ..clock import Clock
-from .._parsing import finite_number
+from .._parsing import CsvFile, finite_number
 from ..errors import DeviceReadError, InputError
 from .base import REPLAY, Device, Reading, Source
 
@@ -69,30 +68,17 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
     power or energy, and a time that does not increase within a device.
     """
     path = os.fspath(path)
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot open trace: {exc.strerror or exc}", path=path) from exc
     columns: dict[str, tuple[array, array, array]] = {}
     last_t: dict[str, float] = {}
-    with f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError("empty file: expected a header row t,device,energy_j,power_w", path=path, line=1) from None
-        except csv.Error as exc:
-            raise InputError(f"not a CSV file: {exc}", path=path, line=1) from exc
-        names = [h.strip().lstrip("\ufeff") for h in header]
-        missing = [c for c in _REQUIRED if c not in names]
-        if missing:
-            raise InputError(f"missing column {', '.join(missing)} (header: {','.join(names)})", path=path, line=1)
+    with CsvFile(path, what="trace", expected="t,device,energy_j,power_w") as f:
+        names = f.header
+        f.require(_REQUIRED)
         if not any(c in names for c in _VALUES):
-            raise InputError("missing column: a trace needs energy_j or power_w", path=path, line=1)
+            raise InputError("missing column: a trace needs energy_j or power_w", path=path, line=f.header_line)
         i_t, i_dev = names.index("t"), names.index("device")
         i_e = names.index("energy_j") if "energy_j" in names else None
         i_p = names.index("power_w") if "power_w" in names else None
-        opt = {c: names.index(c) for c in ("max_energy_j", "error", "method", "power_field", "t_start") if c in names}
+        opt: dict[str, int] = {c: names.index(c) for c in ("max_energy_j", "error", "method", "power_field", "t_start") if c in names}
         width = max(i for i in (i_t, i_dev, i_e, i_p) if i is not None) + 1
         extra: dict[str, dict] = {}
 
@@ -101,60 +87,54 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, TraceData]:
             return row[i].strip() if i is not None and i < len(row) else ""
         nan = math.nan
         rows = 0
-        try:
-            for row in reader:
-                line = reader.line_num
-                if not row:
-                    continue  # a blank line
-                if len(row) < width:
-                    raise InputError(f"row has {len(row)} fields, the header needs {width}", path=path, line=line)
-                device = row[i_dev].strip()
-                if not device:
-                    raise InputError("device is blank", path=path, line=line)
-                t = finite_number(row[i_t], "t", path, line)
-                e_text = row[i_e].strip() if i_e is not None else ""
-                p_text = row[i_p].strip() if i_p is not None else ""
-                error = cell(row, "error")
-                if not e_text and not p_text and not error:
-                    raise InputError("energy_j and power_w are both blank", path=path, line=line)
-                e = finite_number(e_text, "energy_j", path, line) if e_text else nan
-                p = finite_number(p_text, "power_w", path, line) if p_text else nan
-                if p < 0:
-                    raise InputError(f"power_w is negative: {p_text}", path=path, line=line)
-                if e < 0:
-                    raise InputError(f"energy_j is negative: {e_text}", path=path, line=line)
-                prev = last_t.get(device)
-                if prev is not None and t <= prev:
-                    what = "repeats" if t == prev else "goes backwards from"
-                    raise InputError(f"time {t:g} {what} {prev:g} for device {device}", path=path, line=line)
-                last_t[device] = t
-                cols = columns.get(device)
-                if cols is None:
-                    cols = columns[device] = (array("d"), array("d"), array("d"))
-                x = extra.setdefault(
-                    device, {"max": array("d"), "errors": {}, "method": None, "field": None, "start": array("d")}
-                )
-                s_text = cell(row, "t_start")
-                x["start"].append(finite_number(s_text, "t_start", path, line) if s_text else nan)
-                m_text = cell(row, "max_energy_j")
-                x["max"].append(finite_number(m_text, "max_energy_j", path, line) if m_text else nan)
-                if error:
-                    x["errors"][len(cols[0])] = error
-                x["method"] = x["method"] or cell(row, "method") or None
-                x["field"] = x["field"] or cell(row, "power_field") or None
-                cols[0].append(t)
-                cols[1].append(e)
-                cols[2].append(p)
-                rows += 1
-        except csv.Error as exc:
-            raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from exc
+        for line, row in f.rows():
+            if len(row) < width:
+                raise InputError(f"row has {len(row)} fields, the header needs {width}", path=path, line=line)
+            device = row[i_dev].strip()
+            if not device:
+                raise InputError("device is blank", path=path, line=line)
+            t = finite_number(row[i_t], "t", path, line)
+            e_text = row[i_e].strip() if i_e is not None else ""
+            p_text = row[i_p].strip() if i_p is not None else ""
+            error = cell(row, "error")
+            if not e_text and not p_text and not error:
+                raise InputError("energy_j and power_w are both blank", path=path, line=line)
+            e = finite_number(e_text, "energy_j", path, line) if e_text else nan
+            p = finite_number(p_text, "power_w", path, line) if p_text else nan
+            if p < 0:
+                raise InputError(f"power_w is negative: {p_text}", path=path, line=line)
+            if e < 0:
+                raise InputError(f"energy_j is negative: {e_text}", path=path, line=line)
+            prev = last_t.get(device)
+            if prev is not None and t <= prev:
+                what = "repeats" if t == prev else "goes backwards from"
+                raise InputError(f"time {t:g} {what} {prev:g} for device {device}", path=path, line=line)
+            last_t[device] = t
+            cols = columns.get(device)
+            if cols is None:
+                cols = columns[device] = (array("d"), array("d"), array("d"))
+            x = extra.setdefault(
+                device, {"max": array("d"), "errors": {}, "method": None, "field": None, "start": array("d")}
+            )
+            s_text = cell(row, "t_start")
+            x["start"].append(finite_number(s_text, "t_start", path, line) if s_text else nan)
+            m_text = cell(row, "max_energy_j")
+            x["max"].append(finite_number(m_text, "max_energy_j", path, line) if m_text else nan)
+            if error:
+                x["errors"][len(cols[0])] = error
+            x["method"] = x["method"] or cell(row, "method") or None
+            x["field"] = x["field"] or cell(row, "power_field") or None
+            cols[0].append(t)
+            cols[1].append(e)
+            cols[2].append(p)
+            rows += 1
     if rows == 0:
         raise InputError("no data rows after the header", path=path, line=2)
     out = {}
-    for dev, (t, e, p) in columns.items():
+    for dev, (ts, es, ps) in columns.items():
         x = extra[dev]
         out[dev] = TraceData(
-            _f64(t), _f64(e), _f64(p), _f64(x["max"]), x["errors"] or None, x["method"], x["field"], _f64(x["start"])
+            _f64(ts), _f64(es), _f64(ps), _f64(x["max"]), x["errors"] or None, x["method"], x["field"], _f64(x["start"])
         )
     return out
 

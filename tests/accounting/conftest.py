@@ -13,6 +13,10 @@ def clear_caches() -> None:
         intensity.us_state_intensities,
         intensity.gcp_region_intensities,
         intensity.world_average,
+        intensity.canada_province_intensities,
+        intensity.nordic_zone_intensities,
+        intensity.china_province_intensities,
+        locations._region_index,
         locations.known_locations,
         locations._warn_no_location,
     ):

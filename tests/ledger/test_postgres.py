@@ -1,33 +1,37 @@
-"""The ledger on PostgreSQL. Runs when GREENMAAS_TEST_POSTGRES_URL names an empty database, e.g.
-``postgresql+psycopg://user:pass@127.0.0.1/db`` (needs ``pip install greenmaas[postgres]``)."""
+"""The ledger on PostgreSQL: what SQLite does, PostgreSQL does the same.
 
-import os
+Each test gets an empty schema of its own (``postgres_url`` in tests/conftest.py) in the database
+named by ``$GREENMAAS_TEST_POSTGRES_URL`` (``postgresql+psycopg://user:pass@127.0.0.1/db``;
+needs ``pip install greenmaas[postgres]``). Without it these tests skip; under CI they fail.
+"""
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from greenmaas.analysis import read_ledger
+from greenmaas.accounting.config import AccountingConfig
+from greenmaas.analysis import TABLES, read_ledger
 from greenmaas.errors import LedgerError
+from greenmaas.ledger import LedgerWriter
 from greenmaas.ledger.store import Ledger
+from greenmaas import listings
 from greenmaas.meter import Meter
-from greenmaas.records import ReadRecord
+from greenmaas.records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SpanRecord
+from greenmaas.report import GROUPS, summary
 from greenmaas.testing import FakeClock, StaticSource
 from greenmaas_cli.main import cli
 
-URL = os.environ.get("GREENMAAS_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="GREENMAAS_TEST_POSTGRES_URL not set")
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def url():
-    engine = sa.create_engine(URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
-    return URL
+def url(postgres_url):
+    return postgres_url
 
 
 def test_meter_report_and_read_back(url):
@@ -103,10 +107,12 @@ def test_a_schema1_database_is_upgraded_only_by_greenmaas_migrate(url):
 
 
 def _reset(url):
+    """Empty the test's schema (the one its URL's search_path names)."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
+        schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
+        conn.execute(sa.schema.DropSchema(schema, cascade=True))
+        conn.execute(sa.schema.CreateSchema(schema))
     engine.dispose()
 
 
@@ -124,8 +130,6 @@ def _dump(url) -> dict[str, list[str]]:
 
 def test_fast_path_stores_what_the_typed_path_stored(url, monkeypatch):
     from fast_insert_cases import reads, run, samples, spans, totals, typed_write
-
-    from greenmaas.analysis import TABLES
 
     monkeypatch.setenv("GREENMAAS_TENANT_KEY", "test-key")
     records = spans(sqlite=False) + reads(sqlite=False) + samples() + totals()
@@ -150,3 +154,204 @@ def test_fast_path_stores_what_the_typed_path_stored(url, monkeypatch):
     assert fast_rows == typed_rows
     for table in TABLES:
         pd.testing.assert_frame_equal(fast_frames[table], typed_frames[table])
+
+
+# ------------------------------------------------------------------ the same ledger on both backends
+
+T1 = datetime(2024, 5, 1, 22, 40, tzinfo=timezone.utc)  # spans cross hours and the UTC midnight
+DEVICES = [{"id": "gpu:0", "kind": "gpu", "name": "H100"}, {"id": "cpu:0", "kind": "cpu", "name": "Xeon"}]
+
+
+def _records(pseudonymise) -> list:
+    """Two runs on two hosts (EUR with a time-of-use tariff, PUE, GPU price and embodied carbon;
+    USD flat) with nested spans, batch shares, unmeasured spans, tenants, requests and idle."""
+    eur = AccountingConfig(location="DE", tariff="0.30EUR/kWh@08-20@mon-fri,0.10EUR/kWh", pue=1.3,
+                           hardware_prices="gpu=3.60EUR/h", embodied="gpu=150kg/4y",
+                           market_intensity_g_per_kwh=50.0).to_dict()
+    usd = AccountingConfig(location="FR", tariff="0.2USD/kWh", hardware_prices="gpu=2USD/h,cpu=0.1USD/h").to_dict()
+    out: list = [RunRecord("r1", "node-a", 11, T1, config={"accounting": eur}, devices=DEVICES),
+                 RunRecord("r2", "node-b", 22, T1, config={"accounting": usd}, devices=DEVICES)]
+
+    def span(span_id, run, start_s, dur_s, devices, **kw):
+        start = T1 + timedelta(seconds=start_s)
+        return SpanRecord(span_id=span_id, run_id=run, name=kw.pop("name", "step"), start=start,
+                          end=start + timedelta(seconds=dur_s), duration_s=float(dur_s), devices=devices, **kw)
+
+    for i in range(120):
+        run, t = ("r1", "r2")[i % 2], i * 61.0
+        model = ("llama", "bert", "", None)[i % 4]
+        u = None if i % 7 == 0 else 0.5 + i % 3
+        out.append(span(f"p{i}", run, t, 30 + i % 50, [
+            DeviceEnergy("gpu:0", 100.0 + i, "counter", 40.0 + i, 3.0, 0.0, u),
+            DeviceEnergy("cpu:0", 10.0, ("power", "estimate")[i % 2], 5.0 + i % 4, 1.5, 0.0, 0.2),
+        ], model=model, phase=("training", "inference", None)[i % 3], kind="request",
+            tenant=pseudonymise(f"t{i % 5}") if i % 6 else None, request_id=f"req-{i // 2}",
+            name=("step", "generate")[i % 2], tokens_in=i % 11, tokens_out=i % 9, attrs={"i": i}))
+        out.append(span(f"c{i}", run, t + 1, 10, [DeviceEnergy("gpu:0", 60.0, "counter", 60.0, 1.0)],
+                        parent_id=f"p{i}", model=model if i % 2 else "child-model", phase="inference",
+                        request_id=f"req-{i // 2}"))
+        if i % 10 == 0:
+            out.append(span(f"b{i}", run, t + 2, 5, [DeviceEnergy("gpu:0", 20.0, "power", 0.0, 0.5)],
+                            kind="batch", model=model))
+            out.append(span(f"s{i}", run, t + 2, 5, [DeviceEnergy("gpu:0", 20.0, "power", 20.0, 0.5, 0.0, 0.4)],
+                            kind="share", name=("prefill", "decode")[i % 20 // 10], parent_id=f"b{i}",
+                            link_id=f"p{i}", model=model, request_id=f"req-{i // 2}"))
+        if i % 25 == 0:
+            out.append(span(f"u{i}", run, t + 3, 2, [DeviceEnergy("gpu:0", 0.0, "unmeasurable")], model="ghost"))
+    out += [DeviceTotals(run, dev, "counter", 9e4, 8e4, 1e4 + h, start=T1 + timedelta(hours=h / 2),
+                         end=T1 + timedelta(hours=(h + 1) / 2), idle_s=600.0,
+                         uncertainty_j=None if h % 2 else 50.0)
+            for h in range(5) for run in ("r1", "r2") for dev in ("gpu:0", "cpu:0")]
+    out += [lambda led: led.end_run("r1", T1 + timedelta(hours=3)),
+            lambda led: led.end_run("r2", T1 + timedelta(hours=3), "interrupted")]
+    return out
+
+
+def _same(a, b, where=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _in_zone(url: str, zone: str) -> str:
+    """``url`` with its sessions' time zone set to ``zone`` (as a server or user default might)."""
+    u = sa.engine.make_url(url)
+    options = f"{u.query.get('options', '')} -ctimezone={zone}".strip()
+    return u.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def both(postgres_url, tmp_path, monkeypatch):
+    """The same records in a SQLite file and in PostgreSQL, whose sessions run in a time zone
+    45 minutes off the hour and 13 hours off UTC: (sqlite path, postgres url)."""
+    monkeypatch.setenv("GREENMAAS_TENANT_KEY", "team-key")
+    pg = _in_zone(postgres_url, "Pacific/Chatham")
+    lite = str(tmp_path / "ledger.db")
+    for target in (lite, pg):
+        with Ledger.open(target) as led:
+            led.write(_records(led.pseudonymise))
+    with Ledger.open(pg) as led, led.read() as conn:
+        assert conn.execute(sa.text("SHOW TimeZone")).scalar() == "Pacific/Chatham"
+    return lite, pg
+
+
+def _summaries(target, **kw):
+    s = summary(target, **kw)
+    return {name: getattr(s, name) for name in ("rows", "sources", "methods", "period", "groups", "notes", "priced")}
+
+
+@pytest.mark.parametrize("accounting", [None, False])
+def test_every_report_is_the_same_on_both_backends(both, accounting):
+    lite, pg = both
+    for by in GROUPS:
+        reference = _summaries(lite, by=by, accounting=accounting)
+        assert reference["rows"], by
+        _same(_summaries(pg, by=by, accounting=accounting), reference, f"{by}")
+        _same(_summaries(pg, by=by, accounting=accounting, in_sql=False), reference, f"{by}, span by span")
+    since, until = T1 + timedelta(minutes=50), T1 + timedelta(hours=1, minutes=10)
+    _same(_summaries(pg, by="day", since=since, until=until, model="llama", accounting=accounting),
+          _summaries(lite, by="day", since=since, until=until, model="llama", accounting=accounting), "filtered")
+    days = [r["group"] for r in summary(pg, by="day", accounting=accounting).rows]
+    assert days[:2] == ["2024-05-01", "2024-05-02"]  # UTC dates, not the session's
+
+
+def test_cli_listings_and_frames_are_the_same_on_both_backends(both):
+    lite, pg = both
+    runner = CliRunner()
+    for args in (["report", "--by", "model"], ["report", "--by", "tenant", "--location", "SE"],
+                 ["report", "--by", "day", "--location", "FR"], ["runs"]):
+        out = []
+        for target in (lite, pg):
+            result = runner.invoke(cli, [*args, "--ledger", target, "--format", "json"])
+            assert result.exit_code == 0, result.output
+            out.append(json.loads(result.stdout))
+        _same(out[1], out[0], " ".join(args))
+    _same(listings.totals(pg), listings.totals(lite), "totals")
+    _same(listings.list_runs(pg), listings.list_runs(lite), "runs")
+    for table in TABLES:
+        frames = [read_ledger(target, table) for target in (lite, pg)]
+        for df in frames:
+            for col in ("attrs", "config", "devices"):
+                if col in df:
+                    df[col] = df[col].map(repr)
+        keys = {"spans": ["span_id"], "span_devices": ["span_id", "device"], "runs": ["run_id"]}.get(table)
+        if keys:  # rows with equal sort keys come back in either order
+            frames = [df.sort_values(keys, kind="stable").reset_index(drop=True) for df in frames]
+        pd.testing.assert_frame_equal(frames[1], frames[0], check_exact=False, rtol=1e-12, obj=table)
+    assert str(read_ledger(pg)["start"].dt.tz) == "UTC"
+
+
+def test_non_finite_json_is_stored_as_null_not_refused(url):
+    """PostgreSQL takes strict JSON only: a NaN loss in a span's attributes (or a run's config)
+    is stored as null rather than the span, or the whole run, being refused."""
+    nan, inf = float("nan"), float("inf")
+    with Ledger.open(url) as led:
+        led.start_run(RunRecord("r1", "node", 1, T1, config={"lr": nan, "ok": 1.5}))
+        led.write_spans([
+            SpanRecord("s1", "r1", "step", T1, T1 + timedelta(seconds=1), 1.0, attrs={"loss": nan, "hist": [1.0, inf]},
+                       devices=[DeviceEnergy("gpu:0", 3.0, "counter", 3.0)]),
+            SpanRecord("s2", "r1", "step", T1, T1 + timedelta(seconds=1), 1.0, attrs={"loss": -inf, "n": (1, 2)},
+                       devices=[DeviceEnergy("gpu:0", 3.0, "counter", 3.0)]),
+        ])
+    spans = read_ledger(url).set_index("span_id")
+    assert spans.loc["s1", "attrs"] == {"loss": None, "hist": [1.0, None]}
+    assert spans.loc["s2", "attrs"] == {"loss": None, "n": [1, 2]}
+    assert read_ledger(url, "runs")["config"].tolist() == [{"lr": None, "ok": 1.5}]
+
+
+# ------------------------------------------------------------------------------------- the writer
+
+
+def _spans(*ids, run_id="r1"):
+    return [SpanRecord(i, run_id, "step", T1, T1 + timedelta(seconds=1), 1.0,
+                       devices=[DeviceEnergy("gpu:0", 2.0, "counter", 2.0)]) for i in ids]
+
+
+def test_the_writer_loses_only_the_records_postgresql_refuses(url):
+    """A refused record aborts PostgreSQL's whole transaction; the writer writes that batch again
+    record by record, so only the refused ones are lost (a duplicate id, a span of an unknown run)."""
+    with Ledger.open(url) as led:
+        led.start_run(RunRecord("r1", "node", 1, T1))
+        led.write_spans(_spans("dup"))
+        with LedgerWriter(led, flush_interval_s=60, retry_delay_s=0.001) as w:
+            for r in [*_spans("a", "dup", "b"), *_spans("orphan", run_id="nope"), *_spans("c")]:
+                w.submit(r)
+            assert w.flush(timeout=30)
+        assert w.stats["written"] == 3 and w.stats["dropped"] == 2
+        messages = " ".join(m for _, m in w.errors)
+        assert "duplicate key" in messages and "foreign key" in messages
+    assert sorted(read_ledger(url)["span_id"]) == ["a", "b", "c", "dup"]
+
+
+def test_the_writer_reconnects_when_the_server_drops_its_connection(url):
+    """A connection the server ends (a restart, an idle timeout, an administrator) is replaced
+    and the batch written again: nothing is lost and nothing is reported."""
+    u = sa.engine.make_url(url)
+    name = u.query["options"].split("=")[-1]  # the test's schema: unique, so its connections are ours
+    url = u.update_query_dict({"application_name": name}).render_as_string(hide_password=False)
+    with Ledger.open(url) as led:
+        with LedgerWriter(led, flush_interval_s=0.01, retry_delay_s=0.05) as w:
+            w.submit(RunRecord("r1", "node", 1, T1))
+            for r in _spans(*(f"a{i}" for i in range(50))):
+                w.submit(r)
+            assert w.flush(timeout=30)
+            admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with admin.begin() as conn:
+                query = sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE application_name = :name AND pid <> pg_backend_pid()")
+                assert conn.execute(query, {"name": name}).scalar() >= 1
+            admin.dispose()
+            for r in _spans(*(f"b{i}" for i in range(50))):
+                w.submit(r)
+            assert w.flush(timeout=30)
+        assert w.errors == [] and w.stats["written"] == 101
+    assert len(read_ledger(url)) == 100
