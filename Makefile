@@ -21,6 +21,8 @@ demo: venv
 	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by model
 	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by phase
 	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by tenant --location FR --price 0.25EUR/kWh
+	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by model --location FR --format eu-ai-act --output demo-eu-ai-act.md
+	$(VENV)/bin/greenmaas report --ledger $(LEDGER) --by model --location FR --format html --output demo-report.html
 
 test: venv
 	$(PY) -m pytest

@@ -42,3 +42,11 @@ def export(ledger, run, trace_path, spans_path):
         f"Exported run {done.run_id}: {done.reads:,} reads of {len(done.devices)} device(s) to "
         f"{done.trace}, {done.span_rows:,} spans to {done.spans}{left_out}."
     )
+    rows, spans = done.rollups
+    if rows:
+        click.echo(
+            f"Note: {rows:,} of the rows are rollups standing for {spans:,} spans; re-attributed, each "
+            "counts as one span from its first member's start to its last one's end, so those rows' "
+            "figures differ from the run's (record with Meter(rollup=False) to replay exactly).",
+            err=True,
+        )

@@ -37,7 +37,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
             "tenant", "start", "end", "duration_s", "energy_j", "self_energy_j", "method",
             "weight", "tokens_in", "tokens_out", "items", "status", "carbon_g",
             "carbon_market_g", "cost", "currency", "start_mono", "end_mono", "link_id",
-            "uncertainty_j", "attrs",
+            "uncertainty_j", "count", "attrs",
         ),
     ),
     "runs": (

@@ -59,6 +59,10 @@ class Export:
     devices: tuple[str, ...]
     span_rows: int
     spans_left_out: int = 0
+    #: Rollup rows among the spans, and how many spans they stand for: a re-attribution sees
+    #: each as one span from its first member's start to its last one's end, so its figures
+    #: differ from the run's for those rows (record with ``Meter(rollup=False)`` to replay exactly).
+    rollups: tuple[int, int] = (0, 0)
 
 
 def export_run(
@@ -103,13 +107,14 @@ def export_run(
                     f, query.run_spans(conn, run_id), query.run_span_devices(conn, run_id), devices,
                     where=f"{ledger.display}: run {run_id}",
                 )
+            rollups = query.run_rollups(conn, run_id)
             for temp, target in zip(temps, targets):
                 _replace(temp, target)
         finally:
             for temp in temps:
                 if temp.exists():
                     temp.unlink()
-    return Export(run_id, targets[0], targets[1], reads, tuple(sorted(devices)), written, left_out)
+    return Export(run_id, targets[0], targets[1], reads, tuple(sorted(devices)), written, left_out, rollups)
 
 
 def _resolve_run(conn, display: str, run: str) -> str:

@@ -96,7 +96,7 @@ def list_runs(ledger_or_url: Ledger | str | os.PathLike | None = None) -> list[d
     span_stats = (
         select(
             Span.run_id,
-            func.count().label("spans"),
+            func.sum(func.coalesce(Span.count, 1)).label("spans"),
             func.sum(Span.self_energy_j).label("span_j"),
         )
         .group_by(Span.run_id)

@@ -399,7 +399,11 @@ def _rows(frame: "pd.DataFrame", key: "pd.Series", *, priced: bool, market: bool
     labels[recorded.to_numpy()] = RECORDED
     labels[(recorded & stated).to_numpy()] = "mixed"
     agg = pd.DataFrame({
-        "spans": 0 if idle else g.size(),
+        # A rollup row stands for ``count`` spans (NULL before schema 3: one).
+        "spans": 0 if idle else (
+            frame["count"].fillna(1).astype("int64").groupby(key, sort=False).sum()
+            if "count" in frame.columns else g.size()
+        ),
         "duration_s": g["top_duration_s"].sum(),
         "energy_j": g["self_energy_j"].sum(min_count=1),
         "method": weakest,

@@ -171,3 +171,29 @@ def test_a_hot_loop_on_real_threads_stays_bounded_and_stops_promptly(tmp_path):
     assert sum(count_of(s) for s in steps) + dropped == n
     assert total == pytest.approx(attributed + idle, rel=1e-9)
     assert peak < 400e6  # bytes: the intake is bounded (see Meter(max_pending=...))
+
+
+def test_reports_count_the_spans_a_rollup_stands_for(tmp_path):
+    from click.testing import CliRunner
+
+    from greenmaas.analysis import read_ledger
+    from greenmaas.report import summary
+    from greenmaas_cli.main import cli
+
+    path = tmp_path / "l.db"
+    meter, clock = fake_meter(str(path), rollup=True)
+    run_loop(meter, clock, 1500)
+    meter.stop()
+    spans = read_ledger(path)
+    assert spans["count"].sum() == 1500 + 1  # the rollups' members, and the epoch
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", "--ledger", str(path), "--by", "name", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["group"]: r for r in json.loads(res.stdout)}
+    assert rows["forward"]["spans"] == 1500 and rows["epoch"]["spans"] == 1
+    assert {r["group"]: r["spans"] for r in summary(path, by="name").rows if r["group"] != "(idle)"} == {
+        "forward": 1500, "epoch": 1}
+    res = runner.invoke(cli, ["export", "--ledger", str(path), "--trace", str(tmp_path / "t.csv"),
+                              "--spans", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert "rollups standing for 1,500 spans" in res.stderr

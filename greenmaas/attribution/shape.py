@@ -59,6 +59,8 @@ _IDLE_MIN = 2
 _IDLE_TIMING = 0.05
 #: Stretches shorter than this need no sample for the interval's samples to cover it (s).
 _UNSAMPLED_S = 0.001
+#: A draw below this share of the idle level is rounding, not power (see ``_shape``).
+_DRAW_EPS = 1e-9
 #: Weight of one power sample's equation relative to one interval's energy.
 _SAMPLE_WEIGHT = 0.3
 
@@ -226,7 +228,12 @@ class DeviceShaper:
         modelled = power * seg_len
         predicted = float(modelled.sum())
         residual = energy - predicted
-        draw = np.where(busy, np.maximum(power - idle_w, 0.0) * seg_len, 0.0)
+        # Power above idle where work runs. A difference at rounding level (samples that read
+        # the idle level, say) is no draw: whether it is 0 or 1e-14 must not decide where the
+        # residual goes, or two computations of the same interval could differ (live, offline).
+        excess = power - idle_w
+        excess = np.where(excess > _DRAW_EPS * max(abs(idle_w), 1.0), excess, 0.0)
+        draw = np.where(busy, excess * seg_len, 0.0)
         dsum = float(draw.sum())
         if dsum > 0 and residual > -dsum:
             seg_e = modelled + residual * draw / dsum
@@ -239,7 +246,7 @@ class DeviceShaper:
         if total > 0:
             seg_e *= energy / total  # exact to rounding
 
-        mixed = nseg > 1 and float(np.ptp(power)) > 0
+        mixed = nseg > 1 and float(np.ptp(power)) > _DRAW_EPS * max(float(np.max(np.abs(power))), 1.0)
         share = timing_s / length if length > 0 else 1.0
         if mixed and energy > 0:
             share += abs(residual) / energy

@@ -46,7 +46,7 @@ __all__ = [
 #: Version of the tables below. Ledgers with a higher version are refused; lower ones are upgraded
 #: (see :mod:`greenmaas.ledger.migrations`). 2: raw reads, monotonic span times, uncertainty,
 #: run heartbeats.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Value of ``meta.application``; tells a greenmaas ledger from another app's ``meta`` table.
 APPLICATION = "greenmaas"
 
@@ -161,6 +161,9 @@ class Span(Base):
     link_id: Mapped[str | None] = mapped_column(String(64))  # a batch share's request span
     # ± J of ``energy_j`` (inclusive, like it); NULL where none was stated or recorded before schema 2.
     uncertainty_j: Mapped[float | None] = mapped_column(Float)
+    # Schema 3. Spans this row stands for: 1, or a rollup's count (greenmaas.aggregate); NULL in
+    # rows stored before schema 3, read as 1.
+    count: Mapped[int | None] = mapped_column(Integer)
 
 
 class SpanDevice(Base):

@@ -21,10 +21,12 @@ __all__ = [
     "has_reads",
     "run_reads",
     "run_spans",
+    "run_rollups",
     "run_span_devices",
     "children_uncertainty",
     "ROLLUP_KEYS",
     "group_key",
+    "spans_counted",
     "rollup_spans",
     "rollup_crossing",
     "rollup_devices",
@@ -73,6 +75,14 @@ def run_reads(conn, run_id: str) -> Iterable[Any]:
         .order_by(Read.device, Read.t_mono, Read.id)
     )
     return conn.execution_options(yield_per=10_000).execute(query)
+
+
+def run_rollups(conn, run_id: str) -> tuple[int, int]:
+    """The run's rollup rows (``count`` above 1) and how many spans they stand for."""
+    rows, spans = conn.execute(
+        select(func.count(), func.coalesce(func.sum(Span.count), 0)).where(Span.run_id == run_id, Span.count > 1)
+    ).one()
+    return int(rows), int(spans)
 
 
 def run_spans(conn, run_id: str) -> list[Any]:
@@ -174,6 +184,12 @@ def _utc_text_postgresql(element, compiler, **kw):
 SERVING_PHASES = ("prefill", "decode")
 
 
+def spans_counted(table):
+    """How many spans the rows stand for: a rollup row counts its ``count`` (NULL, in rows
+    stored before schema 3, counts 1)."""
+    return func.coalesce(func.sum(func.coalesce(table.c.count, 1)), 0)
+
+
 def group_key(table, by: str, none: str):
     """The report group of each row of ``table`` (the ``spans`` table or an alias): its value for
     ``by``, or ``none`` where it has none (NULL or empty). By phase, serving shares named
@@ -236,7 +252,7 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> Iter
     top = case((and_(p.c.span_id.is_not(None), group_key(p, by, none) == g), 0.0), else_=s.c.duration_s)
     query = (
         select(
-            g.label("grp"), s.c.run_id, s.c.method, hour.label("hour"), func.count().label("spans"),
+            g.label("grp"), s.c.run_id, s.c.method, hour.label("hour"), spans_counted(s).label("spans"),
             func.sum(top).label("duration_s"), func.sum(s.c.self_energy_j).label("energy_j"),
             func.count(s.c.self_energy_j).label("energy_n"), func.sum(own_u).label("own_u"),
             func.count(s.c.uncertainty_j).label("own_u_n"), func.min(s.c.start).label("first"),
@@ -512,7 +528,7 @@ def phase_runs(conn, lo=None, hi=None, model=None) -> list[Any]:
     is_request = s.c.kind == "request"
     query = (
         select(
-            g.label("phase"), s.c.run_id, func.count().label("spans"), func.min(s.c.start).label("first"),
+            g.label("phase"), s.c.run_id, spans_counted(s).label("spans"), func.min(s.c.start).label("first"),
             func.max(s.c.end).label("last"), func.count(func.distinct(s.c.request_id)).label("requests"),
             func.sum(case((is_request, s.c.tokens_in), else_=null())).label("tokens_in"),
             func.sum(case((is_request, s.c.tokens_out), else_=null())).label("tokens_out"),

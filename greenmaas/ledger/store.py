@@ -210,7 +210,7 @@ _SPAN_COLUMNS = (
     "span_id", "run_id", "parent_id", "kind", "name", "model", "phase", "request_id", "tenant",
     "start", "end", "duration_s", "weight", "tokens_in", "tokens_out", "items", "status", "attrs",
     "energy_j", "self_energy_j", "method", "carbon_g", "carbon_market_g", "cost", "currency",
-    "start_mono", "end_mono", "link_id", "uncertainty_j",
+    "start_mono", "end_mono", "link_id", "uncertainty_j", "count",
 )  # fmt: skip
 _SPAN_DEVICE_COLUMNS = (
     "span_id", "device", "energy_j", "self_j", "method", "gap_s", "self_device_s", "uncertainty_j",
@@ -1050,6 +1050,7 @@ class Ledger:
                     null if (v := s.end_mono) is None else v if type(v) is float and v == v else _num(v, null),
                     null if (v := s.link_id) is None else v,
                     uncertainty,
+                    v if type(v := s.count) is int else int(v),
                 )
             )
         return span_rows, device_rows

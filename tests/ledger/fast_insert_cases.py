@@ -73,6 +73,7 @@ def _span_row(ledger, s: SpanRecord) -> dict:
         "end_mono": _num(s.end_mono),
         "link_id": s.link_id,
         "uncertainty_j": _num(s.uncertainty_j) if measured else None,
+        "count": _int(s.count),
     }
 
 

@@ -284,7 +284,7 @@ def test_a_stamp_disagreeing_with_meta_or_unknown_is_refused_unchanged(db_path):
         raw.execute("UPDATE alembic_version SET version_num = 'schema1'")
     raw.close()
     before = file_bytes(db_path)
-    with pytest.raises(LedgerError, match=r"damaged greenmaas ledger \(meta says schema version 2, "
+    with pytest.raises(LedgerError, match=rf"damaged greenmaas ledger \(meta says schema version {SCHEMA_VERSION}, "
                                           r"alembic_version says schema1\)"):
         Ledger.open(db_path)
     with sqlite3.connect(db_path) as raw:
