@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import ConfigError
@@ -82,17 +83,33 @@ def opened(ledger_or_url: Ledger | str | os.PathLike | None) -> Iterator[Ledger]
 
 
 def read_ledger(
-    path_or_url: Ledger | str | os.PathLike | None = None, table: str = "spans"
-) -> pd.DataFrame:
-    """One ledger table as a DataFrame.
+    path_or_url: Ledger | str | os.PathLike | None = None,
+    table: str = "spans",
+    *,
+    run: str | None = None,
+    since: date | datetime | str | None = None,
+    until: date | datetime | str | None = None,
+    model: str | None = None,
+    chunksize: int | None = None,
+) -> pd.DataFrame | Iterator[pd.DataFrame]:
+    """One ledger table as a DataFrame (or, with ``chunksize``, an iterator of DataFrames of at
+    most that many rows, read as they are needed: for ledgers larger than memory).
 
     ``table`` is ``spans`` (default), ``runs``, ``samples``, ``devices`` (per-device totals:
     consumed, attributed to spans, idle, and ``idle_s``, device time no span used),
     ``span_devices`` (per-span, per-device energy, and ``self_device_s``, the span's own share of
     the device's time) or ``reads`` (every raw device read: ``t_mono`` on the recording process's
     monotonic clock, the counter as read, by run, device and time).
+
+    Filters, done by the database: ``run`` (a run id, or ``latest``: the run that started last),
+    ``since``/``until`` (UTC start at or after / before; a date, datetime or ISO 8601 text, a bare
+    ``until`` date covering its day; ``reads`` cannot take them: its times are monotonic) and
+    ``model`` (``spans`` and ``span_devices`` only). A filter a table cannot take, or a time that
+    is not one, raises :class:`~greenmaas.errors.ConfigError`.
+
     ``uncertainty_j`` (spans, span_devices, devices) is ± J, NaN where none was recorded;
-    ``start_mono``/``end_mono`` are span times on the clock of ``reads.t_mono``.
+    ``start_mono``/``end_mono`` are span times on the clock of ``reads.t_mono``; ``count`` is how
+    many spans a row stands for (a rollup's count; 1, or NA before schema 3).
     In ``runs``, ``heartbeat`` is a run's last sign of life (UTC) and a ``running`` run whose
     process is gone shows ``interrupted`` (:func:`greenmaas.ledger.liveness.run_status`).
     ``path_or_url`` is a path, a SQLAlchemy URL, an open :class:`~greenmaas.ledger.Ledger`, or
@@ -101,29 +118,58 @@ def read_ledger(
     """
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    from sqlalchemy import select
-
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ConfigError(f"chunksize must be a positive whole number, not {chunksize!r}")
     from .ledger.models import Base
+    from .period import to_utc
 
+    lo, hi = to_utc(since), to_utc(until, upper=True)
     name, columns = TABLES[table]
     sql_table = Base.metadata.tables[name]
-    query = select(*(sql_table.c[c] for c in columns))
-    if table == "samples":
-        query = query.order_by(sql_table.c.run_id, sql_table.c.device, sql_table.c.t)
-    elif table == "reads":
-        query = query.order_by(sql_table.c.run_id, sql_table.c.device, sql_table.c.t_mono, sql_table.c.id)
-    elif "start" in columns:
-        query = query.order_by(sql_table.c.start)
-    with opened(path_or_url) as ledger, ledger.read() as conn:
-        rows = conn.execute(query).all()
-    if table == "runs":
-        from .ledger.liveness import run_status
+    if chunksize is None:
+        with opened(path_or_url) as ledger, ledger.read() as conn:
+            rows = conn.execute(_query(conn, ledger, sql_table, columns, run, lo, hi, model)).all()
+        return _frame(_statuses(rows, columns) if table == "runs" else rows, sql_table, columns)
+    return _chunks(path_or_url, sql_table, columns, run, lo, hi, model, chunksize, table == "runs")
 
-        i = columns.index("status")
-        rows = [
-            (*r[:i], run_status(r.status, r.host, r.pid, r.heartbeat), *r[i + 1 :]) for r in rows
-        ]
-    return _frame(rows, sql_table, columns)
+
+def _query(conn, ledger, sql_table, columns, run, lo, hi, model):
+    from .ledger import query as q
+
+    run_id = run
+    if run == "latest":
+        run_id = q.latest_run(conn)
+        if run_id is None:
+            run_id = ""  # no runs: nothing matches
+    c = sql_table.c
+    if sql_table.name == "samples":
+        order = (c.run_id, c.device, c.t)
+    elif sql_table.name == "reads":
+        order = (c.run_id, c.device, c.t_mono, c.id)
+    elif "start" in columns:
+        order = (c.start,)
+    else:
+        order = ()
+    try:
+        return q.table_rows(sql_table, columns, run_id=run_id, lo=lo, hi=hi, model=model, order=order)
+    except ValueError as exc:
+        raise ConfigError(f"{ledger.display}: {exc}") from None
+
+
+def _chunks(path_or_url, sql_table, columns, run, lo, hi, model, size, runs) -> Iterator["pd.DataFrame"]:
+    with opened(path_or_url) as ledger, ledger.read() as conn:
+        result = conn.execution_options(yield_per=size).execute(
+            _query(conn, ledger, sql_table, columns, run, lo, hi, model)
+        )
+        for part in result.partitions(size):
+            yield _frame(_statuses(part, columns) if runs else part, sql_table, columns)
+
+
+def _statuses(rows, columns):
+    from .ledger.liveness import run_status
+
+    i = columns.index("status")
+    return [(*r[:i], run_status(r.status, r.host, r.pid, r.heartbeat), *r[i + 1 :]) for r in rows]
 
 
 def _frame(rows, sql_table, columns) -> pd.DataFrame:

@@ -126,3 +126,55 @@ def test_missing_ledger_is_not_created(tmp_path):
     with pytest.raises(LedgerError, match="no ledger at"):
         read_ledger(tmp_path / "missing.db")
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.fixture
+def two_runs(path):
+    with Ledger.open(path) as led:
+        later = T0 + timedelta(days=2)
+        led.start_run(RunRecord("r2", "host", 2, later))
+        led.write_spans([
+            SpanRecord(f"s{i}", "r2", "step", later + timedelta(seconds=i), later + timedelta(seconds=i + 1), 1.0,
+                       model="gpt" if i % 2 else "bert", devices=[DeviceEnergy("gpu:0", 1.0 + i, "counter", 1.0 + i)])
+            for i in range(25)
+        ])
+        led.write_device_totals([DeviceTotals("r2", "gpu:0", "counter", 400.0, 325.0, 75.0, start=later)])
+    return path
+
+
+def test_filters_select_in_the_database(two_runs):
+    everything = read_ledger(two_runs)
+    assert len(everything) == 28
+    assert set(read_ledger(two_runs, run="r1")["span_id"]) == {"p", "c", "u"}
+    assert set(read_ledger(two_runs, run="latest")["run_id"]) == {"r2"}
+    assert len(read_ledger(two_runs, model="gpt")) == 12 and len(read_ledger(two_runs, model="bert")) == 15
+    assert set(read_ledger(two_runs, since="2024-05-02")["run_id"]) == {"r2"}
+    assert set(read_ledger(two_runs, until="2024-05-01")["run_id"]) == {"r1"}  # a bare date: its whole day
+    assert read_ledger(two_runs, run="r2", model="gpt", since=T0 + timedelta(days=2, seconds=10))["span_id"].tolist() == [
+        f"s{i}" for i in range(11, 25, 2)]
+    devices = read_ledger(two_runs, "span_devices", model="bert", run="r2")
+    assert devices["energy_j"].sum() == pytest.approx(sum(1.0 + i for i in range(0, 25, 2)))
+    assert read_ledger(two_runs, "devices", run="latest")["total_j"].tolist() == [400.0]
+    assert read_ledger(two_runs, "runs", since="2024-05-03")["run_id"].tolist() == ["r2"]
+
+
+def test_chunks_stream_the_same_rows(two_runs):
+    whole = read_ledger(two_runs)
+    parts = list(read_ledger(two_runs, chunksize=4))
+    assert [len(p) for p in parts] == [4] * 7
+    joined = pd.concat(parts, ignore_index=True)
+
+    def plain(df):  # None and NaN alike (concat keeps one where a frame had the other)
+        return df.astype(object).where(df.notna(), None)
+
+    pd.testing.assert_frame_equal(plain(joined), plain(whole))
+    assert [len(p) for p in read_ledger(two_runs, "span_devices", model="gpt", chunksize=5)] == [5, 5, 2]
+
+
+@pytest.mark.parametrize("kw", [
+    {"table": "reads", "since": "2024-05-01"}, {"table": "runs", "model": "bert"}, {"since": "noon"},
+    {"chunksize": 0}, {"until": "2024-02-30"},
+])
+def test_a_filter_a_table_cannot_take_is_one_clear_error(two_runs, kw):
+    with pytest.raises(ConfigError):
+        read_ledger(two_runs, **kw)

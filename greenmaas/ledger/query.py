@@ -22,6 +22,7 @@ __all__ = [
     "run_reads",
     "run_spans",
     "run_rollups",
+    "table_rows",
     "run_span_devices",
     "children_uncertainty",
     "ROLLUP_KEYS",
@@ -75,6 +76,44 @@ def run_reads(conn, run_id: str) -> Iterable[Any]:
         .order_by(Read.device, Read.t_mono, Read.id)
     )
     return conn.execution_options(yield_per=10_000).execute(query)
+
+
+#: The UTC time column each ``read_ledger`` table is filtered by (``since``/``until``); tables
+#: without one take their spans' (``span_devices``) or none (``reads``: monotonic times only).
+_TIME_COLUMN = {"spans": "start", "runs": "start", "samples": "t", "device_totals": "start"}
+
+
+def table_rows(table, columns, *, run_id=None, lo=None, hi=None, model=None, order=()):
+    """``select`` of ``columns`` of ``table`` (a ledger ``Table``) with the filters of
+    :func:`greenmaas.analysis.read_ledger`: run, UTC start in ``[lo, hi)``, model. Raises
+    :class:`ValueError` naming a filter that the table cannot take."""
+    name = table.name
+    query = select(*(table.c[c] for c in columns))
+    spans = Span.__table__
+    via_spans = name == "span_devices" and (lo is not None or hi is not None or model is not None or run_id is not None)
+    if via_spans:
+        query = query.join(spans, spans.c.span_id == table.c.span_id)
+    if run_id is not None:
+        query = query.where((spans.c.run_id if name == "span_devices" else table.c.run_id) == run_id)
+    if lo is not None or hi is not None:
+        if name == "span_devices":
+            when = spans.c.start
+        elif name in _TIME_COLUMN:
+            when = table.c[_TIME_COLUMN[name]]
+        else:
+            raise ValueError(f"since/until: the {name} table holds monotonic times only; filter it by run")
+        if lo is not None:
+            query = query.where(when >= lo)
+        if hi is not None:
+            query = query.where(when < hi)
+    if model is not None:
+        if name == "spans":
+            query = query.where(table.c.model == model)
+        elif name == "span_devices":
+            query = query.where(spans.c.model == model)
+        else:
+            raise ValueError(f"model: the {name} table has no model; filter spans or span_devices")
+    return query.order_by(*order) if order else query
 
 
 def run_rollups(conn, run_id: str) -> tuple[int, int]:
