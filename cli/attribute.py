@@ -11,6 +11,7 @@ import click
 from greenmaas.errors import GreenmaasError, InputError
 
 from .options import UserError
+from .render import progress_steps
 
 
 @click.command("attribute")
@@ -44,17 +45,23 @@ def attribute(trace_path: str, spans_path: str, policy: str, fmt: str, ledger_ur
         if ledger_url is None:
             raise UserError("--anchor is only meaningful with --ledger")
         when = _parse_anchor(anchor)
-    try:
-        trace = load_trace(trace_path)
-        spans = load_spans(spans_path, set(trace))
-        result = attribute_trace(trace, spans, policy=policy)
-    except InputError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    except GreenmaasError as exc:
-        raise UserError(str(exc)) from exc
-    if ledger_url is not None:
-        _record(result, trace, ledger_url, when, trace_path, spans_path)
+    steps = ("reading the trace", "reading the spans", "attributing") + (("recording",) if ledger_url else ())
+    with progress_steps("greenmaas attribute", steps) as step:
+        try:
+            step(steps[0])
+            trace = load_trace(trace_path)
+            step(steps[1])
+            spans = load_spans(spans_path, set(trace))
+            step(steps[2])
+            result = attribute_trace(trace, spans, policy=policy)
+        except InputError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except GreenmaasError as exc:
+            raise UserError(str(exc)) from exc
+        if ledger_url is not None:
+            step(steps[3])
+            _record(result, trace, ledger_url, when, trace_path, spans_path)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from .options import ledger_option
+from .render import progress_steps
 
 __all__ = ["migrate"]
 
@@ -23,7 +24,9 @@ def migrate(ledger):
     """
     from greenmaas.ledger.migrations import migrate as upgrade_ledger
 
-    done = upgrade_ledger(ledger)
+    with progress_steps("greenmaas migrate", ("upgrading",)) as step:
+        step("upgrading")
+        done = upgrade_ledger(ledger)
     if not done.done:
         click.echo(f"{done.ledger} is up to date (schema version {done.to_version}); nothing to do.")
         return

@@ -278,9 +278,11 @@ def report(ledger, by, since, until, model, sci, sources_only, fmt, output, **op
         return
     if output is not None:
         click.get_current_context().with_resource(output_to(output))
-    result, columns = build_report(
-        ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci
-    )
+    with progress_steps("Reading the ledger", ("grouping and pricing",)) as step:
+        step("grouping and pricing")
+        result, columns = build_report(
+            ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci
+        )
     if sources_only:
         _render_sources(result, fmt)
         return
