@@ -117,9 +117,10 @@ class Meter:
         main thread). Pass False to leave signals alone.
 
     ``max_pending``
-        Spans opened and not yet taken in by the background attribution (default 250,000,
-        about 100 MB). A loop that opens spans faster than they can be attributed for long
-        enough to fill it does not grow memory or slow down: further spans are *dropped* — they
+        Spans opened and not yet taken in by the background attribution (default 100,000,
+        about 35 MB; taking a full backlog in needs about as much again for a moment). A loop
+        that opens spans faster than they can be attributed for long enough to fill it does not
+        grow memory or slow down: further spans are *dropped* — they
         still nest and time their children, but are not measured; ``span.dropped`` is True, their
         result says so, the count is warned about once, listed in :attr:`errors` and recorded
         in the run's ``config["dropped_spans"]``. Their device energy goes to their parents or
@@ -154,7 +155,7 @@ class Meter:
         record_reads: bool = True,
         max_queue: int = 100_000,
         handle_signals: bool = True,
-        max_pending: int = 250_000,
+        max_pending: int = 100_000,
         rollup: Any = "auto",
         rollup_above_hz: float | None = None,
         rollup_interval_s: float | None = None,
