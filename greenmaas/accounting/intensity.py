@@ -353,6 +353,16 @@ def canada_province_intensities() -> dict[str, GridFigure]:
     return out
 
 
+def _data_table(path: Path) -> tuple[dict, dict]:
+    """A regional codecarbon file's ``data`` table and ``metadata`` (empty when absent)."""
+    raw = _read_json(path)
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict):
+        raise AccountingError(f"codecarbon data file {path} has no 'data' table")
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    return data, meta
+
+
 @functools.lru_cache(maxsize=None)
 def nordic_zone_intensities() -> dict[str, GridFigure]:
     """Nordic electricity bidding zones (``SE1``..``SE4``, ``NO1``..``NO5``, ``FI``) by zone code."""
@@ -360,11 +370,7 @@ def nordic_zone_intensities() -> dict[str, GridFigure]:
     if found is None:
         return {}
     path, _ = found
-    raw = _read_json(path)
-    data = raw.get("data") if isinstance(raw, dict) else None
-    if not isinstance(data, dict):
-        raise AccountingError(f"codecarbon data file {path} has no 'data' table")
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    data, meta = _data_table(path)
     dataset = f"codecarbon {codecarbon_version()} {_rel(path)} ({'ENTSO-E' if 'ENTSO-E' in str(meta) else 'Nordic zones'})"
     out: dict[str, GridFigure] = {}
     for zone, row in data.items():
@@ -404,11 +410,7 @@ def china_province_intensities() -> dict[str, GridFigure]:
     if found is None:
         return {}
     path, folder_year = found
-    raw = _read_json(path)
-    data = raw.get("data") if isinstance(raw, dict) else None
-    if not isinstance(data, dict):
-        raise AccountingError(f"codecarbon data file {path} has no 'data' table")
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    data, meta = _data_table(path)
     dataset = f"codecarbon {codecarbon_version()} {_rel(path)} (MEE/NBS provincial factors, CO2 only)"
     out: dict[str, GridFigure] = {}
     for code, row in data.items():
