@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 LEDGER ?= greenmaas.db
 
-.PHONY: venv demo test bench bench-overhead accuracy ledger-bench html-report bench-serving ci clean
+.PHONY: venv demo test bench bench-overhead accuracy ledger-bench html-report bench-serving ci clean typecheck
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,6 @@ ledger-bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+typecheck: venv
+	$(PY) -m mypy greenmaas

@@ -37,7 +37,7 @@ import threading
 import uuid
 import weakref
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .attribution.engine import POLICIES
 from .attribution.live import LiveAttributor, WindowTotals
@@ -48,6 +48,11 @@ from .sampling.sampler import Sampler
 from .sources.base import Source, weakest_method
 from .batch import Batch
 from .spans import Span, SpanResult
+
+if TYPE_CHECKING:
+    from .accounting.config import AccountingConfig
+    from .ledger.store import Ledger
+    from .ledger.writer import LedgerWriter
 
 __all__ = ["Meter", "get_meter", "measure", "request", "batch"]
 
@@ -178,10 +183,24 @@ class Meter:
         self.sample_interval_s = sample_interval_s
         self.unused: list = []
         given_sources = sources is not None
+        from .distributed import detect_rank
+
+        #: This process's place in a distributed job (torchrun, Slurm), or None.
+        try:
+            self.rank = detect_rank()
+        except ConfigError as exc:  # a launcher's variable we cannot read: measure as one process
+            log.warning("greenmaas: %s; measuring as a single process", exc)
+            self.rank = None
         if sources is None:
             from .sources.detect import detect
 
-            found = detect()
+            if self.rank is not None and self.rank.world_size > 1:
+                # Each device of the job once: this rank's own GPU, host devices by local rank 0.
+                from .distributed import own_gpu
+
+                found = detect(visible_devices=own_gpu(self.rank), host_devices=self.rank.measures_host)
+            else:
+                found = detect()
             sources = found.sources
             self.unused = list(found.unused)
         self.sources = list(sources)
@@ -191,10 +210,10 @@ class Meter:
         self.sampler = Sampler(self.sources, clock=self.clock, period_s=period_s, on_read=self._on_read)
         self._ledger_arg = ledger
         self._owns_ledger = False
-        self.ledger = None
-        self._writer = None
+        self.ledger: Ledger | None = None
+        self._writer: LedgerWriter | None = None
         self._accounting_arg = accounting
-        self.accounting = None
+        self.accounting: AccountingConfig | None = None
         self.run_id = uuid.uuid4().hex
         self._ids = itertools.count(1)
         self._id_prefix = self.run_id[:12]
@@ -211,7 +230,7 @@ class Meter:
         self.totals: dict[str, dict[str, float]] = {}
         self.run: RunRecord | None = None
         self._config = dict(config or {})
-        self._finalizer = None
+        self._finalizer: weakref.finalize | None = None
         self._on_stop: list = []
         self.max_queue = max_queue
         self.handle_signals = handle_signals
@@ -259,6 +278,7 @@ class Meter:
             "periods_s": {c.device.id: c.period_s for c in self.sampler._channels},
             "t0_mono": self._t_start,
             "unused": [{"source": u.source, "reason": u.reason} for u in self.unused],
+            **({"distributed": self.rank.to_dict()} if self.rank is not None else {}),
             **self._config,
         }
         if self.accounting is not None:

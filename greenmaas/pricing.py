@@ -245,6 +245,7 @@ def _sources_for(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoLocationWarning)  # the report's sources state the default
         for run_id in run_ids:
+            notes: list[str]
             if isinstance(accounting, AccountingConfig):
                 config, notes = accounting, []
             else:

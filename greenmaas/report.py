@@ -253,18 +253,20 @@ def summary(
     if sci is not None:
         for name, counts in _unit_counts(spans, sci).items():
             spans[name] = counts
-    keys = dict(priced=priced, market=market, extra=[c.key for c in extra_columns], sci=sci, out=out)
+    keys: dict[str, Any] = dict(
+        priced=priced, market=market, extra=[c.key for c in extra_columns], sci=sci, out=out
+    )
     rows = _rows(spans, spans["group"], **keys)
     rows.sort(key=lambda r: (r["energy_j"] is None, -(r["energy_j"] or 0.0), str(r["group"])))
 
-    w = sel.windows
-    if w is not None and len(w):
-        w = w.assign(self_energy_j=w["idle_j"], top_duration_s=0.0, request_id=None)
+    windows = sel.windows
+    if windows is not None and len(windows):
+        w = windows.assign(self_energy_j=windows["idle_j"], top_duration_s=0.0, request_id=None)
         for c in extra_columns:
             w[f"__{c.key}"] = float("nan")
         (row,) = _rows(w, pd.Series(IDLE, index=w.index), **keys, idle=True)
         for c in extra_columns:
-            row[c.key] = as_float(c.idle(sel.windows)) if c.idle is not None else None
+            row[c.key] = as_float(c.idle(windows)) if c.idle is not None else None
         rows.append(row)
     out.rows = rows
     if by == "request":
@@ -514,9 +516,13 @@ def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> 
     spans, devices, windows = sel.spans, sel.devices, sel.windows
     _describe_sources(out, sources)
 
-    energy = spans.groupby("method")["self_energy_j"].sum(min_count=1) if len(spans) else {}
-    plus_minus = spans.groupby("method")["self_uncertainty_j"].sum(min_count=1) if len(spans) else {}
-    counts = spans["method"].value_counts() if len(spans) else {}
+    energy: pd.Series | dict[str, float] = (
+        spans.groupby("method")["self_energy_j"].sum(min_count=1) if len(spans) else {}
+    )
+    plus_minus: pd.Series | dict[str, float] = (
+        spans.groupby("method")["self_uncertainty_j"].sum(min_count=1) if len(spans) else {}
+    )
+    counts: pd.Series | dict[str, int] = spans["method"].value_counts() if len(spans) else {}
     methods = set(spans["method"]) | (set(windows["method"]) if windows is not None else set())
     out.methods = [
         {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(counts.get(m, 0)),

@@ -73,7 +73,7 @@ class _Group:
     hardware_cost: float = 0.0
     hardware_cost_n: int = 0
     # cost per currency: (sum, known)
-    cost: dict[str, float] = field(default_factory=dict)
+    cost: dict[str | None, float] = field(default_factory=dict)  # None: prices without a currency
     embodied_g: float = 0.0
     first: datetime | None = None
     last: datetime | None = None
@@ -140,6 +140,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         if r.own_u_n:
             m["uncertainty_j"] = (m["uncertainty_j"] or 0.0) + r.own_u
         if priced and r.hour is not None and r.energy_n:
+            assert index is not None  # given whenever priced
             cells.append((r.grp, index[r.run_id], r.hour, r.energy_j))
 
     described = device_kinds(runs)
@@ -158,6 +159,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
             m["uncertainty_j"] = (m["uncertainty_j"] or 0.0) + d.stated_j * fraction
         if not priced:
             continue
+        assert sources is not None and index is not None  # given whenever priced
         src = sources[index[d.run_id]]
         config = src.config
         prices, embodied = config.hardware_prices, config.embodied
@@ -202,8 +204,8 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
                 row["cost"], row["currency"] = None, None
         rows.append(row)
 
-    first = min((g.first for g in groups.values() if g.first), default=None)
-    last = max((g.last for g in groups.values() if g.last), default=None)
+    period_first = min((g.first for g in groups.values() if g.first), default=None)
+    period_last = max((g.last for g in groups.values() if g.last), default=None)
     facts = {
         str(key): {"methods": sorted(g.methods, key=method_rank),
                    "devices": _device_names(g.devices, described), "runs": sorted(g.runs),
@@ -211,7 +213,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         for key, g in groups.items()
     }
     run_ids = {r for g in groups.values() for r in g.runs}
-    return Rollup(rows, run_ids, methods, (first, last), facts, set(kinds))
+    return Rollup(rows, run_ids, methods, (period_first, period_last), facts, set(kinds))
 
 
 def _device_names(devices: list[tuple[str, str]], described: dict) -> list[str]:

@@ -175,7 +175,7 @@ class Span:
         self.status = "ok"
         self.has_children = False
         self.link: Span | None = None  # a batch share's request span
-        self._token = None
+        self._token: contextvars.Token[Span | None] | None = None
         self._result: SpanResult | None = None
         self.share_rate: float | None = None  # a batch member's share of its batch (time policy)
         self.run_id: str | None = None

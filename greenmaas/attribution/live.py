@@ -472,13 +472,15 @@ class LiveAttributor:
         nodes = _nodes(states)
 
         plans: list[tuple[str, Timeline, _Device, float, tuple | None]] = []
+        watermarks: list[float] = []
         for dev, tl in timelines.items():
             d = self._devices.get(dev)
             if d is None:
                 d = self._devices[dev] = _Device(tl)
             knots = tl.knots() if tl.has_counter else None  # timed once per advance
+            settled: float | None
             if knots is not None:
-                settled: float | None = float(knots[0][-1])
+                settled = float(knots[0][-1])
             else:
                 settled = tl.settled()
                 if settled is None:
@@ -491,9 +493,10 @@ class LiveAttributor:
                 else:
                     d.wm = float(tl.t_first) - tl.power_lag_s  # type: ignore[arg-type]
             plans.append((dev, tl, d, min(settled, lim), knots))
+            watermarks.append(d.wm)
         if not plans:
             return self._finalise(timelines, force), []
-        t_lo = min(p[2].wm for p in plans)  # type: ignore[type-var]
+        t_lo = min(watermarks)
         t_hi = max(p[3] for p in plans)
         leaves = self._leaf_set(states)
         work = competing(nodes, t_lo, max(t_hi, t_lo), self.policy, leaves) if t_hi > t_lo else None

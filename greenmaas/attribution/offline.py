@@ -305,9 +305,9 @@ def attribute_trace(
         if nd.kind == "share" and nd.parent is not None:
             members.setdefault(id(nd.parent), []).append(i)
     for group in members.values():
-        total = sum(nodes[i].weight for i in group)
+        group_weight = sum(nodes[i].weight for i in group)
         for i in group:
-            nodes[i].share_rate = nodes[i].weight / total if total > 0 else 0.0
+            nodes[i].share_rate = nodes[i].weight / group_weight if group_weight > 0 else 0.0
 
     timelines = {dev: timeline_of(dev, td) for dev, td in data.items()}
     start = min((float(td.t[0]) for td in data.values() if len(td)), default=0.0)

@@ -305,7 +305,8 @@ class _Tracker:
             # start can move to when the GPU actually began.
             meter.hold(span)
             if not getattr(meter, "_greenmaas_events_hook", False):
-                meter._greenmaas_events_hook = True
+                # A flag on the meter itself: every hook on this meter shares one stop-time wait.
+                meter._greenmaas_events_hook = True  # type: ignore[attr-defined]
                 meter.on_stop(lambda: self.resolver().wait(self.resolver().stop_wait_s))
         except Exception as err:  # keep the span, on host time
             self._warn(f"CUDA events unavailable, {self.name!r} uses host time: {err}")

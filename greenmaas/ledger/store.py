@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
 
 from ..errors import ConfigError, GreenmaasError, LedgerError
 from ..records import RUN_STATUSES, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
@@ -53,6 +53,9 @@ from .models import (
     UTCDateTime,
 )
 
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
 __all__ = [
     "Ledger",
     "DEFAULT_PATH",
@@ -70,6 +73,32 @@ BUSY_TIMEOUT_MS = 5000
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # PRAGMA takes no bound parameters; this is built once from our own integer constant.
 _BUSY_PRAGMA = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}"
+
+
+def _wal(raw: Any) -> None:
+    """Switch a SQLite file to WAL. The switch needs the file to itself for a moment and, unlike
+    other statements, does not wait for it: several processes opening one new ledger at once
+    (the ranks of a job) retry until the busy timeout, and stop once any of them has switched it."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000.0
+    while True:
+        try:
+            raw.cursor().execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            try:
+                mode = raw.cursor().execute("PRAGMA journal_mode").fetchone()
+            except sqlite3.OperationalError:
+                mode = None
+            if mode is not None and str(mode[0]).lower() == "wal":
+                return
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 _PSEUDONYM = re.compile(r"t-[0-9a-f]{16}")
 _TABLES = frozenset(Base.metadata.tables)
 #: Entries kept by each in-memory cache (tenant pseudonyms, time prefixes) before it starts afresh.
@@ -265,8 +294,8 @@ class _Insert:
     many_sql: str = ""
     per: int = 1
 
-    def execute(self, conn, rows: list[tuple]) -> None:
-        """Insert ``rows``, in order, as bound parameters."""
+    def execute(self, conn, rows: list[Any]) -> None:
+        """Insert ``rows`` (tuples), in order, as bound parameters."""
         if self.procs:
             rows = [self._process(row) for row in rows]
         if self.names is not None:
@@ -328,7 +357,7 @@ class _FastInserts:
     def _compile(self, table, columns: tuple[str, ...], procs) -> _Insert:
         from sqlalchemy import bindparam, func, literal_column
 
-        values = {k: bindparam(k, type_=table.c[k].type) for k in columns}
+        values: dict[str, Any] = {k: bindparam(k, type_=table.c[k].type) for k in columns}
         if self.null is not None:
             for k in columns:
                 if table.c[k].nullable:
@@ -564,7 +593,7 @@ class Ledger:
                 with ledger._translate():
                     raw = engine.raw_connection()
                     try:
-                        raw.cursor().execute("PRAGMA journal_mode = WAL")
+                        _wal(raw)
                     finally:
                         raw.close()
         except BaseException:
@@ -606,7 +635,8 @@ class Ledger:
                         "greenmaas_version": __version__,
                     }
                     conn.execute(
-                        Meta.__table__.insert(), [{"key": k, "value": v} for k, v in meta.items()]
+                        cast("Table", Meta.__table__).insert(),
+                        [{"key": k, "value": v} for k, v in meta.items()],
                     )
                     migrations.stamp(conn, SCHEMA_VERSION)
                     tables = set(_TABLES) | {migrations.VERSION_TABLE}
@@ -761,7 +791,7 @@ class Ledger:
             "heartbeat": run.start,
         }
         with self._writing() as conn:
-            conn.execute(Run.__table__.insert(), [row])
+            conn.execute(cast("Table", Run.__table__).insert(), [row])
 
     def heartbeat(self, run_id: str, t: datetime) -> None:
         """Record that the run was alive at ``t`` (UTC): see :mod:`greenmaas.ledger.liveness`.
@@ -896,7 +926,7 @@ class Ledger:
         (each kind in its order), so that a meter's interleaved stream of them becomes a few bulk
         INSERTs: none of them refers to another, only to its run, which comes before.
         """
-        writers = {
+        writers: dict[type, Callable[[list[Any]], None]] = {
             SpanRecord: self.write_spans,
             ReadRecord: self.write_reads,
             SampleRecord: self.write_samples,
@@ -979,6 +1009,7 @@ class Ledger:
         time, to_json, null = fast.time, fast.json, fast.null
         stored_tenant = self._stored_tenant
         weakest = _WEAKEST.get
+        v: Any  # the walrus scratch below takes each field in turn, whatever its type
         for s in spans:
             span_id = s.span_id
             devices = s.devices

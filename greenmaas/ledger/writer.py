@@ -37,7 +37,15 @@ class _State:
     """Everything the thread needs, kept apart from :class:`LedgerWriter` so the writer object
     itself can be garbage collected (and its finalizer run) while the thread is alive."""
 
-    def __init__(self, ledger, flush_interval_s, max_batch, max_retries, retry_delay_s, max_queue):
+    def __init__(
+        self,
+        ledger: Any,
+        flush_interval_s: float,
+        max_batch: int,
+        max_retries: int,
+        retry_delay_s: float,
+        max_queue: int,
+    ) -> None:
         self.ledger = ledger
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
@@ -197,7 +205,7 @@ class _State:
         logger.warning("greenmaas ledger writer: %s", message)  # outside the lock: handlers may be slow
 
 
-def _is_record_error(exc: BaseException) -> bool:
+def _is_record_error(exc: BaseException | None) -> bool:
     """True when the records themselves are at fault (retrying cannot help), not the database."""
     from sqlalchemy.exc import DataError, IntegrityError
 

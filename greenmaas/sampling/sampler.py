@@ -77,7 +77,8 @@ class Sampler:
         self.failures: dict[str, DeviceFailure] = {}
         self.unmeasurable: list[Device] = []
         for src in sources:
-            p = period_s or getattr(src, "default_period_s", DEFAULT_PERIOD_S)
+            own_period_s: float = getattr(src, "default_period_s", DEFAULT_PERIOD_S)
+            p = period_s or own_period_s
             try:
                 devices = list(src.devices())
             except GreenmaasError as exc:

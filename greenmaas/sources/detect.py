@@ -21,21 +21,25 @@ def detect(
     rapl_root: str | os.PathLike[str] = "/sys/class/powercap",
     cpu_model: str | None = None,
     include_estimate: bool = True,
+    visible_devices: str | None = None,
+    host_devices: bool = True,
 ) -> Detection:
     """Open every source that works here.
 
-    ``nvml`` is passed to :class:`~greenmaas.sources.nvml.NvmlSource` (default: pynvml);
+    ``nvml`` and ``visible_devices`` (``CUDA_VISIBLE_DEVICES`` syntax; default that variable)
+    are passed to :class:`~greenmaas.sources.nvml.NvmlSource` (default: pynvml);
     ``rapl_root`` to :class:`~greenmaas.sources.rapl.RaplSource`; ``cpu_model`` to
     :class:`~greenmaas.sources.cpu_estimate.CpuEstimateSource`, which is used only when RAPL
     gives no CPU device and ``include_estimate`` is true. Each method not used is listed in
-    ``Detection.unused`` with its reason. The caller closes the sources (``Source.close``).
+    ``Detection.unused`` with its reason. ``host_devices=False`` leaves RAPL and the estimate out
+    (another process on this host measures them). The caller closes the sources (``Source.close``).
     """
     found = Detection()
 
     from .nvml import NvmlSource  # noqa: PLC0415 - keep importing greenmaas.sources cheap
 
     try:
-        gpus = NvmlSource(nvml=nvml)
+        gpus = NvmlSource(nvml=nvml, visible_devices=visible_devices)
     except SourceError as exc:
         found.unused.append(Unused("nvml", str(exc)))
     else:
@@ -46,6 +50,11 @@ def detect(
             gpus.close()
             why = "no GPU found" if visible is None else f"no GPU visible (CUDA_VISIBLE_DEVICES={visible!r})"
             found.unused.append(Unused("nvml", f"NVML: {why}"))
+
+    if not host_devices:
+        why = "host devices are measured once per host, by local rank 0 (greenmaas.distributed)"
+        found.unused.extend(Unused(name, why) for name in ("rapl", "cpu-estimate"))
+        return found
 
     from .rapl import RaplSource  # noqa: PLC0415
 

@@ -163,9 +163,10 @@ class NvmlSource(Source):
     def __init__(self, nvml: Any = None, visible_devices: str | Sequence[str] | None = None) -> None:
         if nvml is None:
             try:
-                import pynvml as nvml  # noqa: PLC0415 - lazily: importing greenmaas stays cheap
+                import pynvml  # noqa: PLC0415 - lazily: importing greenmaas stays cheap
             except ImportError as exc:
                 raise SourceUnavailable("NVML: the nvidia-ml-py package (pynvml) is not installed") from exc
+            nvml = pynvml
         if visible_devices is None:
             visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         elif not isinstance(visible_devices, str):
@@ -304,12 +305,17 @@ class NvmlSource(Source):
         entries = [e.strip() for e in visible.split(",")]
         form = entries[0][:4] if entries[0][:4] in ("GPU-", "MIG-") else None
         # 1. The entries as written, up to the first one not of the list's form.
-        written: list = []
+        written: list[str | int] = []
         for entry in entries:
-            item = entry if form else _strtoul(entry)
+            item: str | int
+            if form:
+                item, stop = entry, not entry.startswith(form)
+            else:
+                index = _strtoul(entry)
+                item, stop = index, index < 0
             if item in written:
                 return []
-            if (form and not entry.startswith(form)) or (not form and item < 0):
+            if stop:
                 break
             written.append(item)
         # 2. The devices they name, up to the first that names none.
@@ -318,7 +324,7 @@ class NvmlSource(Source):
         migs: list[tuple[_HostGpu, str]] | None = None
         for item in written:
             choice: _Choice | None = None
-            if form is None:
+            if isinstance(item, int):  # the list holds indices exactly when it has no UUID form
                 choice = _Choice(hosts[item]) if item < len(hosts) else None
             elif form == "GPU-":
                 found = _unique_prefix(item, [(h, h.uuid) for h in hosts if h.uuid])

@@ -658,7 +658,9 @@ def probe_gpu(
     try:
         if "counter" in works:
             series["counter"] = poll({"counter": works["counter"]}, seconds=seconds, clock=clock, errors=errors)
-        power_calls = {n: works[n] for n in ("instant", "usage", "counter") if n in works}
+        power_calls: dict[str, Callable[[], float]] = {
+            n: works[n] for n in ("instant", "usage", "counter") if n in works
+        }
         if field_seconds > 0 and (set(power_calls) - {"counter"}):
             series["fields"] = poll(power_calls, seconds=field_seconds, clock=clock, errors=errors)
     finally:
@@ -675,13 +677,13 @@ def probe_gpu(
     fields: dict[str, FieldRefresh] = {}
     energy: dict[str, EnergyComparison] = {}
     for name in ("instant", "usage"):
-        s = series.get("fields", {}).get(name)
-        if s is None:
+        f = series.get("fields", {}).get(name)
+        if f is None:
             continue
-        fields[name] = field_refresh(s.t_mid_s, s.values)
+        fields[name] = field_refresh(f.t_mid_s, f.values)
         c = series["fields"].get("counter")
         if c is not None:
-            energy[name] = compare_energy(c.t_mid_s, c.values, s.t_mid_s, s.values)
+            energy[name] = compare_energy(c.t_mid_s, c.values, f.t_mid_s, f.values)
     lat: dict[str, Latency] = {}
     failed: dict[str, int] = {}
     for name in CALLS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, overload
 
 from .clock import FakeClock
 
@@ -154,7 +154,11 @@ def _as_fn(value: Any) -> Callable[[float], Any] | None:
         return None
     if callable(value):
         return value
-    return lambda t, _v=value: _v
+
+    def constant(t: float) -> Any:
+        return value
+
+    return constant
 
 
 @dataclass(eq=False)
@@ -277,6 +281,12 @@ class FakeNVML:
 
     def _t(self) -> float:
         return float(self.clock.monotonic())
+
+    @overload
+    def _check(self, fn: str) -> None: ...
+
+    @overload
+    def _check(self, fn: str, handle: Any) -> FakeGPU: ...
 
     def _check(self, fn: str, handle: Any = None) -> FakeGPU | None:
         self.calls[fn] += 1

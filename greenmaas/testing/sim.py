@@ -71,7 +71,7 @@ class PowerTrace:
     ``times_s`` must be strictly increasing and finite, ``watts`` finite and >= 0, one per time.
     """
 
-    def __init__(self, times_s: Sequence[float], watts: Sequence[float]) -> None:
+    def __init__(self, times_s: Sequence[float] | np.ndarray, watts: Sequence[float] | np.ndarray) -> None:
         t = np.asarray(times_s, dtype=float).reshape(-1)
         w = np.asarray(watts, dtype=float).reshape(-1)
         if t.size == 0 or t.size != w.size:
@@ -398,6 +398,7 @@ class SimulatedGPU(FakeGPU):
         if np.ndim(t) == 0:
             return float(self.truth(float(t)))
         ta = np.asarray(t, dtype=float)
+        assert self._grid is not None  # set whenever the truth is a callable
         return self._grid._power(ta.reshape(-1)).reshape(ta.shape)
 
     def true_cumulative_j(self, t: Any) -> Any:
@@ -409,6 +410,7 @@ class SimulatedGPU(FakeGPU):
         if isinstance(self.truth, PowerTrace):
             return self.truth.energy_j(t0, t1)
         a, b = np.broadcast_arrays(np.asarray(t0, dtype=float), np.asarray(t1, dtype=float))
+        assert self._grid is not None  # set whenever the truth is a callable
         both = self._grid.cumulative_j(np.concatenate((a.reshape(-1), b.reshape(-1))))
         out = (both[a.size :] - both[: a.size]).reshape(a.shape)
         return _scalar_or_array(out, a)
