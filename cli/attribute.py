@@ -86,15 +86,12 @@ def attribute(trace_path: str, spans_path: str, policy: str, fmt: str, ledger_ur
 
 
 def _parse_anchor(text: str):
-    from datetime import datetime, timezone
-
     from greenmaas.timeparse import parse_time
 
     try:
-        when = parse_time(text, where="--anchor")
+        return parse_time(text, where="--anchor")  # aware UTC: a time without an offset is UTC
     except GreenmaasError as exc:
         raise UserError(str(exc)) from exc
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def _record(result, trace, ledger_url, when, trace_path, spans_path) -> None:

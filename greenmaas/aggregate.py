@@ -49,7 +49,6 @@ PERCENTILES = (50, 90, 99)
 class Bucket:
     """One rollup row in the making: spans of one class ending in one interval."""
 
-    key: tuple
     first: Any  # one member span (tags, parent)
     start: float = math.inf
     end: float = -math.inf
@@ -174,7 +173,7 @@ class Rollups:
             bk = self._buckets.get(key)
             group = [spans[i] for i in members.tolist()]
             if bk is None:
-                bk = self._buckets[key] = Bucket(key=ckey, first=group[0])
+                bk = self._buckets[key] = Bucket(first=group[0])
             bk.count += len(group)
             bk.start = min(bk.start, float(starts[sel].min()))
             bk.end = max(bk.end, float(e[sel].max()))

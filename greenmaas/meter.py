@@ -634,25 +634,9 @@ class Meter:
 
     def _rollup_record(self, b: Any, timelines: dict) -> SpanRecord:
         s = b.first
-        devs = []
-        for dev, tl in timelines.items():
-            if s.devices is not None and dev not in s.devices:
-                continue
-            j = b.j.get(dev, 0.0)
-            devs.append(
-                DeviceEnergy(
-                    device=dev,
-                    energy_j=j,
-                    self_j=j,
-                    self_device_s=b.s.get(dev, 0.0),
-                    method=tl.method,
-                    gap_s=tl.gap_seconds(b.start, b.end),
-                    uncertainty_j=b.u.get(dev, 0.0),
-                )
-            )
-        tenant = s.tenant
-        if tenant is not None and self.ledger is not None:
-            tenant = self.ledger.pseudonymise(tenant)
+        # A rollup's members are leaves: their energy is all their own.
+        devs = _device_energies(s.devices, timelines, b.j, b.j, b.s, b.u, b.start, b.end)
+        tenant = self._stored_tenant(s.tenant)
         stats = b.stats()
         return SpanRecord(
             span_id=f"{self._id_prefix}-{next(self._ids):x}",
@@ -679,6 +663,12 @@ class Meter:
             count=b.count,
         )
 
+    def _stored_tenant(self, tenant: str | None) -> str | None:
+        """A tenant as the ledger stores it: its keyed pseudonym (as given without a ledger)."""
+        if tenant is not None and self.ledger is not None:
+            return self.ledger.pseudonymise(tenant)
+        return tenant
+
     def _say_rollup(self, label: str) -> None:
         log.warning(
             "greenmaas: %s spans close faster than %g/s; recording them (and any other class that "
@@ -701,26 +691,11 @@ class Meter:
         if acc is None:
             acc = self._attr.accumulator(s)  # type: ignore[union-attr]
         assert acc is not None
-        inc = acc.inclusive()
-        inc_u = acc.inclusive_u()
-        devs = []
-        for dev, tl in timelines.items():
-            if s.devices is not None and dev not in s.devices:
-                continue
-            devs.append(
-                DeviceEnergy(
-                    device=dev,
-                    energy_j=inc.get(dev, 0.0),
-                    self_j=acc.self_j.get(dev, 0.0),
-                    self_device_s=acc.self_s.get(dev, 0.0),
-                    method=tl.method,
-                    gap_s=tl.gap_seconds(s.start, s.end),  # type: ignore[arg-type]
-                    uncertainty_j=inc_u.get(dev, 0.0),
-                )
-            )
-        tenant = s.tenant
-        if tenant is not None and self.ledger is not None:
-            tenant = self.ledger.pseudonymise(tenant)
+        devs = _device_energies(
+            s.devices, timelines, acc.inclusive(), acc.self_j, acc.self_s, acc.inclusive_u(),
+            s.start, s.end,  # type: ignore[arg-type]
+        )
+        tenant = self._stored_tenant(s.tenant)
         return SpanRecord(
             span_id=s.span_id,  # type: ignore[arg-type]
             run_id=self.run_id,
@@ -993,6 +968,36 @@ class _Heartbeat:
 
     def __call__(self, ledger) -> None:
         ledger.heartbeat(self.run_id, self.t)
+
+
+def _device_energies(
+    devices: Sequence[str] | None,
+    timelines: Mapping[str, Any],
+    energy: Mapping[str, float],
+    own: Mapping[str, float],
+    seconds: Mapping[str, float],
+    uncertainty: Mapping[str, float],
+    t0: float,
+    t1: float,
+) -> list[DeviceEnergy]:
+    """A record's per-device figures over ``[t0, t1]``: every measured device, or those of
+    ``devices`` where the span was limited to some; each device's method and its gaps then."""
+    out = []
+    for dev, tl in timelines.items():
+        if devices is not None and dev not in devices:
+            continue
+        out.append(
+            DeviceEnergy(
+                device=dev,
+                energy_j=energy.get(dev, 0.0),
+                self_j=own.get(dev, 0.0),
+                self_device_s=seconds.get(dev, 0.0),
+                method=tl.method,
+                gap_s=tl.gap_seconds(t0, t1),
+                uncertainty_j=uncertainty.get(dev, 0.0),
+            )
+        )
+    return out
 
 
 def _discard(span: Any) -> None:

@@ -144,15 +144,18 @@ class Finished:
     leaf_start: np.ndarray = field(default_factory=lambda: np.empty(0))
     leaf_end: np.ndarray = field(default_factory=lambda: np.empty(0))
 
-    def __bool__(self) -> bool:
-        return bool(self.spans or self.leaves)
-
     def leaf_accumulator(self, i: int) -> Accumulator:
-        return Accumulator(
-            self_j={d: float(a[i]) for d, a in self.leaf_j.items()},
-            self_u={d: float(a[i]) for d, a in self.leaf_u.items()},
-            self_s={d: float(a[i]) for d, a in self.leaf_s.items()},
-        )
+        return _leaf_accumulator(self.leaf_j, self.leaf_u, self.leaf_s, i)
+
+
+def _leaf_accumulator(j: dict[str, np.ndarray], u: dict[str, np.ndarray], s: dict[str, np.ndarray],
+                      i: int) -> Accumulator:
+    """Leaf ``i`` of per-device arrays as an :class:`Accumulator` (a leaf's energy is all its own)."""
+    return Accumulator(
+        self_j={d: float(a[i]) for d, a in j.items()},
+        self_u={d: float(a[i]) for d, a in u.items()},
+        self_s={d: float(a[i]) for d, a in s.items()},
+    )
 
 
 class _LeafPool:
@@ -236,11 +239,7 @@ class _Ring:
         pos = seq % self.size
         if self.seq[pos] != seq:
             return None
-        return Accumulator(
-            self_j={d: float(a[pos]) for d, a in self.j.items()},
-            self_u={d: float(a[pos]) for d, a in self.u.items()},
-            self_s={d: float(a[pos]) for d, a in self.s.items()},
-        )
+        return _leaf_accumulator(self.j, self.u, self.s, pos)
 
 
 class LiveAttributor:
@@ -277,7 +276,6 @@ class LiveAttributor:
         self._dev_list: list[tuple[str, ...] | None] = []
         self._devices: dict[str, _Device] = {}
         self._records: "weakref.WeakKeyDictionary[Span, Any]" = weakref.WeakKeyDictionary()
-        self._gone = 0  # leaves finalised so far (the ring remembers the last RESULT_RING)
 
     # ------------------------------------------------------------------ span state
 
@@ -396,11 +394,7 @@ class LiveAttributor:
             if hit.size:
                 i = int(hit[0])
                 if pool.spans[i] is span:
-                    return Accumulator(
-                        self_j={d: float(a[i]) for d, a in pool.j.items()},
-                        self_u={d: float(a[i]) for d, a in pool.u.items()},
-                        self_s={d: float(a[i]) for d, a in pool.s.items()},
-                    )
+                    return _leaf_accumulator(pool.j, pool.u, pool.s, i)
         acc = self._ring.get(seq)
         if acc is not None:
             return acc
@@ -620,7 +614,6 @@ class LiveAttributor:
                     for dv, a in u.items():
                         _add(tst.acc.child_u, dv, float(a[sel].sum()))
                 self._ring.put(seqs, j, u, sec)
-                self._gone += len(spans)
                 out.leaves, out.leaf_j, out.leaf_u, out.leaf_s = spans, j, u, sec
                 out.leaf_code, out.leaf_keys = codes, self._key_list
                 out.leaf_start, out.leaf_end = starts, ends
