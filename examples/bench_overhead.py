@@ -714,8 +714,7 @@ def report(r: dict) -> list[str]:
         f"| {status(hot['stop_s'], STOP_TARGET_S)} |",
         f"| … memory bounded (stated) | peak RSS {hot['peak_rss_mb']:,.0f} MB, "
         f"+{hot['peak_rss_mb'] - hot['rss_started_mb']:,.0f} MB over the started meter (bounds: `max_pending` "
-        f"{_default('max_pending'):,} spans waiting for attribution, about 35 MB by the meter's docs, as much again "
-        f"while a full backlog is taken in; `max_queue` {_default('max_queue'):,} records "
+        f"{_default('max_pending'):,} spans waiting for attribution; `max_queue` {_default('max_queue'):,} records "
         f"waiting for the writer) | stated |",
         f"| … every span accounted for | {hot['rows']:,} rows + {hot['rolled']:,} in rollups + "
         f"{hot['dropped_spans']:,} dropped{' (warned)' if hot['dropped_spans'] and warned else ''} = "

@@ -122,8 +122,8 @@ class Meter:
         main thread). Pass False to leave signals alone.
 
     ``max_pending``
-        Spans opened and not yet taken in by the background attribution (default 100,000,
-        about 35 MB; taking a full backlog in needs about as much again for a moment). A loop
+        Spans opened and not yet taken in by the background attribution (default 100,000;
+        ``reports/overhead.md`` measures the memory a full backlog takes). A loop
         that opens spans faster than they can be attributed for long enough to fill it does not
         grow memory or slow down: further spans are *dropped* — they
         still nest and time their children, but are not measured; ``span.dropped`` is True, their
