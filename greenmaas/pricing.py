@@ -70,7 +70,7 @@ STATED = "stated"
 _SPAN_COLUMNS = (
     "span_id", "parent_id", "run_id", "kind", "model", "phase", "request_id", "tenant", "name",
     "start", "end", "duration_s", "energy_j", "self_energy_j", "method", "tokens_in", "tokens_out",
-    "items", "uncertainty_j",
+    "items", "uncertainty_j", "count",
 )
 _DEVICE_COLUMNS = ("span_id", "device", "self_j", "self_device_s", "method")
 WINDOW_COLUMNS = (

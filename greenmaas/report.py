@@ -522,7 +522,12 @@ def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> 
     plus_minus: pd.Series | dict[str, float] = (
         spans.groupby("method")["self_uncertainty_j"].sum(min_count=1) if len(spans) else {}
     )
-    counts: pd.Series | dict[str, int] = spans["method"].value_counts() if len(spans) else {}
+    # A rollup row stands for ``count`` spans (NULL before schema 3: one).
+    stands_for = spans["count"].fillna(1).astype("int64") if "count" in spans.columns else None
+    counts: pd.Series | dict[str, int] = (
+        ({} if not len(spans) else stands_for.groupby(spans["method"]).sum() if stands_for is not None
+         else spans["method"].value_counts())
+    )
     methods = set(spans["method"]) | (set(windows["method"]) if windows is not None else set())
     out.methods = [
         {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(counts.get(m, 0)),

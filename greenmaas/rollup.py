@@ -102,7 +102,9 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
            sources: list[AccountingSource] | None, index: dict[str, int] | None) -> Rollup:
     """The report rows of the selected spans, grouped ``by`` (see the module doc).
 
-    ``sources``/``index`` (run_id -> source) price them; None with ``priced`` False."""
+    ``sources``/``index`` (run_id -> source) price them; None with ``priced`` False. Read from
+    the ledger's span summaries where the time filter falls on whole hours (it may, or be
+    absent), else from the spans themselves; both give the same figures."""
     import numpy as np
     import pandas as pd
 
@@ -110,10 +112,15 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     from .ledger import query
     from .pricing import _kinds
 
+    summaries = query.summaries_apply(lo, hi)
+    if summaries:
+        read_spans, read_devices, read_crossing = query.summary_spans, query.summary_devices, query.summary_crossing
+    else:
+        read_spans, read_devices, read_crossing = query.rollup_spans, query.rollup_devices, query.rollup_crossing
     groups: dict[str, _Group] = {}
     methods: dict[str, dict[str, Any]] = {}
     cells = []  # (group, source index, hour, energy_j) for pricing
-    for r in query.rollup_spans(conn, by, none, lo, hi, model):
+    for r in read_spans(conn, by, none, lo, hi, model):
         g = groups.get(r.grp)
         if g is None:
             g = groups[r.grp] = _Group()
@@ -143,8 +150,11 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
             assert index is not None  # given whenever priced
             cells.append((r.grp, index[r.run_id], r.hour, r.energy_j))
 
+    if summaries:  # their time counts every span: take off what nests in the same group
+        for grp, _run_id, seconds in query.summary_nested(conn, by, none, lo, hi, model):
+            groups[grp].duration_s -= seconds
     described = device_kinds(runs)
-    device_rows = list(query.rollup_devices(conn, by, none, lo, hi, model))
+    device_rows = list(read_devices(conn, by, none, lo, hi, model))
     kinds = _kinds(described, pd.Series([d.run_id for d in device_rows], dtype=object),
                    pd.Series([d.device for d in device_rows], dtype=object))
     for d, kind in zip(device_rows, kinds):
@@ -174,7 +184,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
                 _add_cost(g, src, h)
 
     if priced:
-        _price_energy(groups, cells, sources, list(query.rollup_crossing(conn, by, none, lo, hi, model)),
+        _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model)),
                       index, price, np)
 
     rows = []

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    PrimaryKeyConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -41,12 +42,18 @@ __all__ = [
     "Sample",
     "DeviceTotal",
     "Read",
+    "SUMMARY_KEY",
+    "SpanHour",
+    "SpanHourDevice",
+    "SpanNesting",
+    "SpanCrossing",
 ]
 
 #: Version of the tables below. Ledgers with a higher version are refused; lower ones are upgraded
 #: (see :mod:`greenmaas.ledger.migrations`). 2: raw reads, monotonic span times, uncertainty,
-#: run heartbeats.
-SCHEMA_VERSION = 3
+#: run heartbeats. 3: rollup rows (``spans.count``). 4: the span summaries reports read
+#: (``span_hours`` and its companions, :mod:`greenmaas.ledger.summary`).
+SCHEMA_VERSION = 4
 #: Value of ``meta.application``; tells a greenmaas ledger from another app's ``meta`` table.
 APPLICATION = "greenmaas"
 
@@ -246,3 +253,132 @@ class Read(Base):
     max_energy_j: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     t_start_mono: Mapped[float | None] = mapped_column(Float)
+
+
+# ------------------------------------------------------------------------------ summaries (schema 4)
+#
+# What reports read instead of the spans themselves: per run, UTC hour of the span's start and
+# the values a report groups or filters by, the sums it needs. The ledger keeps them as it writes
+# spans (greenmaas.ledger.summary), in the same transaction; their size grows with hours and
+# distinct groups, not with spans. Key columns hold '' where the span's value is NULL (a report
+# treats both as "none"), so that they can be a primary key on every database.
+
+#: The columns that key a summary row: run, UTC hour of the span's start (``YYYY-MM-DD HH``), the
+#: span's method (the weakest of its devices'), kind, model, phase, tenant (pseudonym) and name.
+SUMMARY_KEY = ("run_id", "hour", "method", "kind", "model", "phase", "tenant", "name")
+
+
+class SpanHour(Base):
+    """The spans of one summary key (:data:`SUMMARY_KEY`), summed.
+
+    ``spans`` counts what rows stand for (rollups count theirs); ``duration_s`` sums every row's
+    duration (a report takes its groups' nested time off with :class:`SpanNesting`);
+    ``hour_j``/``hour_n`` sum the ``self_energy_j`` of the spans that end within the hour they
+    start in (and count those with one), ``cross_j``/``cross_n`` of those that end in a later
+    hour (priced one by one from :class:`SpanCrossing`); ``own_u`` sums each span's own ± J (its
+    ``uncertainty_j`` less its children's and linked batch shares', never below 0), ``own_u_n``
+    counts the spans that recorded one; ``first``/``last`` the earliest start and latest end.
+    """
+
+    __tablename__ = "span_hours"
+    __table_args__ = (PrimaryKeyConstraint(*SUMMARY_KEY, name="pk_span_hours"),)
+
+    run_id: Mapped[str] = mapped_column(String(64))
+    hour: Mapped[str] = mapped_column(String(13))
+    method: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(32))
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    spans: Mapped[int] = mapped_column(Integer, default=0)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    hour_j: Mapped[float] = mapped_column(Float, default=0.0)
+    hour_n: Mapped[int] = mapped_column(Integer, default=0)
+    cross_j: Mapped[float] = mapped_column(Float, default=0.0)
+    cross_n: Mapped[int] = mapped_column(Integer, default=0)
+    own_u: Mapped[float] = mapped_column(Float, default=0.0)
+    own_u_n: Mapped[int] = mapped_column(Integer, default=0)
+    first: Mapped[datetime | None]
+    last: Mapped[datetime | None]
+
+
+class SpanHourDevice(Base):
+    """The span devices of one summary key, per device, its method, and whether the span's energy
+    (``measured``) and ± J (``recorded``) were stored: ``rows`` span devices, ``device_s`` their
+    own device time, ``stated_j`` their own energy where the span recorded no ± J (``stated_n``
+    how many had one), for the method's stated uncertainty."""
+
+    __tablename__ = "span_hour_devices"
+    __table_args__ = (
+        PrimaryKeyConstraint(*SUMMARY_KEY, "device", "device_method", "measured", "recorded",
+                             name="pk_span_hour_devices"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64))
+    hour: Mapped[str] = mapped_column(String(13))
+    method: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(32))
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(64))
+    device_method: Mapped[str] = mapped_column(String(16))
+    measured: Mapped[int] = mapped_column(Integer)
+    recorded: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    device_s: Mapped[float] = mapped_column(Float, default=0.0)
+    stated_j: Mapped[float] = mapped_column(Float, default=0.0)
+    stated_n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+_NEST_SIDE = ("hour", "kind", "model", "phase", "tenant", "name")
+
+
+class SpanNesting(Base):
+    """Time spent in spans under a parent that is in the ledger, by the child's and the parent's
+    summary values (``c_*``, ``p_*``): a report's group does not count a child's time where the
+    parent is selected and in the same group (it already covers it)."""
+
+    __tablename__ = "span_nesting"
+    __table_args__ = (
+        PrimaryKeyConstraint("run_id", *(f"c_{c}" for c in _NEST_SIDE), *(f"p_{c}" for c in _NEST_SIDE),
+                             name="pk_span_nesting"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64))
+    c_hour: Mapped[str] = mapped_column(String(13))
+    c_kind: Mapped[str] = mapped_column(String(32))
+    c_model: Mapped[str] = mapped_column(String(255))
+    c_phase: Mapped[str] = mapped_column(String(32))
+    c_tenant: Mapped[str] = mapped_column(String(64))
+    c_name: Mapped[str] = mapped_column(String(255))
+    p_hour: Mapped[str] = mapped_column(String(13))
+    p_kind: Mapped[str] = mapped_column(String(32))
+    p_model: Mapped[str] = mapped_column(String(255))
+    p_phase: Mapped[str] = mapped_column(String(32))
+    p_tenant: Mapped[str] = mapped_column(String(64))
+    p_name: Mapped[str] = mapped_column(String(255))
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SpanCrossing(Base):
+    """A span that ends in a later UTC hour than it starts in, with its summary values: priced
+    over the hours it covers, one by one."""
+
+    __tablename__ = "span_crossings"
+    __table_args__ = (Index("ix_span_crossings_run_hour", "run_id", "hour"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    hour: Mapped[str] = mapped_column(String(13))
+    method: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(32))
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    start: Mapped[datetime]
+    end: Mapped[datetime]
+    energy_j: Mapped[float | None] = mapped_column(Float)

@@ -12,7 +12,7 @@ from sqlalchemy import Integer, String, and_, case, func, literal, null, select,
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .models import Read, Run, Sample, Span, SpanDevice
+from .models import Read, Run, Sample, Span, SpanCrossing, SpanDevice, SpanHour, SpanHourDevice, SpanNesting
 
 __all__ = [
     "latest_run",
@@ -31,6 +31,11 @@ __all__ = [
     "rollup_spans",
     "rollup_crossing",
     "rollup_devices",
+    "summaries_apply",
+    "summary_spans",
+    "summary_nested",
+    "summary_crossing",
+    "summary_devices",
     "SERVING_PHASES",
     "serving_iterations",
     "serving_requests",
@@ -229,16 +234,21 @@ def spans_counted(table):
     return func.coalesce(func.sum(func.coalesce(table.c.count, 1)), 0)
 
 
-def group_key(table, by: str, none: str):
-    """The report group of each row of ``table`` (the ``spans`` table or an alias): its value for
-    ``by``, or ``none`` where it has none (NULL or empty). By phase, serving shares named
-    ``prefill`` or ``decode`` are groups of their own."""
+def group_key(table, by: str, none: str, prefix: str = ""):
+    """The report group of each row of ``table`` (the ``spans`` table or an alias, or a summary
+    table, whose span values may carry a ``prefix``): its value for ``by``, or ``none`` where it
+    has none (NULL or empty). By phase, serving shares named ``prefill`` or ``decode`` are groups
+    of their own."""
+    columns = table.c
     if by == "day":
-        return utc_text(table.c.start, 10)
-    column = table.c[_KEY_COLUMNS[by]]
+        if f"{prefix}hour" in columns:  # a summary: the UTC hour as text
+            return func.substr(columns[f"{prefix}hour"], 1, 10)
+        return utc_text(columns.start, 10)
+    column = columns.run_id if by == "run" else columns[prefix + _KEY_COLUMNS[by]]
     present = (and_(column.is_not(None), column != ""), column)
     if by == "phase":
-        serving = (and_(table.c.kind == "share", table.c.name.in_(SERVING_PHASES)), table.c.name)
+        kind, name = columns[f"{prefix}kind"], columns[f"{prefix}name"]
+        serving = (and_(kind == "share", name.in_(SERVING_PHASES)), name)
         return case(serving, present, else_=literal(none))
     return case(present, else_=literal(none))
 
@@ -249,7 +259,7 @@ def _hour(table):
     return case((start == end, start), else_=null())
 
 
-def _own_uncertainty(s):
+def own_uncertainty(s):
     """A span's own recorded ± J: its ``uncertainty_j`` less its children's (under it, or batch
     shares linked to it), never below 0; NULL where none was recorded."""
     c = Span.__table__.alias("cu")
@@ -286,7 +296,7 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> Iter
     s = Span.__table__.alias("s")
     p = Span.__table__.alias("p")
     conditions = _selection(s, lo, hi, model)
-    g, hour, own_u = group_key(s, by, none), _hour(s), _own_uncertainty(s)
+    g, hour, own_u = group_key(s, by, none), _hour(s), own_uncertainty(s)
     parent_selected = and_(p.c.span_id == s.c.parent_id, *_selection(p, lo, hi, model))
     top = case((and_(p.c.span_id.is_not(None), group_key(p, by, none) == g), 0.0), else_=s.c.duration_s)
     query = (
@@ -344,6 +354,105 @@ def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> It
         .group_by(g, s.c.run_id, d.c.device, d.c.method, s.c.method, measured, recorded)
     )
     return conn.execute(query)
+
+
+# ------------------------------------------------------------------------------ from the summaries
+#
+# The same rows as the three roll-ups above, read from the span summaries the ledger keeps as it
+# writes spans (greenmaas.ledger.summary): a few rows per run, hour and group, however many spans.
+# They select spans by the hour they start in, so a time filter must fall on whole UTC hours.
+
+
+def summaries_apply(lo, hi) -> bool:
+    """Whether a selection from ``lo`` to ``hi`` (UTC, None: open) can be read from the
+    summaries: both fall on whole UTC hours."""
+    return all(t is None or (t.minute == 0 and t.second == 0 and t.microsecond == 0) for t in (lo, hi))
+
+
+def _summary_selection(table, lo, hi, model, prefix: str = "") -> list:
+    from .summary import hour_of
+
+    hour = table.c[f"{prefix}hour"]
+    conditions = []
+    if lo is not None:
+        conditions.append(hour >= hour_of(lo))
+    if hi is not None:
+        conditions.append(hour < hour_of(hi))
+    if model is not None:
+        conditions.append(table.c[f"{prefix}model"] == model)
+    return conditions
+
+
+def summary_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+    """:func:`rollup_spans` from the summaries, except ``duration_s``, which sums every span's
+    time (:func:`summary_nested` gives what to take off). Crossing spans' energy comes in rows
+    of their own (``hour`` NULL, ``spans`` 0)."""
+    h = SpanHour.__table__
+    g = group_key(h, by, none)
+    conditions = _summary_selection(h, lo, hi, model)
+    within = (
+        select(
+            g.label("grp"), h.c.run_id, h.c.method, h.c.hour.label("hour"), func.sum(h.c.spans).label("spans"),
+            func.sum(h.c.duration_s).label("duration_s"), func.sum(h.c.hour_j).label("energy_j"),
+            func.sum(h.c.hour_n).label("energy_n"), func.sum(h.c.own_u).label("own_u"),
+            func.sum(h.c.own_u_n).label("own_u_n"), func.min(h.c.first).label("first"),
+            func.max(h.c.last).label("last"),
+        )
+        .where(*conditions)
+        .group_by(g, h.c.run_id, h.c.method, h.c.hour)
+    )
+    across = (
+        select(
+            g.label("grp"), h.c.run_id, h.c.method, null().label("hour"), literal(0).label("spans"),
+            literal(0.0).label("duration_s"), func.sum(h.c.cross_j).label("energy_j"),
+            func.sum(h.c.cross_n).label("energy_n"), literal(0.0).label("own_u"), literal(0).label("own_u_n"),
+            func.min(h.c.first).label("first"), func.max(h.c.last).label("last"),
+        )
+        .where(*conditions, h.c.cross_n > 0)
+        .group_by(g, h.c.run_id, h.c.method)
+    )
+    return conn.execute(within).all() + conn.execute(across).all()
+
+
+def summary_nested(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+    """Time of the selected spans whose parent is selected too and in the same group, which the
+    group's time does not count again: rows of ``group, run_id, duration_s``."""
+    n = SpanNesting.__table__
+    child, parent = group_key(n, by, none, "c_"), group_key(n, by, none, "p_")
+    query = (
+        select(child.label("grp"), n.c.run_id, func.sum(n.c.duration_s))
+        .where(*_summary_selection(n, lo, hi, model, "c_"), *_summary_selection(n, lo, hi, model, "p_"),
+               child == parent)
+        .group_by(child, n.c.run_id)
+    )
+    return conn.execute(query).all()
+
+
+def summary_crossing(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+    """:func:`rollup_crossing` from the summaries."""
+    c = SpanCrossing.__table__
+    query = select(group_key(c, by, none), c.c.run_id, c.c.start, c.c.end, c.c.energy_j).where(
+        *_summary_selection(c, lo, hi, model)
+    )
+    return conn.execute(query).all()
+
+
+def summary_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+    """:func:`rollup_devices` from the summaries."""
+    d = SpanHourDevice.__table__
+    g = group_key(d, by, none)
+    grouping = (g, d.c.run_id, d.c.device, d.c.device_method, d.c.method, d.c.measured, d.c.recorded)
+    query = (
+        select(
+            g.label("grp"), d.c.run_id, d.c.device, d.c.device_method.label("method"),
+            d.c.method.label("span_method"), d.c.measured, d.c.recorded, func.sum(d.c.rows).label("rows"),
+            func.sum(d.c.device_s).label("device_s"), func.sum(d.c.stated_j).label("stated_j"),
+            func.sum(d.c.stated_n).label("stated_n"),
+        )
+        .where(*_summary_selection(d, lo, hi, model))
+        .group_by(*grouping)
+    )
+    return conn.execute(query).all()
 
 
 # ------------------------------------------------------------------------------ serving

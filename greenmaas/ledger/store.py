@@ -39,6 +39,7 @@ from ..records import RUN_STATUSES, DeviceTotals, ReadRecord, RunRecord, SampleR
 from ..sources.base import UNMEASURABLE, weakest_method
 from . import migrations
 from .keys import ENV_TENANT_KEY, tenant_key
+from .summary import Summariser
 from .models import (
     APPLICATION,
     SCHEMA_VERSION,
@@ -486,6 +487,7 @@ class Ledger:
         self._pseudonyms: dict[str, str] = {}  # tenant -> pseudonym (see pseudonymise)
         self._tenants: dict[str, str] = {}  # tenant in a record -> as stored (_stored_tenant)
         self._fast_inserts: _FastInserts | None = None
+        self._summaries = Summariser()  # the span summaries reports read (greenmaas.ledger.summary)
         #: What opening did to a ledger of an older schema (None: it was up to date, or new).
         self.upgraded: migrations.Upgrade | None = None
         # One shared connection (in-memory SQLite) must not run two transactions at once.
@@ -743,12 +745,17 @@ class Ledger:
             yield
             return
         self._check_open(write=True)
-        with self._lock, self._translate(), self._write_engine.begin() as conn:
-            self._local.conn = conn
-            try:
-                yield
-            finally:
-                self._local.conn = None
+        try:
+            with self._lock, self._translate(), self._write_engine.begin() as conn:
+                self._local.conn = conn
+                try:
+                    yield
+                finally:
+                    self._local.conn = None
+        except BaseException:
+            self._summaries.rollback()
+            raise
+        self._summaries.commit()
 
     @contextmanager
     def _writing(self) -> Iterator[Any]:
@@ -792,6 +799,7 @@ class Ledger:
         }
         with self._writing() as conn:
             conn.execute(cast("Table", Run.__table__).insert(), [row])
+        self._summaries.start_run(run.run_id)
 
     def heartbeat(self, run_id: str, t: datetime) -> None:
         """Record that the run was alive at ``t`` (UTC): see :mod:`greenmaas.ledger.liveness`.
@@ -829,6 +837,7 @@ class Ledger:
             result = conn.execute(update(Run).where(Run.run_id == run_id).values(**values))
             if result.rowcount == 0:
                 raise LedgerError(f"{self.display}: no run {run_id!r}")
+        self._summaries.end_run(run_id)
 
     def write_spans(self, spans: Sequence[SpanRecord]) -> None:
         """Store spans and their per-device energy. Raw tenant names are pseudonymised first."""
@@ -838,9 +847,11 @@ class Ledger:
         with self._translate():  # a value that cannot be bound fails as the typed insert would
             span_rows, device_rows = self._span_rows(spans, fast)
         with self._writing() as conn:
+            summarised = self._summaries.add(conn, spans, span_rows, device_rows, fast.null)
             fast.inserts["spans"].execute(conn, span_rows)
             if device_rows:
                 fast.inserts["span_devices"].execute(conn, device_rows)
+            summarised(conn)
 
     def write_samples(self, samples: Sequence[SampleRecord]) -> None:
         """Store points of devices' cumulative-energy curves."""
