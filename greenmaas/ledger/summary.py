@@ -71,7 +71,7 @@ class Summariser:
     :meth:`commit` / :meth:`rollback` follow it."""
 
     def __init__(self) -> None:
-        # span id -> (summary key, nesting side, own ± J left or None)
+        # span id -> (summary key, own ± J left or None)
         self._recent: dict[str, tuple] = {}
         # parent id not yet written -> (run id, children's ± J, {child's nesting side: seconds})
         self._pending: dict[str, tuple] = {}
@@ -161,34 +161,40 @@ class Summariser:
         stored_children = self._children(conn, [row[0] for row in span_rows if row[1] not in runs])
         batch_children: dict[str, tuple] = {}
 
-        def hour_sums(key: tuple) -> list:
-            acc = hours.get(key)
-            if acc is None:
-                acc = hours[key] = [0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0, None, None]
-            return acc
-
+        committed_pending, committed_recent = self._pending, self._recent
         at = 0
         for s, row in zip(spans, span_rows):
-            span_id, run_id, parent_id = row[0], row[1], row[2]
+            span_id, run_id = row[0], row[1]
             kind, name, model, phase, tenant = row[3], row[4], row[5], row[6], row[8]
-            energy, method, link_id, u, count = row[19], row[20], row[27], row[28], row[29]
+            energy, method, u, count = row[19], row[20], row[28], row[29]
             start, end = s.start, s.end
             if start.tzinfo is None:  # naive times are UTC (as the ledger stores them)
                 start = start.replace(tzinfo=_UTC)
             if end.tzinfo is None:
                 end = end.replace(tzinfo=_UTC)
-            hour = hour_of(start)
-            crossing = hour_of(end) != hour
-            model = "" if model is null or model is None else model
-            phase = "" if phase is null or phase is None else phase
-            tenant = "" if tenant is null or tenant is None else tenant
-            energy = None if energy is null else energy
-            u = None if u is null else u
+            stored = row[9]
+            if type(stored) is str:  # SQLite: the row holds the UTC text already
+                hour = stored[:13]
+                crossing = row[10][:13] != hour
+            else:
+                hour = hour_of(start)
+                crossing = hour_of(end) != hour
+            if model is null or model is None:
+                model = ""
+            if phase is null or phase is None:
+                phase = ""
+            if tenant is null or tenant is None:
+                tenant = ""
+            if energy is null:
+                energy = None
+            if u is null:
+                u = None
             duration = float(row[11] or 0.0)
             key = (run_id, hour, method, kind, model, phase, tenant, name)
-            side = (hour, kind, model, phase, tenant, name)
 
-            acc = hour_sums(key)
+            acc = hours.get(key)
+            if acc is None:
+                acc = hours[key] = [0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0, start, end]
             acc[0] += count
             acc[1] += duration
             if energy is not None:
@@ -198,29 +204,35 @@ class Summariser:
                 else:
                     acc[2] += energy
                     acc[3] += 1
-            if acc[8] is None or start < acc[8]:
+            if acc[8] is None or start < acc[8]:  # (None: a row that only took a child's ± J off)
                 acc[8] = start
             if acc[9] is None or end > acc[9]:
                 acc[9] = end
             # As a parent: what its children written before it contributed.
-            owned = run_id in runs
-            if owned:
-                waiting = self._get_pending(span_id, pending)
-                if waiting is not None:
-                    pending[span_id] = None
+            if run_id in runs:
+                if span_id in pending:
+                    waiting = pending[span_id]
+                    if waiting is not None:
+                        pending[span_id] = None
+                else:
+                    waiting = committed_pending.get(span_id)
+                    if waiting is not None:
+                        pending[span_id] = None
             else:
                 waiting = _merged(stored_children.get(span_id), batch_children.pop(span_id, None))
             if waiting is not None:
+                side = (hour, kind, model, phase, tenant, name)
                 for child_side, seconds in waiting[2].items():
                     k = (run_id, *child_side, *side)
                     nesting[k] = nesting.get(k, 0.0) + seconds
             own = None
             if u is not None:
                 own = u - waiting[1] if waiting is not None else u
-                own = own if own > 0.0 else 0.0
+                if own < 0.0:
+                    own = 0.0
                 acc[6] += own
                 acc[7] += 1
-            recent[span_id] = (key, side, own)
+            recent[span_id] = (key, own)
             if crossing:
                 crossings.append({
                     "run_id": run_id, "hour": hour, "method": method, "kind": kind, "model": model,
@@ -230,7 +242,8 @@ class Summariser:
             # Its devices (rows of span_id, device, energy_j, self_j, method, gap_s, self_device_s, u).
             n = len(s.devices)
             measured, recorded = int(energy is not None), int(u is not None)
-            for d in device_rows[at:at + n]:
+            for j in range(at, at + n):
+                d = device_rows[j]
                 dk = key + (d[1], d[4], measured, recorded)
                 dacc = devices.get(dk)
                 if dacc is None:
@@ -242,32 +255,37 @@ class Summariser:
                     dacc[3] += 1
             at += n
             # As a child: of its parent (time and ± J) and of the request its share is linked to (± J).
-            for target, nested in ((parent_id, True), (link_id, False)):
+            for target, nested in ((row[2], True), (row[27], False)):
                 if target is null or target is None:
                     continue
-                node = self._get_recent(target, recent) or looked_up.get(target)
+                node = recent.get(target) or committed_recent.get(target) or looked_up.get(target)
                 if node is not None:
-                    p_key, p_side, p_own = node
+                    p_key, p_own = node
                     if nested:
-                        k = (run_id, *side, *p_side)
+                        k = (run_id, hour, kind, model, phase, tenant, name, p_key[1], *p_key[3:])
                         nesting[k] = nesting.get(k, 0.0) + duration
                     if u is not None and p_own is not None:
                         left = p_own - u
-                        left = left if left > 0.0 else 0.0
+                        if left < 0.0:
+                            left = 0.0
                         if left != p_own:
-                            hour_sums(p_key)[6] += left - p_own
-                            recent[target] = (p_key, p_side, left)
+                            p_acc = hours.get(p_key)
+                            if p_acc is None:
+                                p_acc = hours[p_key] = [0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0, None, None]
+                            p_acc[6] += left - p_own
+                            recent[target] = (p_key, left)
                     continue
-                waiting_for = pending if owned else batch_children
+                owned = run_id in runs
                 waiting = self._get_pending(target, pending) if owned else batch_children.get(target)
                 if waiting is None:
                     waiting = (run_id, 0.0, {})
                 children_u = waiting[1] + (u if u is not None else 0.0)
                 durations = waiting[2]
                 if nested:
+                    side = (hour, kind, model, phase, tenant, name)
                     durations = dict(durations)
                     durations[side] = durations.get(side, 0.0) + duration
-                waiting_for[target] = (waiting[0], children_u, durations)
+                (pending if owned else batch_children)[target] = (waiting[0], children_u, durations)
 
         def write(conn) -> None:
             _upsert(conn, SpanHour.__table__, SUMMARY_KEY, _HOUR_SUMS,
@@ -306,7 +324,7 @@ class Summariser:
 
     def _look_up(self, conn, span_rows: Sequence[tuple], recent: dict, pending: dict) -> dict[str, tuple]:
         """Parents and linked requests of ``span_rows`` that are neither in this batch nor
-        remembered, from the ledger: span id -> (summary key, nesting side, own ± J left)."""
+        remembered, from the ledger: span id -> (summary key, own ± J left)."""
         from sqlalchemy import func, select, union_all
 
         batch = {row[0] for row in span_rows}
@@ -340,8 +358,7 @@ class Summariser:
                 own = None
                 if r.uncertainty_j is not None:
                     own = max(r.uncertainty_j - float(taken.get(r.span_id, 0.0)), 0.0)
-                node = ((r.run_id, hour, r.method, r.kind, model, phase, tenant, r.name),
-                        (hour, r.kind, model, phase, tenant, r.name), own)
+                node = ((r.run_id, hour, r.method, r.kind, model, phase, tenant, r.name), own)
                 found[r.span_id] = recent[r.span_id] = node
         return found
 
