@@ -208,10 +208,11 @@ def build_report(
     extra: Sequence[ExtraColumn] = (),
     accounting: Mapping[str, Any] | None = None,
     sci: str | None = None,
+    run: str | None = None,
 ) -> tuple[Summary, list[Column]]:
     """The report (from :func:`greenmaas.report.summary`) and the columns to show."""
     result = summary(ledger, by=by, since=since, until=until, model=model, extra_columns=extra,
-                     accounting=accounting or None, sci=sci)
+                     accounting=accounting or None, sci=sci, run=run)
     return result, report_columns(by, result.rows, extra, sci)
 
 
@@ -229,6 +230,8 @@ def build_report(
     "--until", type=DateParam(), help="Only spans starting before this UTC time (a date includes that day)."
 )
 @click.option("--model", help="Only this model's spans.")
+@click.option("--run", "run", metavar="ID|latest",
+              help="Only this run's spans and idle time (latest: the run that started last).")
 @accounting_options
 @click.option(
     "--sci",
@@ -251,7 +254,7 @@ def build_report(
     default=None,
     help="Write to FILE instead of standard output (eu-ai-act: JSON when FILE ends in .json).",
 )
-def report(ledger, by, since, until, model, sci, sources_only, fmt, output, **options):
+def report(ledger, by, since, until, model, run, sci, sources_only, fmt, output, **options):
     """Energy, carbon and cost per model, phase, run, day, request, tenant or span name.
 
     Nested spans are never double counted: each group sums its spans' own energy (children
@@ -269,6 +272,9 @@ def report(ledger, by, since, until, model, sci, sources_only, fmt, output, **op
     if overrides.get("hardware_prices"):
         _warn_unused_hardware_prices(ledger, overrides["hardware_prices"])
     if fmt in DOCUMENT_FORMATS:
+        if run is not None:
+            raise UserError(f"--run selects the rows of table, csv, json or markdown; {fmt} documents the whole "
+                            "selection (narrow it with --since, --until, --model)")
         if sources_only:
             raise UserError(f"--sources prints the sources as table, csv, json or markdown, not {fmt}")
         if fmt == "eu-ai-act" and output is not None and output.lower().endswith(".json"):
@@ -281,7 +287,7 @@ def report(ledger, by, since, until, model, sci, sources_only, fmt, output, **op
     with progress_steps("Reading the ledger", ("grouping and pricing",)) as step:
         step("grouping and pricing")
         result, columns = build_report(
-            ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci
+            ledger, by=by, since=since, until=until, model=model, accounting=overrides, sci=sci, run=run
         )
     if sources_only:
         _render_sources(result, fmt)
@@ -298,7 +304,7 @@ def report(ledger, by, since, until, model, sci, sources_only, fmt, output, **op
     elif fmt == "markdown":
         after = (model_cards(result) + "\n" if by == "model" else "") + sources_markdown(result)
     what = "Energy, carbon and cost" if result.priced else "Energy"
-    title = f"{what} by {by}" + (f" (model {model})" if model else "")
+    title = f"{what} by {by}" + (f" (model {model})" if model else "") + (f" (run {result.run})" if result.run else "")
     render(rows, columns, fmt, title=title, total_label="Total", after=after)
 
 

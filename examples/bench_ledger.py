@@ -283,6 +283,27 @@ def time_command(args: list[str], repeat: int) -> tuple[float, float, int]:
     return best, rss_kb / 1e6, size
 
 
+_IN_PROCESS = (
+    "import sys, time\n"
+    "from greenmaas.report import summary\n"
+    "import pandas, sqlalchemy\n"
+    "t = time.perf_counter()\n"
+    "summary(sys.argv[1], by=sys.argv[2], since=sys.argv[3] or None, until=sys.argv[4] or None)\n"
+    "print(time.perf_counter() - t)\n"
+)
+
+
+def time_in_process(target: Path | str, by: str, since: str, until: str, repeat: int) -> float:
+    """Best time (s) of the report's own work, ``summary()`` on a fresh interpreter with its imports
+    done (opening the ledger included), in a subprocess."""
+    best = float("inf")
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(target), by, since, until],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        best = min(best, float(out.stdout.strip().splitlines()[-1]))
+    return best
+
+
 def interpreter_floor(repeat: int) -> float:
     greenmaas = ROOT / ".venv" / "bin" / "greenmaas"
     best = float("inf")
@@ -298,12 +319,17 @@ def measure(target: Path | str, n: int, args, size: Callable[[], int], built: fl
     nbytes = size()
     row = {"spans": n, "build_s": built, "bytes_per_span": nbytes / n, "file_mb": nbytes / 1e6, "reports": {}}
     print(f"{n:,} spans: built in {built:.1f} s, {nbytes / n:.0f} bytes/span", flush=True)
-    for by in GROUPINGS:
-        row["reports"][f"--by {by}"] = time_command(["report", "--ledger", str(target), "--by", by], args.repeat)
-        print(f"  --by {by}: {row['reports'][f'--by {by}']}", flush=True)
+    day = (T0 + timedelta(days=1)).date().isoformat()
+    cases = [(by, "", "") for by in GROUPINGS] + [("model", day, day)]
+    for by, since, until in cases:
+        window = ["--since", since, "--until", until] if since else []
+        name = f"--by {by}" + (f" --since {since} --until {until}" if since else "")
+        t, rss, size = time_command(["report", "--ledger", str(target), "--by", by, *window], args.repeat)
+        row["reports"][name] = (t, rss, size, time_in_process(target, by, since, until, args.repeat))
+        print(f"  {name}: {row['reports'][name]}", flush=True)
     if n <= args.request_json_max:
         cmd = ["report", "--ledger", str(target), "--by", "request", "--format", "json"]
-        row["reports"]["--by request --format json"] = time_command(cmd, max(1, args.repeat - 1))
+        row["reports"]["--by request --format json"] = (*time_command(cmd, max(1, args.repeat - 1)), None)
         print(f"  --by request json: {row['reports']['--by request --format json']}", flush=True)
     return row
 
@@ -379,17 +405,18 @@ def write_report(out: Path, results: list[dict], rate: float, floor: float, args
         "",
         "Times are wall time of `greenmaas report ...` as a subprocess (interpreter start and imports "
         f"included: `greenmaas report --help` alone takes {floor:.2f} s here); peak RSS of that "
-        "process from `/usr/bin/time -v`.",
+        "process from `/usr/bin/time -v`. *Report work*: `summary()` alone, timed on a fresh "
+        "interpreter once its imports are done (opening the ledger included).",
         "",
-        "| backend | spans | command | time (s) | peak RSS (GB) | output (MB) |",
-        "|---|---:|---|---:|---:|---:|",
+        "| backend | spans | command | time (s) | report work (s) | peak RSS (GB) | output (MB) |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     backends = [("SQLite", results), ("PostgreSQL", pg_results)]
     for backend, rows in backends:
         for r in rows:
-            for cmd, (t, rss, size) in r["reports"].items():
-                lines.append(f"| {backend} | {r['spans']:,} | `greenmaas report {cmd}` | {t:.2f} | {rss:.2f} | "
-                             f"{size / 1e6:.1f} |")
+            for cmd, (t, rss, size, work) in r["reports"].items():
+                lines.append(f"| {backend} | {r['spans']:,} | `greenmaas report {cmd}` | {t:.2f} | "
+                             f"{'' if work is None else f'{work:.2f}'} | {rss:.2f} | {size / 1e6:.1f} |")
     lines += [
         "",
         "| backend | spans | stored (MB) | bytes per span | build via `Ledger.write` (s) |",

@@ -109,9 +109,9 @@ class Selection:
     runs: dict[str, dict[str, Any]]  # run_id -> config, devices, start, end, status, heartbeat
 
 
-def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
-    """The spans starting in ``[lo, hi)`` (of ``model``, if given), their devices and the runs'
-    configs; with ``idle``, the measured device windows in that period too. Not priced.
+def load_selection(ledger_or_url, lo, hi, model, *, idle: bool, run: str | None = None) -> Selection:
+    """The spans starting in ``[lo, hi)`` (of ``model`` and ``run``, if given), their devices and
+    the runs' configs; with ``idle``, the measured device windows in that period too. Not priced.
 
     Spans and windows carry their own ± J, ``self_uncertainty_j``, and ``uncertainty_source``
     (see the module doc)."""
@@ -122,7 +122,7 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
     from .ledger.liveness import run_status
     from .ledger.models import Run, Span, SpanDevice
 
-    conditions = []
+    conditions = [] if run is None else [Span.run_id == run]
     if lo is not None:
         conditions.append(Span.start >= lo)
     if hi is not None:
@@ -135,7 +135,7 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool) -> Selection:
         .join(Span, Span.span_id == SpanDevice.span_id)
         .where(*conditions)
     )
-    window_query = _window_query(lo, hi)
+    window_query = _window_query(lo, hi, run)
     run_query = select(
         Run.run_id, Run.config, Run.devices, Run.start, Run.end, Run.status, Run.host, Run.pid, Run.heartbeat
     )
@@ -374,10 +374,10 @@ def _price_selection(sel: Selection, sources: list[AccountingSource], index: dic
 
 
 def priced_selection(
-    ledger_or_url, lo, hi, model, *, idle: bool, accounting: Any
+    ledger_or_url, lo, hi, model, *, idle: bool, accounting: Any, run: str | None = None
 ) -> tuple[Selection, list[AccountingSource], dict[str, int]]:
     """:func:`load_selection`, priced: (selection, accounting sources, run_id -> source index)."""
-    sel = load_selection(ledger_or_url, lo, hi, model, idle=idle)
+    sel = load_selection(ledger_or_url, lo, hi, model, idle=idle, run=run)
     run_ids = sorted(set(sel.spans["run_id"]) | (set(sel.windows["run_id"]) if sel.windows is not None else set()))
     sources, index = _sources_for(sel.runs, run_ids, _resolve_accounting(accounting))
     _price_selection(sel, sources, index)
@@ -408,7 +408,8 @@ def priced_spans(
 
 
 
-def load_runs_and_windows(conn, lo, hi, *, idle: bool) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame | None"]:
+def load_runs_and_windows(conn, lo, hi, *, idle: bool,
+                          run: str | None = None) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame | None"]:
     """The runs (as :class:`Selection` holds them) and, with ``idle``, the measured device windows
     starting in ``[lo, hi)`` with their own ± J: what a report summed in SQL
     (:mod:`greenmaas.rollup`) still reads row by row. Not priced."""
@@ -430,7 +431,7 @@ def load_runs_and_windows(conn, lo, hi, *, idle: bool) -> tuple[dict[str, dict[s
     }
     if not idle:
         return runs, None
-    window_query = _window_query(lo, hi)
+    window_query = _window_query(lo, hi, run)
     windows = ledger_frame(conn.execute(window_query).all(), WINDOW_COLUMNS)
     # A window without times takes its run's.
     starts = pd.to_datetime(windows["run_id"].map({k: r["start"] for k, r in runs.items()}), utc=True)
@@ -454,9 +455,9 @@ def price_windows(windows: "pd.DataFrame", sources: list[AccountingSource], inde
     _price_selection(empty, sources, index)
 
 
-def _window_query(lo: Any, hi: Any) -> Any:
+def _window_query(lo: Any, hi: Any, run: str | None = None) -> Any:
     """Device-total windows of measured devices that start in [lo, hi) (a window without a
-    start takes its run's)."""
+    start takes its run's), of ``run`` where given."""
     from sqlalchemy import func, select
 
     from .ledger.models import DeviceTotal, Run
@@ -467,6 +468,8 @@ def _window_query(lo: Any, hi: Any) -> Any:
         .join(Run, Run.run_id == DeviceTotal.run_id)
         .where(DeviceTotal.method != UNMEASURABLE)
     )
+    if run is not None:
+        query = query.where(DeviceTotal.run_id == run)
     if lo is not None:
         query = query.where(when >= lo)
     if hi is not None:

@@ -164,6 +164,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     sci: str | None = None
     priced: bool = True
+    run: str | None = None  # the one run reported on (its id), when ``summary(run=...)`` chose one
 
     def to_dict(self) -> dict[str, Any]:
         """The sources, methods, period and notes, JSON-ready (rows are left out)."""
@@ -175,6 +176,7 @@ class Summary:
             "methods": self.methods,
             "sci": self.sci,
             "notes": self.notes,
+            **({"run": self.run} if self.run is not None else {}),
         }
 
     def to_frame(self) -> "pd.DataFrame":
@@ -206,6 +208,7 @@ def summary(
     accounting: Any = None,
     sci: str | None = None,
     in_sql: bool = True,
+    run: str | None = None,
 ) -> Summary:
     """Energy, carbon and cost per group, with the sources they rest on (see the module doc).
 
@@ -214,7 +217,9 @@ def summary(
     settings for every run (keys are :class:`~greenmaas.accounting.AccountingConfig` fields,
     values objects or the strings ``GREENMAAS_*`` take: ``{"location": "FR", "pue": "1.2"}``);
     an ``AccountingConfig`` replaces them all; False gives energy only. ``sci``: add SCI
-    columns per ``request``, ``token`` or ``sample``. Raises ConfigError, AccountingError.
+    columns per ``request``, ``token`` or ``sample``. ``run``: one run's spans and idle time
+    only (its id, or ``"latest"``: the run that started last). Raises ConfigError,
+    AccountingError.
 
     The ledger groups and sums the spans (:mod:`greenmaas.rollup`) unless ``extra_columns`` or
     ``sci`` need them one by one, or the accounting changes within an hour; ``in_sql=False``
@@ -230,18 +235,20 @@ def summary(
         raise ConfigError("SCI needs carbon: do not pass accounting=False with sci=")
     lo, hi = to_utc(since), to_utc(until, upper=True)
     idle = by in _IDLE_GROUPS and model is None
+    if run is not None:
+        run = _resolve_run(ledger_or_url, run)
     if in_sql and not extra_columns and sci is None and by != "request":
-        done = _summary_in_sql(ledger_or_url, by, lo, hi, model, idle, accounting)
+        done = _summary_in_sql(ledger_or_url, by, lo, hi, model, idle, accounting, run)
         if done is not None:
             return done
     if accounting is False:
-        sel = load_selection(ledger_or_url, lo, hi, model, idle=idle)
+        sel = load_selection(ledger_or_url, lo, hi, model, idle=idle, run=run)
         sources: list[AccountingSource] = []
     else:
-        sel, sources, _ = priced_selection(ledger_or_url, lo, hi, model, idle=idle, accounting=accounting)
+        sel, sources, _ = priced_selection(ledger_or_url, lo, hi, model, idle=idle, accounting=accounting, run=run)
     priced = accounting is not False
     market = any(s.config.market_intensity_g_per_kwh is not None for s in sources)
-    out = Summary(by=by, rows=[], sci=sci, priced=priced)
+    out = Summary(by=by, rows=[], sci=sci, priced=priced, run=run)
 
     spans = sel.spans
     spans["group"] = _group_keys(spans, by)
@@ -270,7 +277,7 @@ def summary(
         rows.append(row)
     out.rows = rows
     if by == "request":
-        _serving_columns(out, ledger_or_url, lo, hi, model)
+        _serving_columns(out, ledger_or_url, lo, hi, model, run)
     _note_stated(out)
     _note_unfinished(out, sel)
     _describe(out, sel, sources)
@@ -281,7 +288,24 @@ def summary(
 SERVING_COLUMNS = ("prompt_tokens", "output_tokens", "prefill_j", "decode_j", "j_per_output_token", "ttft_s")
 
 
-def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model) -> None:
+def _resolve_run(ledger_or_url: Any, run: str) -> str:
+    """``run`` as stored: ``latest`` is the run that started last. Raises ConfigError naming an
+    unknown run, or ``latest`` in a ledger without runs."""
+    from .analysis import opened
+    from .ledger import query
+
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        if run == "latest":
+            found = query.latest_run(conn)
+            if found is None:
+                raise ConfigError(f"{ledger.display}: no runs yet, so no latest run")
+            return found
+        if not query.run_exists(conn, run):
+            raise ConfigError(f"{ledger.display}: no run {run!r} (greenmaas runs lists them)")
+    return run
+
+
+def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model, run=None) -> None:
     """Add prompt and output tokens, prefill and decode J, J per output token and time to first
     token to each request row (None where not recorded; a time to first token only where the
     request ran in one run, whose clock both ends are on)."""
@@ -289,7 +313,7 @@ def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model) -> None:
     from .ledger import query
 
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        found = query.serving_requests(conn, lo, hi, model)
+        found = query.serving_requests(conn, lo, hi, model, run)
     per: dict[str, dict[str, Any]] = {}
     for r in found:
         d = per.setdefault(str(r.request_id), {"prompt_tokens": None, "output_tokens": None, "prefill_j": None,
@@ -582,7 +606,8 @@ def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> 
 # ----------------------------------------------------------------------------------- in SQL
 
 
-def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accounting: Any) -> Summary | None:
+def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accounting: Any,
+                    run: str | None = None) -> Summary | None:
     """:func:`summary` from sums the ledger computes (see :mod:`greenmaas.rollup`); None where
     the accounting needs pricing span by span."""
     import pandas as pd
@@ -593,7 +618,7 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
 
     priced = accounting is not False
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        runs, windows = load_runs_and_windows(conn, lo, hi, idle=idle)
+        runs, windows = load_runs_and_windows(conn, lo, hi, idle=idle, run=run)
         resolved = _resolve_accounting(accounting) if priced else None
         all_sources, all_index = _sources_for(runs, sorted(runs), resolved) if priced else ([], {})
         if priced and runs:
@@ -604,9 +629,9 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
             if not all(supported(src.config, lo_ns, hi_ns) for src in all_sources):
                 return None
         done = rollup(conn, by, NONE, lo, hi, model, runs, priced=priced, market=True,
-                      sources=all_sources, index=all_index)
+                      sources=all_sources, index=all_index, run=run)
 
-    out = Summary(by=by, rows=done.rows, sci=None, priced=priced)
+    out = Summary(by=by, rows=done.rows, sci=None, priced=priced, run=run)
     window_runs = set(windows["run_id"]) if windows is not None else set()
     sources: list[AccountingSource] = []
     index: dict[str, int] = {}

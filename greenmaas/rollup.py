@@ -99,10 +99,11 @@ def _utc(value: Any) -> datetime:
 
 
 def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, priced: bool, market: bool,
-           sources: list[AccountingSource] | None, index: dict[str, int] | None) -> Rollup:
+           sources: list[AccountingSource] | None, index: dict[str, int] | None, run: str | None = None) -> Rollup:
     """The report rows of the selected spans, grouped ``by`` (see the module doc).
 
-    ``sources``/``index`` (run_id -> source) price them; None with ``priced`` False. Read from
+    ``sources``/``index`` (run_id -> source) price them; None with ``priced`` False; ``run``
+    selects one run's spans. Read from
     the ledger's span summaries where the time filter falls on whole hours (it may, or be
     absent), else from the spans themselves; both give the same figures."""
     import numpy as np
@@ -120,7 +121,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     groups: dict[str, _Group] = {}
     methods: dict[str, dict[str, Any]] = {}
     cells = []  # (group, source index, hour, energy_j) for pricing
-    for r in read_spans(conn, by, none, lo, hi, model):
+    for r in read_spans(conn, by, none, lo, hi, model, run=run):
         g = groups.get(r.grp)
         if g is None:
             g = groups[r.grp] = _Group()
@@ -151,10 +152,10 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
             cells.append((r.grp, index[r.run_id], r.hour, r.energy_j))
 
     if summaries:  # their time counts every span: take off what nests in the same group
-        for grp, _run_id, seconds in query.summary_nested(conn, by, none, lo, hi, model):
+        for grp, _run_id, seconds in query.summary_nested(conn, by, none, lo, hi, model, run=run):
             groups[grp].duration_s -= seconds
     described = device_kinds(runs)
-    device_rows = list(read_devices(conn, by, none, lo, hi, model))
+    device_rows = list(read_devices(conn, by, none, lo, hi, model, run=run))
     kinds = _kinds(described, pd.Series([d.run_id for d in device_rows], dtype=object),
                    pd.Series([d.device for d in device_rows], dtype=object))
     for d, kind in zip(device_rows, kinds):
@@ -184,7 +185,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
                 _add_cost(g, src, h)
 
     if priced:
-        _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model)),
+        _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model, run=run)),
                       index, price, np)
 
     rows = []

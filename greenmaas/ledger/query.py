@@ -271,8 +271,8 @@ def own_uncertainty(s):
     return case((s.c.uncertainty_j.is_(None), null()), (own < 0.0, 0.0), else_=own)
 
 
-def _selection(s, lo, hi, model):
-    conditions = []
+def _selection(s, lo, hi, model, run=None):
+    conditions = [] if run is None else [s.c.run_id == run]
     if lo is not None:
         conditions.append(s.c.start >= lo)
     if hi is not None:
@@ -282,7 +282,7 @@ def _selection(s, lo, hi, model):
     return conditions
 
 
-def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> Iterable[Any]:
+def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> Iterable[Any]:
     """Spans starting in ``[lo, hi)`` (of ``model``), summed per group, run, method and hour.
 
     Rows of ``group, run_id, method, hour, spans, duration_s, energy_j, energy_n, own_u, own_u_n,
@@ -295,9 +295,9 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> Iter
     """
     s = Span.__table__.alias("s")
     p = Span.__table__.alias("p")
-    conditions = _selection(s, lo, hi, model)
+    conditions = _selection(s, lo, hi, model, run)
     g, hour, own_u = group_key(s, by, none), _hour(s), own_uncertainty(s)
-    parent_selected = and_(p.c.span_id == s.c.parent_id, *_selection(p, lo, hi, model))
+    parent_selected = and_(p.c.span_id == s.c.parent_id, *_selection(p, lo, hi, model, run))
     top = case((and_(p.c.span_id.is_not(None), group_key(p, by, none) == g), 0.0), else_=s.c.duration_s)
     query = (
         select(
@@ -315,18 +315,18 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> Iter
     return conn.execute(query)
 
 
-def rollup_crossing(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+def rollup_crossing(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> list[Any]:
     """The selected spans that cross an hour, which are priced one by one: rows of ``group,
     run_id, start, end, energy_j`` (``self_energy_j``)."""
     s = Span.__table__.alias("s")
-    conditions = _selection(s, lo, hi, model)
+    conditions = _selection(s, lo, hi, model, run)
     query = select(group_key(s, by, none), s.c.run_id, s.c.start, s.c.end, s.c.self_energy_j).where(
         *conditions, utc_text(s.c.start, 13) != utc_text(s.c.end, 13)
     )
     return conn.execute(query).all()
 
 
-def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> Iterable[Any]:
+def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> Iterable[Any]:
     """The selected spans' devices, summed per group, run, device, the device's method, the
     span's method and whether the span's energy and ± J were recorded.
 
@@ -337,7 +337,7 @@ def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> It
     """
     s = Span.__table__.alias("s")
     d = SpanDevice.__table__
-    conditions = _selection(s, lo, hi, model)
+    conditions = _selection(s, lo, hi, model, run)
     g = group_key(s, by, none)
     measured = case((s.c.self_energy_j.is_(None), 0), else_=1)
     recorded = case((s.c.uncertainty_j.is_(None), 0), else_=1)
@@ -369,11 +369,11 @@ def summaries_apply(lo, hi) -> bool:
     return all(t is None or (t.minute == 0 and t.second == 0 and t.microsecond == 0) for t in (lo, hi))
 
 
-def _summary_selection(table, lo, hi, model, prefix: str = "") -> list:
+def _summary_selection(table, lo, hi, model, prefix: str = "", run=None) -> list:
     from .summary import hour_of
 
     hour = table.c[f"{prefix}hour"]
-    conditions = []
+    conditions = [] if run is None else [table.c.run_id == run]
     if lo is not None:
         conditions.append(hour >= hour_of(lo))
     if hi is not None:
@@ -383,13 +383,13 @@ def _summary_selection(table, lo, hi, model, prefix: str = "") -> list:
     return conditions
 
 
-def summary_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+def summary_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> list[Any]:
     """:func:`rollup_spans` from the summaries, except ``duration_s``, which sums every span's
     time (:func:`summary_nested` gives what to take off). Crossing spans' energy comes in rows
     of their own (``hour`` NULL, ``spans`` 0)."""
     h = SpanHour.__table__
     g = group_key(h, by, none)
-    conditions = _summary_selection(h, lo, hi, model)
+    conditions = _summary_selection(h, lo, hi, model, run=run)
     within = (
         select(
             g.label("grp"), h.c.run_id, h.c.method, h.c.hour.label("hour"), func.sum(h.c.spans).label("spans"),
@@ -414,30 +414,30 @@ def summary_spans(conn, by: str, none: str, lo=None, hi=None, model=None) -> lis
     return conn.execute(within).all() + conn.execute(across).all()
 
 
-def summary_nested(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+def summary_nested(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> list[Any]:
     """Time of the selected spans whose parent is selected too and in the same group, which the
     group's time does not count again: rows of ``group, run_id, duration_s``."""
     n = SpanNesting.__table__
     child, parent = group_key(n, by, none, "c_"), group_key(n, by, none, "p_")
     query = (
         select(child.label("grp"), n.c.run_id, func.sum(n.c.duration_s))
-        .where(*_summary_selection(n, lo, hi, model, "c_"), *_summary_selection(n, lo, hi, model, "p_"),
+        .where(*_summary_selection(n, lo, hi, model, "c_", run), *_summary_selection(n, lo, hi, model, "p_"),
                child == parent)
         .group_by(child, n.c.run_id)
     )
     return conn.execute(query).all()
 
 
-def summary_crossing(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+def summary_crossing(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> list[Any]:
     """:func:`rollup_crossing` from the summaries."""
     c = SpanCrossing.__table__
     query = select(group_key(c, by, none), c.c.run_id, c.c.start, c.c.end, c.c.energy_j).where(
-        *_summary_selection(c, lo, hi, model)
+        *_summary_selection(c, lo, hi, model, run=run)
     )
     return conn.execute(query).all()
 
 
-def summary_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> list[Any]:
+def summary_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> list[Any]:
     """:func:`rollup_devices` from the summaries."""
     d = SpanHourDevice.__table__
     g = group_key(d, by, none)
@@ -449,7 +449,7 @@ def summary_devices(conn, by: str, none: str, lo=None, hi=None, model=None) -> l
             func.sum(d.c.device_s).label("device_s"), func.sum(d.c.stated_j).label("stated_j"),
             func.sum(d.c.stated_n).label("stated_n"),
         )
-        .where(*_summary_selection(d, lo, hi, model))
+        .where(*_summary_selection(d, lo, hi, model, run=run))
         .group_by(*grouping)
     )
     return conn.execute(query).all()
@@ -470,14 +470,14 @@ def serving_iterations(conn, name: str, run_id: str | None = None, model: str | 
     return conn.execute(query).all()
 
 
-def serving_requests(conn, lo=None, hi=None, model=None) -> list[Any]:
+def serving_requests(conn, lo=None, hi=None, model=None, run=None) -> list[Any]:
     """Per request and run, what serving recorded for it (:mod:`greenmaas.serving`), from the
     selected spans: rows of ``request_id, run_id, prompt_tokens, output_tokens, prefill_j,
     decode_j, start_mono, first_token_mono``. Prompt and output tokens are the request span's;
     prefill and decode joules sum its shares named so; ``first_token_mono`` is the end of its last
     prefill share (monotonic s of the run, as is ``start_mono``, the request span's start)."""
     s = Span.__table__.alias("s")
-    conditions = _selection(s, lo, hi, model)
+    conditions = _selection(s, lo, hi, model, run)
     is_request = s.c.kind == "request"
     is_share = s.c.kind == "share"
 

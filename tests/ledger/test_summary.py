@@ -271,3 +271,14 @@ def test_postgresql_keeps_the_same_summaries(postgres_url):
     for name in ("span_hours", "span_hour_devices", "span_nesting"):
         assert set(kept[name]) == set(afresh[name]), name
         _close(kept[name], afresh[name], name)
+
+
+@pytest.mark.parametrize("by", ["model", "phase", "run", "tenant"])
+def test_one_run_alone_agrees_and_leaves_the_other_out(written, by):
+    path = written["finish", "one ledger"]
+    for run in ("r1", "r2"):
+        _agree(path, by=by, run=run, accounting=ACCOUNTING)
+        _agree(path, by=by, run=run, since=T0.replace(minute=0) + timedelta(hours=2), accounting=False)
+    rows = summary(path, by="run", run="r2", accounting=False).rows
+    assert [r["group"] for r in rows] == ["r2"]
+    assert summary(path, by="model", run="latest").run in ("r1", "r2")
