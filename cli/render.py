@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import click
 
-__all__ = ["Column", "render", "format_value", "write_document", "output_to", "progress_steps"]
+__all__ = ["Column", "render", "render_stream", "format_value", "write_document", "output_to", "progress_steps"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,27 @@ def render(
             out.write(after.rstrip("\n") + "\n")
         return
     raise click.UsageError(f"unknown format {fmt!r}")
+
+
+def render_stream(rows: Iterator[dict], columns: Sequence[Column], fmt: str) -> None:
+    """Write ``rows`` to stdout as CSV or JSON as they come, holding none of them: the same keys
+    and values as :func:`render`; JSON is one array with an object per line."""
+    out = sys.stdout
+    raw = [c.key for c in columns if c.value is None and c.show != "human"]
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(raw)
+        for r in rows:
+            writer.writerow(["" if r.get(k) is None else _csv_value(r.get(k)) for k in raw])
+        return
+    if fmt != "json":
+        raise click.UsageError(f"rows cannot be streamed as {fmt!r}")
+    encode = json.JSONEncoder(default=_json_default).encode
+    separator = "[\n  "
+    for r in rows:
+        out.write(separator + encode({k: r.get(k) for k in raw}))
+        separator = ",\n  "
+    out.write("[]\n" if separator.startswith("[") else "\n]\n")
 
 
 def _csv_value(value: Any) -> Any:

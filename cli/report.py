@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from itertools import chain
 from typing import Any, Mapping, Sequence
 
 import click
 
 from greenmaas.errors import GreenmaasError
 from greenmaas.period import to_utc
-from greenmaas.report import GROUPS, SCI_UNITS, ExtraColumn, Summary, summary
+from greenmaas.report import GROUPS, SCI_UNITS, ExtraColumn, Summary, request_rows, summary
 
 from .options import (
     ACCOUNTING_OPTIONS,
@@ -38,7 +39,7 @@ from .options import (
     format_option,
     ledger_option,
 )
-from .render import Column, output_to, progress_steps, render, write_document
+from .render import Column, output_to, progress_steps, render, render_stream, write_document
 
 __all__ = ["report", "build_report", "report_columns", "accounting_overrides", "DOCUMENT_FORMATS"]
 
@@ -284,6 +285,14 @@ def report(ledger, by, since, until, model, run, sci, sources_only, fmt, output,
         return
     if output is not None:
         click.get_current_context().with_resource(output_to(output))
+    if by == "request" and fmt in ("csv", "json") and sci is None and not sources_only:
+        # A row per request: written as they are computed, a page of requests at a time, in
+        # request id order (then the spans of no request, then idle), so memory stays bounded.
+        rows = request_rows(ledger, since=since, until=until, model=model, run=run, accounting=overrides or None)
+        first = next(rows, None)
+        columns = report_columns(by, [first] if first is not None else [])
+        render_stream(chain([first] if first is not None else [], rows), columns, fmt)
+        return
     with progress_steps("Reading the ledger", ("grouping and pricing",)) as step:
         step("grouping and pricing")
         result, columns = build_report(

@@ -53,7 +53,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import ConfigError
 from .listings import list_runs, totals
@@ -110,8 +110,10 @@ _GROUP_COLUMN = {
     "tenant": "tenant",
     "name": "name",
 }
-# Idle energy belongs to no request and no span name; for these it would only mislead.
-_IDLE_GROUPS = frozenset({"model", "phase", "run", "day", "tenant"})
+# Every grouping ends with the (idle) line (left out when a model is chosen): spans + idle = what
+# the devices used. Idle energy belongs to no request or span name; the line is there so that
+# the rows add up (billing per request reconciles with the meter).
+_IDLE_GROUPS = frozenset({"model", "phase", "run", "day", "tenant", "name", "request"})
 _J_PER_KWH = 3.6e6
 #: Priced columns, per span and per row.
 _MONEY = ("energy_cost", "hardware_cost", "cost")
@@ -313,7 +315,11 @@ def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model, run=None) 
     from .ledger import query
 
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        found = query.serving_requests(conn, lo, hi, model, run)
+        _add_serving(out.rows, query.serving_requests(conn, lo, hi, model, run))
+
+
+def _add_serving(rows: list[dict[str, Any]], found: Iterable[Any]) -> None:
+    """:func:`_serving_columns` on ``rows``, from what :func:`~greenmaas.ledger.query.serving_requests` found."""
     per: dict[str, dict[str, Any]] = {}
     for r in found:
         d = per.setdefault(str(r.request_id), {"prompt_tokens": None, "output_tokens": None, "prefill_j": None,
@@ -325,7 +331,7 @@ def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model, run=None) 
                 d[k] = (d[k] or 0) + (int(v) if k.endswith("tokens") else float(v))
         if r.first_token_mono is not None and r.start_mono is not None:
             d["ttft_s"] = float(r.first_token_mono) - float(r.start_mono)
-    for row in out.rows:
+    for row in rows:
         got = per.get(row["group"])
         if got is None:
             row.update({k: None for k in SERVING_COLUMNS})
@@ -335,6 +341,80 @@ def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model, run=None) 
         tokens, energy = got["output_tokens"], row.get("energy_j")
         row.update({k: got[k] for k in SERVING_COLUMNS if k != "j_per_output_token"})
         row["j_per_output_token"] = energy / tokens if tokens and energy is not None else None
+
+
+def request_rows(
+    ledger_or_url: Ledger | str | os.PathLike | None = None,
+    *,
+    since: date | datetime | str | None = None,
+    until: date | datetime | str | None = None,
+    model: str | None = None,
+    run: str | None = None,
+    accounting: Any = None,
+    page: int = 20_000,
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``summary(by="request", ...)``, computed and given a page of ``page``
+    request ids at a time, so that memory does not grow with the ledger: in request id order,
+    then the spans of no request (``(none)``) and the ``(idle)`` line (left out with ``model``).
+
+    The same figures as :func:`summary` (which sorts them by energy); where the accounting
+    changes within an hour, it is :func:`summary`'s rows, sorted by request id.
+    """
+    from .analysis import opened
+    from .ledger import query
+    from .pricing import _resolve_accounting, _sources_for, load_runs_and_windows, price_windows
+    from .reporting.requests import page_rows
+    from .rollup import supported
+
+    import pandas as pd
+
+    lo, hi = to_utc(since), to_utc(until, upper=True)
+    if run is not None:
+        run = _resolve_run(ledger_or_url, run)
+    priced = accounting is not False
+    idle = model is None
+    with opened(ledger_or_url) as ledger, ledger.read() as conn:
+        runs, windows = load_runs_and_windows(conn, lo, hi, idle=idle, run=run)
+        resolved = _resolve_accounting(accounting) if priced else None
+        sources, index = _sources_for(runs, sorted(runs), resolved) if priced else ([], {})
+        if priced and runs:
+            starts = [r["start"] for r in runs.values() if r["start"] is not None]
+            ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
+            lo_ns = int(pd.Timestamp(min(starts)).value) - 86_400 * 10**9
+            hi_ns = int(pd.Timestamp(max(ends)).value) + 86_400 * 10**9
+            if not all(supported(src.config, lo_ns, hi_ns) for src in sources):
+                rows = summary(ledger, by="request", since=since, until=until, model=model, run=run,
+                               accounting=accounting).rows
+                idle_rows = [r for r in rows if r["group"] == IDLE]
+                yield from sorted((r for r in rows if r["group"] not in (IDLE, NONE)), key=lambda r: str(r["group"]))
+                yield from (r for r in rows if r["group"] == NONE)
+                yield from idle_rows
+                return
+        used = query.runs_with_spans(conn, lo, hi, model, run)
+        market = any(sources[index[r]].config.market_intensity_g_per_kwh is not None for r in used if r in index)
+
+        def rows_of(requests) -> list[dict[str, Any]]:
+            rows = page_rows(conn, NONE, lo, hi, model, run, requests, runs, priced=priced, sources=sources,
+                             index=index)
+            for r in rows if priced and not market else ():
+                del r["carbon_market_g"]
+            _add_serving(rows, query.serving_requests(conn, lo, hi, model, run, requests))
+            return rows
+
+        for first, last in query.request_pages(conn, page, lo, hi, model, run):
+            yield from rows_of((first, last))
+        yield from rows_of(query.NO_REQUEST)
+    if windows is not None and len(windows):
+        used_runs = sorted(set(windows["run_id"]))
+        window_sources, window_index = _sources_for(runs, used_runs, resolved) if priced else ([], {})
+        if priced:
+            price_windows(windows, window_sources, window_index)
+        w = windows.assign(self_energy_j=windows["idle_j"], top_duration_s=0.0, request_id=None)
+        out = Summary(by="request", rows=[], priced=priced)
+        (row,) = _rows(w, pd.Series(IDLE, index=w.index), priced=priced, market=market, extra=[], sci=None,
+                       out=out, idle=True)
+        row.update({k: None for k in SERVING_COLUMNS})
+        yield row
 
 
 def _note_unfinished(out: Summary, sel: Selection) -> None:

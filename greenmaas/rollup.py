@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .pricing import RECORDED, STATED, AccountingSource, device_kinds
 from .sources.base import METHOD_UNCERTAINTY, method_rank
@@ -99,13 +99,16 @@ def _utc(value: Any) -> datetime:
 
 
 def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, priced: bool, market: bool,
-           sources: list[AccountingSource] | None, index: dict[str, int] | None, run: str | None = None) -> Rollup:
+           sources: list[AccountingSource] | None, index: dict[str, int] | None, run: str | None = None,
+           requests: Any = None, facts: bool = True) -> Rollup:
     """The report rows of the selected spans, grouped ``by`` (see the module doc).
 
     ``sources``/``index`` (run_id -> source) price them; None with ``priced`` False; ``run``
-    selects one run's spans. Read from
+    selects one run's spans, ``requests`` a range of request ids (see
+    :func:`greenmaas.ledger.query.rollup_spans`; never from the summaries). Read from
     the ledger's span summaries where the time filter falls on whole hours (it may, or be
-    absent), else from the spans themselves; both give the same figures."""
+    absent), else from the spans themselves; both give the same figures. Without ``facts``, the
+    rows alone (no period, per-group facts or devices: a report by request, page by page)."""
     import numpy as np
     import pandas as pd
 
@@ -113,7 +116,10 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     from .ledger import query
     from .pricing import _kinds
 
-    summaries = query.summaries_apply(lo, hi)
+    summaries = requests is None and query.summaries_apply(lo, hi)
+    read_spans: Callable[..., Any]
+    read_devices: Callable[..., Any]
+    read_crossing: Callable[..., Any]
     if summaries:
         read_spans, read_devices, read_crossing = query.summary_spans, query.summary_devices, query.summary_crossing
     else:
@@ -121,7 +127,9 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     groups: dict[str, _Group] = {}
     methods: dict[str, dict[str, Any]] = {}
     cells = []  # (group, source index, hour, energy_j) for pricing
-    for r in read_spans(conn, by, none, lo, hi, model, run=run):
+    narrow: dict[str, Any] = {} if summaries else {"requests": requests, "bounds": facts}
+    ranks: dict[str, int] = {}
+    for r in read_spans(conn, by, none, lo, hi, model, run=run, **narrow):
         g = groups.get(r.grp)
         if g is None:
             g = groups[r.grp] = _Group()
@@ -130,15 +138,18 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         if r.energy_n:
             g.energy_j += r.energy_j
             g.energy_n += r.energy_n
-        rank = method_rank(r.method)
+        rank = ranks.get(r.method)
+        if rank is None:
+            rank = ranks[r.method] = method_rank(r.method)
         if rank > g.rank:
             g.rank, g.method = rank, r.method
         if r.own_u_n:
             g.u += r.own_u
             g.recorded = True
-        first, last = _utc(r.first), _utc(r.last)
-        g.first = first if g.first is None else min(g.first, first)
-        g.last = last if g.last is None else max(g.last, last)
+        if facts:
+            first, last = _utc(r.first), _utc(r.last)
+            g.first = first if g.first is None else min(g.first, first)
+            g.last = last if g.last is None else max(g.last, last)
         g.runs.add(r.run_id)
         g.methods.add(r.method)
         m = methods.setdefault(r.method, {"spans": 0, "energy_j": None, "uncertainty_j": None})
@@ -155,12 +166,12 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         for grp, _run_id, seconds in query.summary_nested(conn, by, none, lo, hi, model, run=run):
             groups[grp].duration_s -= seconds
     described = device_kinds(runs)
-    device_rows = list(read_devices(conn, by, none, lo, hi, model, run=run))
+    device_rows = list(read_devices(conn, by, none, lo, hi, model, run=run, **narrow))
     kinds = _kinds(described, pd.Series([d.run_id for d in device_rows], dtype=object),
                    pd.Series([d.device for d in device_rows], dtype=object))
     for d, kind in zip(device_rows, kinds):
         g = groups[d.grp]
-        if (d.run_id, d.device) not in g.devices:
+        if facts and (d.run_id, d.device) not in g.devices:
             g.devices.append((d.run_id, d.device))
         fraction = METHOD_UNCERTAINTY.get(d.method)
         if d.stated_n and fraction is not None:
@@ -185,7 +196,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
                 _add_cost(g, src, h)
 
     if priced:
-        _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model, run=run)),
+        _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model, run=run, **narrow)),
                       index, price, np)
 
     rows = []
@@ -215,16 +226,18 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
                 row["cost"], row["currency"] = None, None
         rows.append(row)
 
+    run_ids = {r for g in groups.values() for r in g.runs}
+    if not facts:
+        return Rollup(rows, run_ids, methods, (None, None), {}, set(kinds))
     period_first = min((g.first for g in groups.values() if g.first), default=None)
     period_last = max((g.last for g in groups.values() if g.last), default=None)
-    facts = {
+    described_groups = {
         str(key): {"methods": sorted(g.methods, key=method_rank),
                    "devices": _device_names(g.devices, described), "runs": sorted(g.runs),
                    "first": g.first, "last": g.last}
         for key, g in groups.items()
     }
-    run_ids = {r for g in groups.values() for r in g.runs}
-    return Rollup(rows, run_ids, methods, (period_first, period_last), facts, set(kinds))
+    return Rollup(rows, run_ids, methods, (period_first, period_last), described_groups, set(kinds))
 
 
 def _device_names(devices: list[tuple[str, str]], described: dict) -> list[str]:

@@ -97,10 +97,14 @@ def test_by_phase_tenant_request_name_and_run(led):
     assert tenants[led.pseudonymise("acme")] == (1, 10.0, 200.0)
     assert tenants[NONE] == (4, 101.0, 1010.0) and IDLE in tenants
     requests = table(summarize(led, by="request"))
-    assert requests["req-1"] == (1, 10.0, 200.0) and IDLE not in requests  # idle has no request
+    # Idle energy belongs to no request or name, yet every grouping ends with it: rows add up to
+    # what the devices used (spans + idle = total), per request as per model.
+    assert requests["req-1"] == (1, 10.0, 200.0) and requests[IDLE] == (0, 0.0, 320.0)
     names = table(summarize(led, by="name"))
     assert names["step"] == (2, 90.0, 900.0) and names["epoch"] == (1, 100.0, 100.0)
-    assert IDLE not in names
+    assert names[IDLE] == (0, 0.0, 320.0)
+    for grouping in (requests, names):
+        assert sum(energy for _, _, energy in grouping.values()) == pytest.approx(1260.0 + 320.0)
     assert table(summarize(led, by="run")) == {"r1": (6, 116.0, 1260.0), IDLE: (0, 0.0, 320.0)}
 
 
@@ -527,7 +531,8 @@ def test_uncertainty_sums_each_spans_own_share_like_energy(measured):
     assert rows[IDLE]["uncertainty_j"] == pytest.approx(4.0)  # the windows' recorded ± J
     assert {r["uncertainty_source"] for r in rows.values()} == {"recorded"}
     assert rows["bert"]["method"] == rows[IDLE]["method"] == "counter"
-    by_kind = {r["group"]: r["uncertainty_j"] for r in summarize(measured, by="name", accounting=False)}
+    by_kind = {r["group"]: r["uncertainty_j"] for r in summarize(measured, by="name", accounting=False)
+               if r["group"] != IDLE}
     assert sum(by_kind.values()) == pytest.approx(13.0)
     assert not any("stated" in n for n in summary(measured, accounting=False).notes)
 

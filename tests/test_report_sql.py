@@ -131,3 +131,29 @@ def test_accounting_changing_within_an_hour_is_priced_span_by_span(tmp_path):
                          lo, hi)
     assert supported(AccountingConfig(location="FR", tariff="0.3EUR/kWh@08-20,0.1EUR/kWh,tz=Europe/Paris"),
                      lo, hi)
+
+
+@pytest.mark.parametrize("accounting", [None, False, {"pue": "1.1", "embodied": "gpu=100kg/3y"}])
+def test_requests_page_by_page_agree_with_the_report_by_request(ledger, accounting):
+    """Two currencies (a request spread over both runs is ``mixed``), nested spans, batch shares,
+    unmeasured spans, stated and recorded ± J, crossing hours: the paged rows are the report's."""
+    from greenmaas.report import request_rows
+
+    reference = {r["group"]: r for r in summary(ledger, by="request", accounting=accounting).rows}
+    for page in (1, 13, 10_000):
+        paged = list(request_rows(ledger, accounting=accounting, page=page))
+        assert len(paged) == len(reference)
+        _same({r["group"]: r for r in paged}, reference, f"page={page}")
+    if accounting is None:
+        assert any(r.get("currency") == "mixed" for r in reference.values())
+
+
+def test_requests_under_accounting_that_changes_within_an_hour(tmp_path, ledger):
+    from greenmaas.report import request_rows
+
+    csv = tmp_path / "half.csv"
+    csv.write_text("timestamp,gco2_per_kwh\n" + "".join(
+        f"{(T0 + timedelta(minutes=30 * h)):%Y-%m-%dT%H:%M:%SZ},{100 + 7 * h}\n" for h in range(-4, 40)))
+    accounting = {"series": str(csv)}
+    reference = {r["group"]: r for r in summary(ledger, by="request", accounting=accounting).rows}
+    _same({r["group"]: r for r in request_rows(ledger, accounting=accounting)}, reference)

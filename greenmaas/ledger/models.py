@@ -134,6 +134,8 @@ class Span(Base):
     __table_args__ = (
         Index("ix_spans_parent_id", "parent_id", "uncertainty_j"),
         Index("ix_spans_link_id", "link_id", "uncertainty_j"),
+        # Schema 4. A report by request reads its spans a page of request ids at a time.
+        Index("ix_spans_request_id", "request_id"),
     )
 
     span_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sqlalchemy import Integer, String, and_, case, func, literal, null, select, union_all
+from sqlalchemy import Integer, String, and_, case, func, literal, null, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -32,6 +32,9 @@ __all__ = [
     "rollup_crossing",
     "rollup_devices",
     "summaries_apply",
+    "NO_REQUEST",
+    "request_pages",
+    "runs_with_spans",
     "summary_spans",
     "summary_nested",
     "summary_crossing",
@@ -271,8 +274,21 @@ def own_uncertainty(s):
     return case((s.c.uncertainty_j.is_(None), null()), (own < 0.0, 0.0), else_=own)
 
 
-def _selection(s, lo, hi, model, run=None):
+#: ``requests=`` of the span selections below: the spans of no request (the ``(none)`` group).
+NO_REQUEST = "(no request)"
+
+
+def _selection(s, lo, hi, model, run=None, requests=None):
+    """Conditions selecting spans of ``s`` starting in ``[lo, hi)``, of ``model`` and ``run``,
+    and of request ids in ``requests`` (an inclusive range ``(first, last)``, or
+    :data:`NO_REQUEST`), each where given."""
     conditions = [] if run is None else [s.c.run_id == run]
+    if requests is not None:
+        column = s.c.request_id
+        if requests == NO_REQUEST:
+            conditions.append(or_(column.is_(None), column == ""))
+        else:
+            conditions += [column >= requests[0], column <= requests[1]]
     if lo is not None:
         conditions.append(s.c.start >= lo)
     if hi is not None:
@@ -282,7 +298,8 @@ def _selection(s, lo, hi, model, run=None):
     return conditions
 
 
-def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> Iterable[Any]:
+def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=None, requests=None,
+                 bounds: bool = True) -> Any:
     """Spans starting in ``[lo, hi)`` (of ``model``), summed per group, run, method and hour.
 
     Rows of ``group, run_id, method, hour, spans, duration_s, energy_j, energy_n, own_u, own_u_n,
@@ -295,17 +312,18 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=Non
     """
     s = Span.__table__.alias("s")
     p = Span.__table__.alias("p")
-    conditions = _selection(s, lo, hi, model, run)
+    conditions = _selection(s, lo, hi, model, run, requests)
     g, hour, own_u = group_key(s, by, none), _hour(s), own_uncertainty(s)
-    parent_selected = and_(p.c.span_id == s.c.parent_id, *_selection(p, lo, hi, model, run))
+    parent_selected = and_(p.c.span_id == s.c.parent_id, *_selection(p, lo, hi, model, run, requests))
     top = case((and_(p.c.span_id.is_not(None), group_key(p, by, none) == g), 0.0), else_=s.c.duration_s)
     query = (
         select(
             g.label("grp"), s.c.run_id, s.c.method, hour.label("hour"), spans_counted(s).label("spans"),
             func.sum(top).label("duration_s"), func.sum(s.c.self_energy_j).label("energy_j"),
             func.count(s.c.self_energy_j).label("energy_n"), func.sum(own_u).label("own_u"),
-            func.count(s.c.uncertainty_j).label("own_u_n"), func.min(s.c.start).label("first"),
-            func.max(s.c.end).label("last"),
+            func.count(s.c.uncertainty_j).label("own_u_n"),
+            (func.min(s.c.start) if bounds else null()).label("first"),
+            (func.max(s.c.end) if bounds else null()).label("last"),
         )
         .select_from(s.outerjoin(p, parent_selected))
         .where(*conditions)
@@ -315,18 +333,20 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=Non
     return conn.execute(query)
 
 
-def rollup_crossing(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> list[Any]:
+def rollup_crossing(conn, by: str, none: str, lo=None, hi=None, model=None, run=None, requests=None,
+                    bounds=True) -> list[Any]:
     """The selected spans that cross an hour, which are priced one by one: rows of ``group,
     run_id, start, end, energy_j`` (``self_energy_j``)."""
     s = Span.__table__.alias("s")
-    conditions = _selection(s, lo, hi, model, run)
+    conditions = _selection(s, lo, hi, model, run, requests)
     query = select(group_key(s, by, none), s.c.run_id, s.c.start, s.c.end, s.c.self_energy_j).where(
         *conditions, utc_text(s.c.start, 13) != utc_text(s.c.end, 13)
     )
     return conn.execute(query).all()
 
 
-def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=None) -> Iterable[Any]:
+def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=None, requests=None,
+                   bounds=True) -> Any:
     """The selected spans' devices, summed per group, run, device, the device's method, the
     span's method and whether the span's energy and ± J were recorded.
 
@@ -337,7 +357,7 @@ def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=N
     """
     s = Span.__table__.alias("s")
     d = SpanDevice.__table__
-    conditions = _selection(s, lo, hi, model, run)
+    conditions = _selection(s, lo, hi, model, run, requests)
     g = group_key(s, by, none)
     measured = case((s.c.self_energy_j.is_(None), 0), else_=1)
     recorded = case((s.c.uncertainty_j.is_(None), 0), else_=1)
@@ -354,6 +374,29 @@ def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=N
         .group_by(g, s.c.run_id, d.c.device, d.c.method, s.c.method, measured, recorded)
     )
     return conn.execute(query)
+
+
+def runs_with_spans(conn, lo=None, hi=None, model=None, run=None) -> list[str]:
+    """The runs that have selected spans."""
+    s = Span.__table__
+    query = select(s.c.run_id).where(*_selection(s, lo, hi, model, run)).group_by(s.c.run_id)
+    return list(conn.execute(query).scalars())
+
+
+def request_pages(conn, size: int, lo=None, hi=None, model=None, run=None) -> Iterable[tuple[str, str]]:
+    """The request ids of the selected spans in order, ``size`` at a time: ``(first, last)`` of
+    each page (read through the request id index, a page at a time)."""
+    s = Span.__table__
+    last = None
+    while True:
+        query = select(s.c.request_id).where(*_selection(s, lo, hi, model, run), s.c.request_id != "")
+        if last is not None:
+            query = query.where(s.c.request_id > last)
+        ids = conn.execute(query.group_by(s.c.request_id).order_by(s.c.request_id).limit(size)).scalars().all()
+        if not ids:
+            return
+        yield ids[0], ids[-1]
+        last = ids[-1]
 
 
 # ------------------------------------------------------------------------------ from the summaries
@@ -470,14 +513,14 @@ def serving_iterations(conn, name: str, run_id: str | None = None, model: str | 
     return conn.execute(query).all()
 
 
-def serving_requests(conn, lo=None, hi=None, model=None, run=None) -> list[Any]:
+def serving_requests(conn, lo=None, hi=None, model=None, run=None, requests=None) -> list[Any]:
     """Per request and run, what serving recorded for it (:mod:`greenmaas.serving`), from the
     selected spans: rows of ``request_id, run_id, prompt_tokens, output_tokens, prefill_j,
     decode_j, start_mono, first_token_mono``. Prompt and output tokens are the request span's;
     prefill and decode joules sum its shares named so; ``first_token_mono`` is the end of its last
     prefill share (monotonic s of the run, as is ``start_mono``, the request span's start)."""
     s = Span.__table__.alias("s")
-    conditions = _selection(s, lo, hi, model, run)
+    conditions = _selection(s, lo, hi, model, run, requests)
     is_request = s.c.kind == "request"
     is_share = s.c.kind == "share"
 

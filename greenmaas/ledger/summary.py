@@ -31,9 +31,12 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from .models import SUMMARY_KEY, Span, SpanCrossing, SpanDevice, SpanHour, SpanHourDevice, SpanNesting
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 __all__ = ["Summariser", "hour_of", "rebuild", "SUMMARY_TABLES"]
 
@@ -56,6 +59,10 @@ _DEVICE_KEY = SUMMARY_KEY + ("device", "device_method", "measured", "recorded")
 _DEVICE_SUMS = ("rows", "device_s", "stated_j", "stated_n")
 _NEST = ("hour", "kind", "model", "phase", "tenant", "name")
 _NESTING_KEY = ("run_id",) + tuple(f"c_{c}" for c in _NEST) + tuple(f"p_{c}" for c in _NEST)
+
+
+def _table(model: Any) -> "Table":
+    return cast("Table", model.__table__)
 
 
 def hour_of(t: datetime) -> str:
@@ -288,15 +295,15 @@ class Summariser:
                 (pending if owned else batch_children)[target] = (waiting[0], children_u, durations)
 
         def write(conn) -> None:
-            _upsert(conn, SpanHour.__table__, SUMMARY_KEY, _HOUR_SUMS,
+            _upsert(conn, _table(SpanHour), SUMMARY_KEY, _HOUR_SUMS,
                     [{**dict(zip(SUMMARY_KEY, k)), **dict(zip(_HOUR_SUMS, v[:8])), "first": v[8], "last": v[9]}
                      for k, v in hours.items()], bounds=True)
-            _upsert(conn, SpanHourDevice.__table__, _DEVICE_KEY, _DEVICE_SUMS,
+            _upsert(conn, _table(SpanHourDevice), _DEVICE_KEY, _DEVICE_SUMS,
                     [{**dict(zip(_DEVICE_KEY, k)), **dict(zip(_DEVICE_SUMS, v))} for k, v in devices.items()])
-            _upsert(conn, SpanNesting.__table__, _NESTING_KEY, ("duration_s",),
+            _upsert(conn, _table(SpanNesting), _NESTING_KEY, ("duration_s",),
                     [{**dict(zip(_NESTING_KEY, k)), "duration_s": v} for k, v in nesting.items()])
             if crossings:
-                conn.execute(SpanCrossing.__table__.insert(), crossings)
+                conn.execute(_table(SpanCrossing).insert(), crossings)
 
         return write
 
@@ -381,11 +388,9 @@ def _upsert(conn, table, key: Sequence[str], sums: Sequence[str], rows: list[dic
         return
     from sqlalchemy import case
 
-    name = conn.dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(table)
     new = stmt.excluded
     values: dict[str, Any] = {c: table.c[c] + new[c] for c in sums}
@@ -404,7 +409,7 @@ def rebuild(conn) -> None:
     from .query import own_uncertainty, utc_text
 
     for table in (SpanHour, SpanHourDevice, SpanNesting, SpanCrossing):
-        conn.execute(delete(table.__table__))
+        conn.execute(delete(_table(table)))
     s = Span.__table__.alias("s")
 
     def key_of(t) -> list:
@@ -417,7 +422,7 @@ def rebuild(conn) -> None:
     across = case((crossing, s.c.self_energy_j), else_=null())
     own = own_uncertainty(s)
     grouping = [s.c.run_id, hour, s.c.method, kind, model, phase, tenant, name]
-    conn.execute(SpanHour.__table__.insert().from_select(
+    conn.execute(_table(SpanHour).insert().from_select(
         list(SUMMARY_KEY) + list(_HOUR_SUMS) + ["first", "last"],
         select(*grouping, func.sum(func.coalesce(s.c.count, 1)), func.sum(s.c.duration_s),
                func.coalesce(func.sum(within), 0.0), func.count(within), func.coalesce(func.sum(across), 0.0),
@@ -425,12 +430,12 @@ def rebuild(conn) -> None:
                func.min(s.c.start), func.max(s.c.end)).group_by(*grouping),
     ))
 
-    d = SpanDevice.__table__
+    d = _table(SpanDevice)
     measured = case((s.c.self_energy_j.is_(None), 0), else_=1)
     recorded = case((s.c.uncertainty_j.is_(None), 0), else_=1)
     stated = case((s.c.uncertainty_j.is_(None), d.c.self_j), else_=null())
     device_grouping = grouping + [d.c.device, d.c.method, measured, recorded]
-    conn.execute(SpanHourDevice.__table__.insert().from_select(
+    conn.execute(_table(SpanHourDevice).insert().from_select(
         list(_DEVICE_KEY) + list(_DEVICE_SUMS),
         select(*device_grouping, func.count(), func.sum(func.coalesce(d.c.self_device_s, 0.0)),
                func.coalesce(func.sum(stated), 0.0), func.count(stated))
@@ -439,14 +444,14 @@ def rebuild(conn) -> None:
 
     p = Span.__table__.alias("p")
     nest_grouping = [s.c.run_id, *key_of(s), *key_of(p)]
-    conn.execute(SpanNesting.__table__.insert().from_select(
+    conn.execute(_table(SpanNesting).insert().from_select(
         list(_NESTING_KEY) + ["duration_s"],
         select(*nest_grouping, func.sum(s.c.duration_s))
         .select_from(s.join(p, p.c.span_id == s.c.parent_id))
         .group_by(*nest_grouping),
     ))
 
-    conn.execute(SpanCrossing.__table__.insert().from_select(
+    conn.execute(_table(SpanCrossing).insert().from_select(
         ["run_id", "hour", "method", "kind", "model", "phase", "tenant", "name", "start", "end", "energy_j"],
         select(s.c.run_id, hour, s.c.method, kind, model, phase, tenant, name, s.c.start, s.c.end,
                s.c.self_energy_j).where(crossing).order_by(s.c.start, s.c.span_id),

@@ -68,3 +68,10 @@ def test_latest_in_an_empty_ledger_is_an_error(tmp_path):
     Ledger.open(path).close()
     r = CliRunner().invoke(cli, ["report", "--ledger", str(path), "--run", "latest"])
     assert r.exit_code == 2 and "no runs yet" in r.output
+
+
+@pytest.mark.parametrize("by", ["request", "name"])
+def test_every_grouping_ends_with_the_conservation_line(two_runs, by):
+    rows = _json(two_runs, "--by", by)
+    spans = sum(r["energy_j"] for g, r in rows.items() if g != "(idle)")
+    assert spans + rows["(idle)"]["energy_j"] == pytest.approx(200.0)  # both devices' totals

@@ -282,3 +282,17 @@ def test_one_run_alone_agrees_and_leaves_the_other_out(written, by):
     rows = summary(path, by="run", run="r2", accounting=False).rows
     assert [r["group"] for r in rows] == ["r2"]
     assert summary(path, by="model", run="latest").run in ("r1", "r2")
+
+
+def test_request_rows_page_by_page_equal_the_report_by_request(written):
+    from greenmaas.report import IDLE, NONE, request_rows
+
+    path = written["finish", "one ledger"]
+    for kw in ({}, {"run": "r2"}, {"since": T0.replace(minute=0) + timedelta(hours=2)}, {"model": "llama"}):
+        reference = summary(path, by="request", accounting=ACCOUNTING, **kw).rows
+        streamed = list(request_rows(path, accounting=ACCOUNTING, page=7, **kw))
+        groups = [r["group"] for r in streamed]
+        tail = [g for g in groups if g in (NONE, IDLE)]
+        assert groups[: len(groups) - len(tail)] == sorted(groups[: len(groups) - len(tail)])
+        assert tail == [g for g in (NONE, IDLE) if g in {r["group"] for r in reference}]
+        _close({r["group"]: r for r in streamed}, {r["group"]: r for r in reference}, str(kw))

@@ -2,7 +2,7 @@
 ``span_nesting``, ``span_crossings``; see :mod:`greenmaas.ledger.summary`).
 
 The four tables are created as they are at this version and filled from the spans already
-stored, in SQL (:func:`greenmaas.ledger.summary.rebuild`): a report on an upgraded ledger gives
+stored (and spans get an index on ``request_id``, which a report by request pages through), in SQL (:func:`greenmaas.ledger.summary.rebuild`): a report on an upgraded ledger gives
 what it gave before. Nothing already stored changes.
 
 Revision ID: schema4
@@ -85,6 +85,7 @@ def upgrade() -> None:
         sa.Column("energy_j", sa.Float()),
     )
     op.create_index("ix_span_crossings_run_hour", "span_crossings", ["run_id", "hour"])
+    op.create_index("ix_spans_request_id", "spans", ["request_id"])
     rebuild(op.get_bind())
 
 
