@@ -54,6 +54,9 @@ _GROUP_HEADERS = {
     "request": "Request",
     "tenant": "Tenant",
     "name": "Span name",
+    "host": "Host",
+    "job": "Job",
+    "rank": "Rank",
 }
 _KWH_J = 3.6e6
 _UNIT_PLURAL = {"request": "requests", "token": "tokens", "sample": "samples"}

@@ -149,6 +149,7 @@ def load_selection(ledger_or_url, lo, hi, model, *, idle: bool, run: str | None 
             r.run_id: {
                 "config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end,
                 "status": run_status(r.status, r.host, r.pid, r.heartbeat), "heartbeat": r.heartbeat,
+                "host": r.host,
             }
             for r in conn.execute(run_query)
         }
@@ -425,7 +426,7 @@ def load_runs_and_windows(conn, lo, hi, *, idle: bool,
     runs = {
         r.run_id: {
             "config": r.config or {}, "devices": r.devices or [], "start": r.start, "end": r.end,
-            "status": run_status(r.status, r.host, r.pid, r.heartbeat), "heartbeat": r.heartbeat,
+            "status": run_status(r.status, r.host, r.pid, r.heartbeat), "heartbeat": r.heartbeat, "host": r.host,
         }
         for r in conn.execute(run_query)
     }

@@ -78,6 +78,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GROUPS",
+    "RUN_GROUPS",
+    "run_group",
     "IDLE",
     "NONE",
     "SCI_UNITS",
@@ -94,7 +96,10 @@ __all__ = [
 ]
 
 #: What ``summarize(by=...)`` accepts.
-GROUPS = ("model", "phase", "run", "day", "request", "tenant", "name")
+GROUPS = ("model", "phase", "run", "day", "request", "tenant", "name", "host", "job", "rank")
+#: Groupings by where a run ran (:mod:`greenmaas.distributed`): its host, its job id and its rank
+#: in the job, as it recorded them; runs outside a distributed job have no job or rank.
+RUN_GROUPS = ("host", "job", "rank")
 #: Functional units ``summarize(sci=...)`` accepts.
 SCI_UNITS = ("request", "token", "sample")
 #: Group label of the row holding energy used while no span ran.
@@ -113,7 +118,7 @@ _GROUP_COLUMN = {
 # Every grouping ends with the (idle) line (left out when a model is chosen): spans + idle = what
 # the devices used. Idle energy belongs to no request or span name; the line is there so that
 # the rows add up (billing per request reconciles with the meter).
-_IDLE_GROUPS = frozenset({"model", "phase", "run", "day", "tenant", "name", "request"})
+_IDLE_GROUPS = frozenset(GROUPS)
 _J_PER_KWH = 3.6e6
 #: Priced columns, per span and per row.
 _MONEY = ("energy_cost", "hardware_cost", "cost")
@@ -253,7 +258,7 @@ def summary(
     out = Summary(by=by, rows=[], sci=sci, priced=priced, run=run)
 
     spans = sel.spans
-    spans["group"] = _group_keys(spans, by)
+    spans["group"] = _group_keys(spans, by, sel.runs)
     for c in extra_columns:
         spans[f"__{c.key}"] = c.per_span(spans)
     # Time counts only a group's top-most spans: a parent in the same group already covers it.
@@ -475,9 +480,25 @@ def summarize(
                    extra_columns=extra_columns, accounting=accounting, sci=sci).rows
 
 
-def _group_keys(spans: "pd.DataFrame", by: str) -> "pd.Series":
+def run_group(run: dict[str, Any], by: str) -> str | None:
+    """A run's value for ``by`` in :data:`RUN_GROUPS` (None where it recorded none)."""
+    if by == "host":
+        value = run.get("host")
+    else:
+        distributed = (run.get("config") or {}).get("distributed") or {}
+        value = distributed.get("job_id" if by == "job" else "rank") if isinstance(distributed, dict) else None
+    return None if value is None or value == "" else str(value)
+
+
+def _run_regroup(runs: dict[str, dict[str, Any]], by: str) -> dict[str, str]:
+    return {run_id: run_group(run, by) or NONE for run_id, run in runs.items()}
+
+
+def _group_keys(spans: "pd.DataFrame", by: str, runs: dict[str, dict[str, Any]] | None = None) -> "pd.Series":
     if spans.empty:
         return spans["span_id"].astype(str)
+    if by in RUN_GROUPS:
+        return spans["run_id"].map(_run_regroup(runs or {}, by)).fillna(NONE).astype(str)
     key = spans["start"].dt.strftime("%Y-%m-%d") if by == "day" else spans[_GROUP_COLUMN[by]]
     key = key.where(key.notna() & (key.astype(str) != ""), NONE).astype(str)
     if by == "phase":  # serving shares: prefill and decode are phases of their own
@@ -708,8 +729,9 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
             hi_ns = int(pd.Timestamp(max(ends)).value) + 86_400 * 10**9
             if not all(supported(src.config, lo_ns, hi_ns) for src in all_sources):
                 return None
-        done = rollup(conn, by, NONE, lo, hi, model, runs, priced=priced, market=True,
-                      sources=all_sources, index=all_index, run=run)
+        regroup = _run_regroup(runs, by) if by in RUN_GROUPS else None
+        done = rollup(conn, "run" if regroup is not None else by, NONE, lo, hi, model, runs, priced=priced,
+                      market=True, sources=all_sources, index=all_index, run=run, regroup=regroup)
 
     out = Summary(by=by, rows=done.rows, sci=None, priced=priced, run=run)
     window_runs = set(windows["run_id"]) if windows is not None else set()

@@ -100,7 +100,7 @@ def _utc(value: Any) -> datetime:
 
 def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, priced: bool, market: bool,
            sources: list[AccountingSource] | None, index: dict[str, int] | None, run: str | None = None,
-           requests: Any = None, facts: bool = True) -> Rollup:
+           requests: Any = None, facts: bool = True, regroup: dict[str, str] | None = None) -> Rollup:
     """The report rows of the selected spans, grouped ``by`` (see the module doc).
 
     ``sources``/``index`` (run_id -> source) price them; None with ``priced`` False; ``run``
@@ -108,7 +108,9 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     :func:`greenmaas.ledger.query.rollup_spans`; never from the summaries). Read from
     the ledger's span summaries where the time filter falls on whole hours (it may, or be
     absent), else from the spans themselves; both give the same figures. Without ``facts``, the
-    rows alone (no period, per-group facts or devices: a report by request, page by page)."""
+    rows alone (no period, per-group facts or devices: a report by request, page by page).
+    ``regroup`` (with ``by="run"``) merges the runs' groups into the groups it maps them to (a
+    run's host, job or rank), once priced."""
     import numpy as np
     import pandas as pd
 
@@ -198,6 +200,8 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     if priced:
         _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model, run=run, **narrow)),
                       index, price, np)
+    if regroup is not None:
+        groups = _merged_groups(groups, regroup)
 
     rows = []
     for key, g in groups.items():
@@ -238,6 +242,35 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         for key, g in groups.items()
     }
     return Rollup(rows, run_ids, methods, (period_first, period_last), described_groups, set(kinds))
+
+
+def _merged_groups(groups: dict[str, _Group], regroup: dict[str, str]) -> dict[str, _Group]:
+    """The groups merged into those ``regroup`` maps their keys to (sums added, the weakest
+    method kept, costs added per currency, times widened)."""
+    out: dict[str, _Group] = {}
+    for key, g in groups.items():
+        target = regroup[key]
+        m = out.get(target)
+        if m is None:
+            out[target] = g
+            continue
+        for name in ("spans", "duration_s", "energy_j", "energy_n", "u", "carbon_g", "carbon_market_g",
+                     "carbon_market_n", "energy_cost", "energy_cost_n", "hardware_cost", "hardware_cost_n",
+                     "embodied_g"):
+            setattr(m, name, getattr(m, name) + getattr(g, name))
+        if g.rank > m.rank:
+            m.rank, m.method = g.rank, g.method
+        m.recorded, m.stated = m.recorded or g.recorded, m.stated or g.stated
+        for currency, amount in g.cost.items():
+            m.cost[currency] = m.cost.get(currency, 0.0) + amount
+        if g.first is not None and (m.first is None or g.first < m.first):
+            m.first = g.first
+        if g.last is not None and (m.last is None or g.last > m.last):
+            m.last = g.last
+        m.runs |= g.runs
+        m.methods |= g.methods
+        m.devices += [d for d in g.devices if d not in m.devices]
+    return out
 
 
 def _device_names(devices: list[tuple[str, str]], described: dict) -> list[str]:

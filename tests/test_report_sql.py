@@ -10,7 +10,7 @@ import pytest
 from greenmaas.accounting.config import AccountingConfig
 from greenmaas.ledger import Ledger
 from greenmaas.records import DeviceEnergy, DeviceTotals, RunRecord, SpanRecord
-from greenmaas.report import GROUPS, IDLE, summary
+from greenmaas.report import GROUPS, IDLE, NONE, summary
 from greenmaas.rollup import supported
 
 T0 = datetime(2024, 5, 1, 9, 30, tzinfo=timezone.utc)  # a Wednesday
@@ -157,3 +157,32 @@ def test_requests_under_accounting_that_changes_within_an_hour(tmp_path, ledger)
     accounting = {"series": str(csv)}
     reference = {r["group"]: r for r in summary(ledger, by="request", accounting=accounting).rows}
     _same({r["group"]: r for r in request_rows(ledger, accounting=accounting)}, reference)
+
+
+def test_by_host_job_and_rank(tmp_path):
+    """Runs grouped by where they ran, as they recorded it (greenmaas.distributed): both paths
+    agree, runs outside a job have no job or rank, and the groups add up to the runs'."""
+    path = tmp_path / "ranks.db"
+    layout = [("a0", "host-a", {"rank": 0, "local_rank": 0, "world_size": 2, "job_id": "j1"}),
+              ("b1", "host-b", {"rank": 1, "local_rank": 0, "world_size": 2, "job_id": "j1"}),
+              ("a-solo", "host-a", None)]
+    with Ledger.open(path) as led:
+        for n, (run, host, dist) in enumerate(layout):
+            config = {"accounting": AccountingConfig(location="FR", hardware_prices="gpu=2EUR/h").to_dict(),
+                      **({"distributed": dist} if dist else {})}
+            led.start_run(RunRecord(run, host, 1, T0, config=config, devices=GPUS))
+            led.write_spans([_span(f"{run}-{i}", run, i * 600.0 + n, 30.0 + i, [_dev("gpu:0", 10.0 * (n + 1), 10.0 * (n + 1),
+                                                                            device_s=30.0, u=0.5)], model="m")
+                             for i in range(12)])
+            led.write_device_totals([DeviceTotals(run, "gpu:0", "counter", 500.0, 120.0 * (n + 1), 500.0 - 120.0 * (n + 1),
+                                                  start=T0, end=T0 + timedelta(hours=2), idle_s=100.0)])
+            led.end_run(run, T0 + timedelta(hours=2))
+    by_run = {r["group"]: r for r in _equal(path, by="run").rows}
+    for by, expected in (("host", {"host-a": ("a0", "a-solo"), "host-b": ("b1",)}),
+                         ("job", {"j1": ("a0", "b1"), NONE: ("a-solo",)}),
+                         ("rank", {"0": ("a0",), "1": ("b1",), NONE: ("a-solo",)})):
+        rows = {r["group"]: r for r in _equal(path, by=by).rows}
+        assert set(rows) == set(expected) | {IDLE}
+        for group, runs in expected.items():
+            for key in ("spans", "energy_j", "carbon_g", "hardware_cost", "cost", "uncertainty_j"):
+                assert rows[group][key] == pytest.approx(sum(by_run[r][key] for r in runs)), (by, group, key)

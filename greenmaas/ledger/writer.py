@@ -2,11 +2,16 @@
 
 The meter hands records to :meth:`LedgerWriter.submit`, which only appends to an in-memory queue.
 A daemon thread writes them in batches, each batch in one transaction. A batch that fails is
-retried a few times (the database may be locked by another process, the disk briefly full); after
-that it is dropped, the error kept in :attr:`LedgerWriter.errors` and logged as a warning on the
-``greenmaas`` logger. Nothing the writer does ever raises into, or blocks, the caller's thread.
-Memory is bounded: past ``max_queue`` waiting records new ones are dropped, counted in
-``stats["dropped"]``, with one warning (the first time) rather than one per record.
+retried a few times; after that it is dropped, the error kept in :attr:`LedgerWriter.errors` and
+logged as a warning on the ``greenmaas`` logger. When the storage itself is out (disk full, a
+read-only or vanished file, an unreachable server: see :func:`_is_outage`), records are not
+dropped after a few tries: the writer keeps the batch and retries it, backing off to one attempt
+every ``outage_retry_s``, while new records wait in the queue; when the storage is back, writing
+resumes with them, in order, and :attr:`LedgerWriter.errors` says how long it was out. Nothing
+the writer does ever raises into, or blocks, the caller's thread. Memory is bounded: past
+``max_queue`` waiting records new ones are dropped, counted in ``stats["dropped"]``, with one
+warning (the first time) rather than one per record; closing the writer during an outage drops
+what is still held, counted the same way.
 
 The writer is closed (queue flushed, thread stopped) by :meth:`close`, by ``with``, when it is
 garbage collected, or at interpreter exit, whichever comes first.
@@ -45,8 +50,10 @@ class _State:
         max_retries: int,
         retry_delay_s: float,
         max_queue: int,
+        outage_retry_s: float = 2.0,
     ) -> None:
         self.ledger = ledger
+        self.outage_retry_s = outage_retry_s
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self.max_retries = max_retries
@@ -63,6 +70,7 @@ class _State:
         self.stopping = False
         self.stopped = False
         self.overflowing = False
+        self.outage_since: float | None = None  # monotonic time the storage went out, while it is
         self.errors: list[tuple[datetime, str]] = []
         self.error_count = 0  # every error so far, including those no longer kept in ``errors``
         self.thread: threading.Thread | None = None
@@ -182,14 +190,23 @@ class _State:
                             self._write([rec])
                         return
                     break
-                if attempts > self.max_retries:
+                outage = _is_outage(exc)
+                if outage and self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    self._error(f"ledger unavailable ({_first_line(exc)}): holding records (up to "
+                                f"{self.max_queue} queued) and retrying every {self.outage_retry_s:g} s at most")
+                if self.stopping or (attempts > self.max_retries and not outage):
                     break
                 deadline = time.monotonic() + delay
                 with self.cond:  # wait before retrying, but stop waiting when closing
                     while not self.stopping and (left := deadline - time.monotonic()) > 0:
                         self.cond.wait(left)
-                delay *= 2
+                delay = min(delay * 2, self.outage_retry_s) if outage else delay * 2
                 continue
+            if self.outage_since is not None:
+                lasted = time.monotonic() - self.outage_since
+                self.outage_since = None
+                self._error(f"ledger writable again after {lasted:.1f} s; held records written")
             with self.cond:
                 self.written += len(batch)
             return
@@ -203,6 +220,36 @@ class _State:
             del self.errors[:-_MAX_ERRORS]
             self.error_count += 1
         logger.warning("greenmaas ledger writer: %s", message)  # outside the lock: handlers may be slow
+
+
+#: What SQLite says when its storage, not a record, is at fault.
+_OUTAGE_MESSAGES = ("disk is full", "readonly database", "disk i/o error", "unable to open database",
+                    "database is locked", "no such table")
+
+
+def _is_outage(exc: BaseException | None) -> bool:
+    """True when the storage is out (disk full, a read-only or vanished file, a database server
+    that cannot be reached) rather than a record or the code at fault: worth holding records for."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (OperationalError, InterfaceError)) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            return True
+        if isinstance(exc, OSError):
+            return True
+        text = str(exc).lower()
+        if any(m in text for m in _OUTAGE_MESSAGES):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_record_error(exc: BaseException | None) -> bool:
@@ -228,9 +275,12 @@ class LedgerWriter:
     transaction, at least every ``flush_interval_s`` seconds. A failing batch is retried
     ``max_retries`` times, ``retry_delay_s`` apart (doubling), then dropped and noted in
     :attr:`errors`; a batch refused because of one bad record (duplicate id, unknown run) is
-    written record by record so only that one is lost. At most ``max_queue`` records wait in
+    written record by record so only that one is lost. While the storage is out (disk full,
+    read-only or vanished file, unreachable server) a batch is held and retried, at most
+    ``outage_retry_s`` apart, until it is written or the writer closes; :attr:`errors` notes
+    when the outage began and how long it lasted. At most ``max_queue`` records wait in
     memory; beyond that new ones (callables excepted) are dropped, counted in ``stats["dropped"]``
-and warned about once. A writer that is garbage collected or still open at
+    and warned about once. A writer that is garbage collected or still open at
     interpreter exit flushes for at most ``exit_timeout_s`` seconds.
     """
 
@@ -244,12 +294,13 @@ and warned about once. A writer that is garbage collected or still open at
         retry_delay_s: float = 0.1,
         max_queue: int = 100_000,
         exit_timeout_s: float = 30.0,
+        outage_retry_s: float = 2.0,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ConfigError("max_batch and max_queue must be at least 1")
         self.ledger = ledger
         self._state = _State(
-            ledger, flush_interval_s, max_batch, max_retries, retry_delay_s, max_queue
+            ledger, flush_interval_s, max_batch, max_retries, retry_delay_s, max_queue, outage_retry_s
         )
         thread = threading.Thread(
             target=self._state.run, name="greenmaas-ledger-writer", daemon=True

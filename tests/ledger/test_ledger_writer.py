@@ -89,7 +89,8 @@ def test_real_ledger_gets_everything_in_order(db_path):
 
 
 def test_failing_ledger_never_raises_into_the_caller(caplog):
-    boom = LedgerError("ledger.db: disk I/O error")
+    # A failure that is not the storage being out (see the full-disk tests below): retried, then dropped.
+    boom = LedgerError("ledger.db: malformed statement")
     fake = RecordingLedger(fail=lambda batch, attempt: boom)
     w = LedgerWriter(fake, flush_interval_s=0.01, max_retries=2, retry_delay_s=0.001)
     with caplog.at_level(logging.WARNING, logger="greenmaas"):
@@ -100,8 +101,8 @@ def test_failing_ledger_never_raises_into_the_caller(caplog):
     assert fake.attempts >= 3  # first try + 2 retries for the batch
     assert w.stats["dropped"] == 5 and w.stats["written"] == 0
     when, message = w.errors[-1]
-    assert when.tzinfo is not None and "disk I/O error" in message and "dropped" in message
-    assert any("disk I/O error" in r.getMessage() for r in caplog.records if r.name == "greenmaas")
+    assert when.tzinfo is not None and "malformed statement" in message and "dropped" in message
+    assert any("malformed statement" in r.getMessage() for r in caplog.records if r.name == "greenmaas")
 
 
 def test_transient_failures_are_retried():
@@ -250,3 +251,64 @@ def test_raw_reads_interleaved_with_spans_are_written_in_bulk(db_path):
     # Grouped by kind within the batch: the 1,000 reads go as one executemany (of multi-row
     # INSERTs), not as 21 runs of reads between spans; so do the 20 spans.
     assert statements.count("reads") == 1 and statements.count("spans") == 1
+
+
+def test_a_full_disk_holds_records_and_writing_resumes_when_it_has_room(db_path):
+    """SQLite's own "database or disk is full" (the file capped with ``max_page_count``): nothing
+    is dropped while records fit in the queue, submit stays quick, the outage and its end are
+    noted, and once there is room again every record is written, in order."""
+    from sqlalchemy import event
+
+    cap = [None]
+    with Ledger.open(db_path) as led:
+        @event.listens_for(led.engine, "begin")
+        def _cap(conn):
+            if cap[0] is not None:
+                conn.exec_driver_sql(f"PRAGMA max_page_count = {cap[0]}")
+
+        writer = LedgerWriter(led, flush_interval_s=0.01, max_batch=50, retry_delay_s=0.01, outage_retry_s=0.05,
+                              max_queue=10_000)
+        writer.submit(run())
+        assert writer.flush(10)
+        with led.read() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+        cap[0] = pages  # the disk is full: not one more page
+        started = time.monotonic()
+        for i in range(400):
+            assert writer.submit(span(f"s{i}", i, i + 1, energy=1.0 + i))
+        assert time.monotonic() - started < 1.0
+        assert not writer.flush(0.5)  # held, not written, not dropped
+        assert writer.stats["dropped"] == 0
+        assert any("ledger unavailable" in m and "full" in m for _, m in writer.errors)
+        cap[0] = 1_000_000  # room again
+        assert writer.flush(10)
+        writer.close()
+        assert writer.stats["dropped"] == 0 and writer.stats["written"] == 401
+        assert any("writable again" in m for _, m in writer.errors)
+    from greenmaas.analysis import read_ledger
+
+    spans = read_ledger(db_path)
+    assert sorted(spans["span_id"], key=lambda s: int(s[1:])) == [f"s{i}" for i in range(400)]
+
+
+def test_closing_during_an_outage_drops_what_is_held_and_counts_it(db_path):
+    from sqlalchemy import event
+
+    with Ledger.open(db_path) as led:
+        writer = LedgerWriter(led, flush_interval_s=0.01, max_batch=10, retry_delay_s=0.01, outage_retry_s=0.05)
+        writer.submit(run())
+        assert writer.flush(10)
+        with led.read() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+        @event.listens_for(led.engine, "begin")
+        def _cap(conn):
+            conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+
+        for i in range(400):
+            writer.submit(span(f"s{i}", i, i + 1))
+        assert not writer.flush(0.3)
+        writer.close(timeout=5)
+        stats = writer.stats
+        assert stats["dropped"] > 0 and stats["dropped"] + stats["written"] == 401 and stats["pending"] == 0
+        assert any("dropped" in m for _, m in writer.errors)
