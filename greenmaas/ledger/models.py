@@ -54,6 +54,10 @@ __all__ = [
 #: run heartbeats. 3: rollup rows (``spans.count``). 4: the span summaries reports read
 #: (``span_hours`` and its companions, :mod:`greenmaas.ledger.summary`).
 SCHEMA_VERSION = 4
+#: Names users give (span names, models, request ids): at most 255 characters where the database
+#: enforces a length, which SQLite does not; unbounded text on PostgreSQL (schema 4), so a long
+#: request id is stored there too rather than refused.
+NAME_TEXT = String(255).with_variant(Text(), "postgresql")
 #: Value of ``meta.application``; tells a greenmaas ledger from another app's ``meta`` table.
 APPLICATION = "greenmaas"
 
@@ -142,10 +146,10 @@ class Span(Base):
     run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)
     parent_id: Mapped[str | None] = mapped_column(String(64))  # no FK: children finish first
     kind: Mapped[str] = mapped_column(String(32))
-    name: Mapped[str] = mapped_column(String(255))
-    model: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(NAME_TEXT)
+    model: Mapped[str | None] = mapped_column(NAME_TEXT)
     phase: Mapped[str | None] = mapped_column(String(32))
-    request_id: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(NAME_TEXT)
     tenant: Mapped[str | None] = mapped_column(String(64))  # pseudonym, never the raw identity
     start: Mapped[datetime] = mapped_column(index=True)
     end: Mapped[datetime] = mapped_column(index=True)
@@ -289,10 +293,10 @@ class SpanHour(Base):
     hour: Mapped[str] = mapped_column(String(13))
     method: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(NAME_TEXT)
     phase: Mapped[str] = mapped_column(String(32))
     tenant: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(NAME_TEXT)
     spans: Mapped[int] = mapped_column(Integer, default=0)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     hour_j: Mapped[float] = mapped_column(Float, default=0.0)
@@ -321,10 +325,10 @@ class SpanHourDevice(Base):
     hour: Mapped[str] = mapped_column(String(13))
     method: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(NAME_TEXT)
     phase: Mapped[str] = mapped_column(String(32))
     tenant: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(NAME_TEXT)
     device: Mapped[str] = mapped_column(String(64))
     device_method: Mapped[str] = mapped_column(String(16))
     measured: Mapped[int] = mapped_column(Integer)
@@ -352,16 +356,16 @@ class SpanNesting(Base):
     run_id: Mapped[str] = mapped_column(String(64))
     c_hour: Mapped[str] = mapped_column(String(13))
     c_kind: Mapped[str] = mapped_column(String(32))
-    c_model: Mapped[str] = mapped_column(String(255))
+    c_model: Mapped[str] = mapped_column(NAME_TEXT)
     c_phase: Mapped[str] = mapped_column(String(32))
     c_tenant: Mapped[str] = mapped_column(String(64))
-    c_name: Mapped[str] = mapped_column(String(255))
+    c_name: Mapped[str] = mapped_column(NAME_TEXT)
     p_hour: Mapped[str] = mapped_column(String(13))
     p_kind: Mapped[str] = mapped_column(String(32))
-    p_model: Mapped[str] = mapped_column(String(255))
+    p_model: Mapped[str] = mapped_column(NAME_TEXT)
     p_phase: Mapped[str] = mapped_column(String(32))
     p_tenant: Mapped[str] = mapped_column(String(64))
-    p_name: Mapped[str] = mapped_column(String(255))
+    p_name: Mapped[str] = mapped_column(NAME_TEXT)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -377,10 +381,10 @@ class SpanCrossing(Base):
     hour: Mapped[str] = mapped_column(String(13))
     method: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(NAME_TEXT)
     phase: Mapped[str] = mapped_column(String(32))
     tenant: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(NAME_TEXT)
     start: Mapped[datetime]
     end: Mapped[datetime]
     energy_j: Mapped[float | None] = mapped_column(Float)

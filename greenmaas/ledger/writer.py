@@ -177,12 +177,15 @@ class _State:
     def _write(self, batch: list) -> None:
         delay = self.retry_delay_s
         attempts = 0
+        first_failure = 0.0
         while True:
             attempts += 1
             try:
                 self.ledger.write(batch)
             except Exception as exc:
                 last = exc
+                if attempts == 1:
+                    first_failure = time.monotonic()
                 if _is_record_error(exc):
                     if len(batch) > 1:
                         # One bad record (duplicate id, unknown run) must not sink its batch.
@@ -191,12 +194,13 @@ class _State:
                         return
                     break
                 outage = _is_outage(exc)
-                if outage and self.outage_since is None:
-                    self.outage_since = time.monotonic()
-                    self._error(f"ledger unavailable ({_first_line(exc)}): holding records (up to "
-                                f"{self.max_queue} queued) and retrying every {self.outage_retry_s:g} s at most")
                 if self.stopping or (attempts > self.max_retries and not outage):
                     break
+                if outage and attempts > self.max_retries and self.outage_since is None:
+                    # Past the retries that ride out a dropped connection or a brief lock: say so once.
+                    self.outage_since = first_failure
+                    self._error(f"ledger unavailable ({_first_line(exc)}): holding records (up to "
+                                f"{self.max_queue} queued) and retrying every {self.outage_retry_s:g} s at most")
                 deadline = time.monotonic() + delay
                 with self.cond:  # wait before retrying, but stop waiting when closing
                     while not self.stopping and (left := deadline - time.monotonic()) > 0:

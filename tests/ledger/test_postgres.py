@@ -355,3 +355,19 @@ def test_the_writer_reconnects_when_the_server_drops_its_connection(url):
             assert w.flush(timeout=30)
         assert w.errors == [] and w.stats["written"] == 101
     assert len(read_ledger(url)) == 100
+
+
+def test_long_names_models_and_request_ids_are_stored(url):
+    """PostgreSQL enforces column lengths: names users give are text there, stored whole."""
+    long = "x" * 1000
+    with Ledger.open(url) as led:
+        led.start_run(RunRecord("r1", "node", 1, datetime(2024, 5, 1, tzinfo=timezone.utc)))
+        start = datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+        led.write_spans([SpanRecord("s1", "r1", "n" + long, start, start + timedelta(seconds=1), 1.0,
+                                    model="m" + long, request_id="r" + long,
+                                    devices=[DeviceEnergy("gpu:0", 5.0, "counter", 5.0)])])
+    spans = read_ledger(url)
+    assert spans["name"].tolist() == ["n" + long] and spans["model"].tolist() == ["m" + long]
+    assert spans["request_id"].tolist() == ["r" + long]
+    rows = {r["group"]: r for r in summary(url, by="model", accounting=False).rows}
+    assert rows["m" + long]["energy_j"] == pytest.approx(5.0)

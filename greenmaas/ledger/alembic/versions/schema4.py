@@ -2,7 +2,8 @@
 ``span_nesting``, ``span_crossings``; see :mod:`greenmaas.ledger.summary`).
 
 The four tables are created as they are at this version and filled from the spans already
-stored (and spans get an index on ``request_id``, which a report by request pages through), in SQL (:func:`greenmaas.ledger.summary.rebuild`): a report on an upgraded ledger gives
+stored (and spans get an index on ``request_id``, which a report by request pages through; on
+PostgreSQL, span names, models and request ids become unbounded text), in SQL (:func:`greenmaas.ledger.summary.rebuild`): a report on an upgraded ledger gives
 what it gave before. Nothing already stored changes.
 
 Revision ID: schema4
@@ -22,10 +23,13 @@ depends_on = None
 schema_version = 4
 
 _SIDE = (("hour", 13), ("kind", 32), ("model", 255), ("phase", 32), ("tenant", 64), ("name", 255))
+#: Names users give: unbounded text on PostgreSQL (at most 255 characters where a length is enforced).
+_NAME = sa.String(255).with_variant(sa.Text(), "postgresql")
 
 
 def _key(prefix: str = "", *, method: bool = True) -> list[sa.Column]:
-    columns = [sa.Column(f"{prefix}{name}", sa.String(width), nullable=False) for name, width in _SIDE]
+    columns = [sa.Column(f"{prefix}{name}", _NAME if width == 255 else sa.String(width), nullable=False)
+               for name, width in _SIDE]
     if method:
         columns.insert(1, sa.Column("method", sa.String(16), nullable=False))
     return columns
@@ -86,6 +90,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_span_crossings_run_hour", "span_crossings", ["run_id", "hour"])
     op.create_index("ix_spans_request_id", "spans", ["request_id"])
+    if op.get_bind().dialect.name == "postgresql":  # SQLite enforces no length: nothing to change
+        for column in ("name", "model", "request_id"):
+            op.alter_column("spans", column, type_=sa.Text(), existing_type=sa.String(255))
     rebuild(op.get_bind())
 
 
