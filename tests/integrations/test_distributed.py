@@ -92,3 +92,18 @@ def test_a_two_rank_ddp_run_is_one_job_with_each_device_once(tmp_path):
     measured = spans[spans["run_id"] == by_rank[0][0]]
     assert measured["self_energy_j"].sum() + totals["idle_j"].sum() == pytest.approx(totals["total_j"].sum(), rel=1e-9)
     assert spans[spans["run_id"] == by_rank[1][0]]["energy_j"].isna().all()  # not measured: no figure, not 0 J
+    # The report by rank and by job, as a user asks for it: one job, two ranks, the books close.
+    from click.testing import CliRunner
+
+    from greenmaas_cli.main import cli
+
+    import json
+
+    for by, groups in (("rank", {"0", "1", "(idle)"}), ("job", {dist[0]["job_id"], "(idle)"})):
+        out = CliRunner().invoke(cli, ["report", "--ledger", str(ledger), "--by", by, "--format", "json"])
+        assert out.exit_code == 0, out.output
+        rows = {r["group"]: r for r in json.loads(out.stdout)}
+        assert set(rows) == groups, (by, set(rows))
+        total = sum(r["energy_j"] or 0.0 for r in rows.values())
+        assert total == pytest.approx(totals["total_j"].sum(), rel=1e-9)
+    assert rows[dist[0]["job_id"]]["spans"] == len(spans)
