@@ -49,7 +49,7 @@ def format_value(value: Any, column: Column) -> str:
     if value is None:
         return column.missing
     if column.kind == "amount":
-        from greenmaas.modelcard import format_amount
+        from greenmaas.reporting.modelcard import format_amount
 
         return format_amount(value, missing=column.missing)
     if column.kind == "float":

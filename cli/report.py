@@ -28,7 +28,7 @@ import click
 
 from greenmaas.errors import GreenmaasError
 from greenmaas.period import to_utc
-from greenmaas.report import GROUPS, SCI_UNITS, ExtraColumn, Summary, request_rows, summary
+from greenmaas.reporting.summary import GROUP_HEADERS, GROUPS, SCI_UNITS, ExtraColumn, Summary, request_rows, summary
 
 from .options import (
     ACCOUNTING_OPTIONS,
@@ -46,18 +46,6 @@ __all__ = ["report", "build_report", "report_columns", "accounting_overrides", "
 #: Formats that are documents rather than a table of rows (see :mod:`greenmaas.reporting`).
 DOCUMENT_FORMATS = ("html", "eu-ai-act", "eu-ai-act-json", "sci", "boamps")
 
-_GROUP_HEADERS = {
-    "model": "Model",
-    "phase": "Phase",
-    "run": "Run",
-    "day": "Day (UTC)",
-    "request": "Request",
-    "tenant": "Tenant",
-    "name": "Span name",
-    "host": "Host",
-    "job": "Job",
-    "rank": "Rank",
-}
 _KWH_J = 3.6e6
 _UNIT_PLURAL = {"request": "requests", "token": "tokens", "sample": "samples"}
 
@@ -100,7 +88,7 @@ def report_columns(
         return 100.0 * row["energy_j"] / total_energy
 
     columns = [
-        Column("group", _GROUP_HEADERS[by]),
+        Column("group", GROUP_HEADERS[by]),
         Column("spans", "Spans", "int", total=True),
         Column("duration_s", "Duration (s)", "float", digits=1),
         Column("energy_j", "Energy (J)", "float", digits=1, total=True),
@@ -172,7 +160,7 @@ def _money_columns(rows: Sequence[dict]) -> list[Column]:
 def _device_kinds_present(ledger: Any) -> set[str]:
     """The device kinds a ledger has recorded, as reports price them: each run's description of
     its devices, else the device id's prefix (``gpu:0`` -> ``gpu``); lower case."""
-    from greenmaas.analysis import read_ledger
+    from greenmaas.reporting.frames import read_ledger
 
     kinds: set[str] = set()
     described: set[tuple[str, str]] = set()
@@ -214,7 +202,7 @@ def build_report(
     sci: str | None = None,
     run: str | None = None,
 ) -> tuple[Summary, list[Column]]:
-    """The report (from :func:`greenmaas.report.summary`) and the columns to show."""
+    """The report (from :func:`greenmaas.reporting.summary.summary`) and the columns to show."""
     result = summary(ledger, by=by, since=since, until=until, model=model, extra_columns=extra,
                      accounting=accounting or None, sci=sci, run=run)
     return result, report_columns(by, result.rows, extra, sci)
@@ -308,7 +296,7 @@ def report(ledger, by, since, until, model, run, sci, sources_only, fmt, output,
     if fmt in ("table", "markdown") and not rows:
         click.echo("No spans in the ledger for this selection.", err=True)
         return
-    from greenmaas.modelcard import model_cards, source_lines, sources_markdown
+    from greenmaas.reporting.modelcard import model_cards, source_lines, sources_markdown
 
     after = None
     if fmt == "table":
@@ -342,7 +330,7 @@ def _document(fmt: str, ledger: Any, *, by: str, since: Any, until: Any, model: 
 
 
 def _render_sources(result: Summary, fmt: str) -> None:
-    from greenmaas.modelcard import source_lines, sources_markdown
+    from greenmaas.reporting.modelcard import source_lines, sources_markdown
 
     if fmt == "json":
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from greenmaas.listings import list_runs
+from greenmaas.reporting.listings import list_runs
 
 from .options import format_option, ledger_option
 from .render import Column, render

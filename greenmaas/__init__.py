@@ -78,7 +78,7 @@ _LAZY = {
     "ServingMeter": ".serving",
     "track_module": ".integrations.torch",
     "track_optimizer": ".integrations.torch",
-    "read_ledger": ".analysis",
+    "read_ledger": ".reporting.frames",
     "Ledger": ".ledger.store",
     "AccountingConfig": ".accounting.config",
     "detect": ".sources.detect",
@@ -108,7 +108,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .accounting.config import AccountingConfig
-    from .analysis import read_ledger
+    from .reporting.frames import read_ledger
     from .integrations.torch import track_module, track_optimizer
     from .ledger.store import Ledger
     from .meter import Meter, batch, get_meter, measure, request

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
-from .analysis import opened
+from .reporting.frames import opened
 from .errors import ConfigError, LedgerError
 
 if TYPE_CHECKING:

@@ -1,11 +1,11 @@
 """HTML tables for Jupyter: summaries, span results and runs.
 
-Jupyter shows an object through its ``_repr_html_``: :class:`~greenmaas.report.Summary` and
+Jupyter shows an object through its ``_repr_html_``: :class:`~greenmaas.reporting.summary.Summary` and
 :class:`~greenmaas.spans.SpanResult` render with the functions here, and :func:`runs` returns the
 ledger's runs as a list that renders as a table. Each function returns one HTML fragment with
 inline styles only (no script, nothing fetched), every value escaped, units in the headers.
 
->>> from greenmaas.report import summary
+>>> from greenmaas.reporting.summary import summary
 >>> summary("greenmaas.db", by="phase")          # in a notebook: a table, with sources and notes
 >>> greenmaas.notebook.runs("greenmaas.db")       # the runs, newest last
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .ledger import Ledger
-    from .report import Summary
+    from .reporting.summary import Summary
     from .spans import SpanResult
 
 __all__ = ["summary_html", "span_result_html", "runs_html", "runs", "RunList", "table_html"]
@@ -36,7 +36,7 @@ _NOTE = "color:#555;font-size:90%;margin:0.2em 0"
 
 
 def _amount(value: Any, missing: str = "") -> str:
-    from .modelcard import format_amount
+    from .reporting.modelcard import format_amount
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
@@ -91,14 +91,11 @@ def _notes(lines: Iterable[str]) -> str:
 
 # ---------------------------------------------------------------------------- summaries
 
-_GROUP_HEADERS = {"model": "Model", "phase": "Phase", "run": "Run", "day": "Day (UTC)", "request": "Request",
-                  "tenant": "Tenant", "name": "Span name"}
-
-
 def summary_html(s: "Summary") -> str:
     """A summary as Jupyter shows it: its table (columns nobody recorded left out), then the
     sources, methods, period and notes its figures rest on."""
-    from .modelcard import source_lines
+    from .reporting.modelcard import source_lines
+    from .reporting.summary import GROUP_HEADERS
 
     rows = [dict(r) for r in s.rows]
     for r in rows:
@@ -107,7 +104,7 @@ def summary_html(s: "Summary") -> str:
     currencies = {r.get("currency") for r in rows if r.get("currency")}
     money = f" ({next(iter(currencies))})" if len(currencies) == 1 else ""
     candidates: list[tuple[str, str, Callable[[Any], str]]] = [
-        ("group", _GROUP_HEADERS.get(s.by, s.by), _text),
+        ("group", GROUP_HEADERS.get(s.by, s.by), _text),
         ("spans", "Spans", _text),
         ("duration_s", "Duration (s)", _fixed(1)),
         ("energy_j", "Energy (J)", _fixed(1)),
@@ -181,7 +178,7 @@ _RUN_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 
 
 def runs_html(rows: Sequence[dict[str, Any]]) -> str:
-    """The runs of :func:`greenmaas.listings.list_runs` as a table."""
+    """The runs of :func:`greenmaas.reporting.listings.list_runs` as a table."""
     if not rows:
         return "<div><p>No runs in this ledger.</p></div>"
     return f"<div>{table_html(rows, _RUN_COLUMNS, caption=f'Runs ({len(rows)})')}</div>"
@@ -205,7 +202,7 @@ class RunList(list):
 
 
 def runs(ledger_or_url: "Ledger | str | os.PathLike | None" = None) -> RunList:
-    """The ledger's runs (:func:`greenmaas.listings.list_runs`), shown as a table in Jupyter."""
-    from .listings import list_runs
+    """The ledger's runs (:func:`greenmaas.reporting.listings.list_runs`), shown as a table in Jupyter."""
+    from .reporting.listings import list_runs
 
     return RunList(list_runs(ledger_or_url))

@@ -590,7 +590,7 @@ def calibrate_ledger(
     """:func:`calibrate` from the iterations a ledger recorded (batch spans named ``name`` with
     ``prefill_tokens``/``decode_tokens`` in their attrs), of one ``run`` (``"latest"`` for the
     last) and ``model`` if given. Raises ConfigError (see :func:`calibrate`), LedgerError."""
-    from .analysis import opened
+    from .reporting.frames import opened
     from .ledger import query
 
     with opened(ledger_or_url) as ledger, ledger.read() as conn:

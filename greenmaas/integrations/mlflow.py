@@ -20,7 +20,7 @@ devices' total; ``idle_energy_j``; ``carbon_g`` (and ``carbon_market_g`` where a
 intensity was given); ``energy_cost``, ``hardware_cost`` and ``cost`` where priced; and
 ``energy_j.<phase>`` per phase. Tags: ``run_id``, ``currency``, ``method`` (the weakest among
 the run's spans), ``location`` and ``intensity_source``. Carbon and cost are computed from the
-recorded energy as ``greenmaas report`` computes them (:mod:`greenmaas.pricing`), with the
+recorded energy as ``greenmaas report`` computes them (:mod:`greenmaas.reporting.pricing`), with the
 accounting the run recorded unless ``accounting=`` overrides it. Artifacts, under ``greenmaas/``:
 ``report.md`` (the run by phase and by model, and what the figures rest on) and ``report.json``
 (the same numbers).
@@ -79,10 +79,10 @@ def run_figures(
     """A greenmaas run's figures, as :func:`log_run` logs them: ``{"run_id", "status", "start",
     "end", "metrics", "tags", "by_phase", "by_model", "sources", "notes"}``. Raises ConfigError
     for a run the ledger does not hold."""
-    from ..analysis import opened
-    from ..listings import list_runs
-    from ..pricing import priced_selection
-    from ..report import summary
+    from ..reporting.frames import opened
+    from ..reporting.listings import list_runs
+    from ..reporting.pricing import priced_selection
+    from ..reporting.summary import summary
     from ..sources.base import weakest_method
 
     target, run_id = _ledger_of(run, ledger)
@@ -190,7 +190,7 @@ def _grouped(spans: "pd.DataFrame", key: str) -> dict[str, dict[str, float | Non
 
 
 def _markdown(fig: dict[str, Any]) -> str:
-    from ..modelcard import format_amount, source_text
+    from ..reporting.modelcard import format_amount, source_text
 
     m = fig["metrics"]
     currency = fig.get("currency") or ""

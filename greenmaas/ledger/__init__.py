@@ -7,7 +7,7 @@
   (``greenmaas migrate``).
 * :mod:`greenmaas.ledger.query` — the queries reports and exports read with.
 
-Read a ledger back with :func:`greenmaas.analysis.read_ledger` or :mod:`greenmaas.report`.
+Read a ledger back with :func:`greenmaas.reporting.frames.read_ledger` or :mod:`greenmaas.reporting.summary`.
 """
 
 from __future__ import annotations

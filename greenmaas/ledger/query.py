@@ -6,13 +6,24 @@ rows; none writes. Values travel as bound parameters.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Integer, String, and_, case, func, literal, null, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from .models import Read, Run, Sample, Span, SpanCrossing, SpanDevice, SpanHour, SpanHourDevice, SpanNesting
+from .models import (
+    DeviceTotal,
+    Read,
+    Run,
+    Sample,
+    Span,
+    SpanCrossing,
+    SpanDevice,
+    SpanHour,
+    SpanHourDevice,
+    SpanNesting,
+)
 
 __all__ = [
     "latest_run",
@@ -49,6 +60,12 @@ __all__ = [
     "request_energy_histogram",
     "phase_runs",
     "runs_described",
+    "run_rows",
+    "span_conditions",
+    "selected_spans",
+    "selected_span_devices",
+    "device_windows",
+    "run_stats",
 ]
 
 
@@ -93,7 +110,7 @@ _TIME_COLUMN = {"spans": "start", "runs": "start", "samples": "t", "device_total
 
 def table_rows(table, columns, *, run_id=None, lo=None, hi=None, model=None, order=()):
     """``select`` of ``columns`` of ``table`` (a ledger ``Table``) with the filters of
-    :func:`greenmaas.analysis.read_ledger`: run, UTC start in ``[lo, hi)``, model. Raises
+    :func:`greenmaas.reporting.frames.read_ledger`: run, UTC start in ``[lo, hi)``, model. Raises
     :class:`ValueError` naming a filter that the table cannot take."""
     name = table.name
     query = select(*(table.c[c] for c in columns))
@@ -191,7 +208,7 @@ def _on(alias, condition):
 # ------------------------------------------------------------------------------ report roll-ups
 #
 # Reports group, filter and sum where the data is: each query below returns a few rows per group
-# (per run, method and hour), however many spans there are. ``greenmaas.rollup`` turns them into
+# (per run, method and hour), however many spans there are. ``greenmaas.reporting.rollup`` turns them into
 # report rows and prices each hour's energy (see its module doc for why that equals pricing span
 # by span).
 
@@ -738,6 +755,91 @@ def runs_described(conn, run_ids) -> list[Any]:
     query = (
         select(Run.run_id, Run.host, Run.start, Run.end, Run.status, Run.greenmaas_version, Run.devices)
         .where(Run.run_id.in_(list(run_ids)))
+        .order_by(Run.start, Run.run_id)
+    )
+    return conn.execute(query).all()
+
+
+# ------------------------------------------------------------------------------ selections and runs
+#
+# What the span-by-span report path (greenmaas.reporting.pricing), the run and device listings
+# (greenmaas.reporting.listings) and the DataFrames read.
+
+
+def run_rows(conn) -> list[Any]:
+    """Every run: rows of ``run_id, config, devices, start, end, status, host, pid, heartbeat``."""
+    query = select(Run.run_id, Run.config, Run.devices, Run.start, Run.end, Run.status, Run.host, Run.pid,
+                   Run.heartbeat)
+    return conn.execute(query).all()
+
+
+def span_conditions(lo=None, hi=None, model=None, run=None) -> list:
+    """Conditions on :class:`~greenmaas.ledger.models.Span` selecting spans of ``run`` and
+    ``model`` starting in ``[lo, hi)``, each where given."""
+    return _selection(Span.__table__, lo, hi, model, run)
+
+
+def selected_spans(conn, columns: Sequence[str], conditions: Sequence) -> list[Any]:
+    """``columns`` of the spans meeting ``conditions`` (:func:`span_conditions`)."""
+    return conn.execute(select(*(Span.__table__.c[c] for c in columns)).where(*conditions)).all()
+
+
+def selected_span_devices(conn, columns: Sequence[str], conditions: Sequence) -> list[Any]:
+    """``columns`` of the span devices of the spans meeting ``conditions``."""
+    d = SpanDevice.__table__
+    query = select(*(d.c[c] for c in columns)).join(Span, Span.span_id == d.c.span_id).where(*conditions)
+    return conn.execute(query).all()
+
+
+def device_windows(conn, columns: Sequence[str], lo=None, hi=None, run=None, *, measured_only: bool = True,
+                   host: bool = False) -> list[Any]:
+    """``columns`` of the device-total windows starting in ``[lo, hi)`` (a window without a start
+    takes its run's), of ``run`` where given, of measured devices only unless ``measured_only``
+    is false; with ``host``, the run's host last."""
+    t = DeviceTotal.__table__
+    when = func.coalesce(t.c.start, Run.start)
+    query = select(*(t.c[c] for c in columns), *([Run.host] if host else [])).join(Run, Run.run_id == t.c.run_id)
+    if measured_only:
+        from ..sources.base import UNMEASURABLE
+
+        query = query.where(t.c.method != UNMEASURABLE)
+    if run is not None:
+        query = query.where(t.c.run_id == run)
+    if lo is not None:
+        query = query.where(when >= lo)
+    if hi is not None:
+        query = query.where(when < hi)
+    return conn.execute(query).all()
+
+
+def run_stats(conn) -> list[Any]:
+    """Per run, oldest first: ``run_id, host, pid, start, end, status, heartbeat, spans, span_j,
+    total_j``: the spans it recorded (rollups count theirs) and their own energy (NULL where
+    none was measured), from the span summaries, and what its measured devices consumed."""
+    from ..sources.base import UNMEASURABLE
+
+    h = SpanHour.__table__
+    measured = h.c.hour_n + h.c.cross_n
+    span_stats = (
+        select(
+            h.c.run_id, func.sum(h.c.spans).label("spans"),
+            case((func.sum(measured) > 0, func.sum(h.c.hour_j + h.c.cross_j)), else_=null()).label("span_j"),
+        )
+        .group_by(h.c.run_id)
+        .subquery()
+    )
+    t = DeviceTotal.__table__
+    device_stats = (
+        select(t.c.run_id, func.sum(t.c.total_j).label("total_j"))
+        .where(t.c.method != UNMEASURABLE)
+        .group_by(t.c.run_id)
+        .subquery()
+    )
+    query = (
+        select(Run.run_id, Run.host, Run.pid, Run.start, Run.end, Run.status, Run.heartbeat, span_stats.c.spans,
+               span_stats.c.span_j, device_stats.c.total_j)
+        .outerjoin(span_stats, span_stats.c.run_id == Run.run_id)
+        .outerjoin(device_stats, device_stats.c.run_id == Run.run_id)
         .order_by(Run.start, Run.run_id)
     )
     return conn.execute(query).all()

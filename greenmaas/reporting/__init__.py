@@ -1,4 +1,4 @@
-"""What a person reads, beyond the tables of :mod:`greenmaas.report`: an HTML page with plots,
+"""What a person reads, beyond the tables of :mod:`greenmaas.reporting.summary`: an HTML page with plots,
 regulator documents and standard exports.
 
 * :func:`html_report` — one self-contained HTML page (tables and inline SVG plots).

@@ -12,7 +12,7 @@ and what was estimated.
 >>> doc = eu_ai_act("greenmaas.db", model="llama-8b")
 >>> print(doc.to_markdown())      # or json.dumps(doc.to_dict())
 
-Every figure comes from the ledger: energy from :func:`greenmaas.report.summary` by phase,
+Every figure comes from the ledger: energy from :func:`greenmaas.reporting.summary.summary` by phase,
 times, requests and tokens from :func:`greenmaas.ledger.query.phase_runs`, device time and
 device methods from :func:`greenmaas.ledger.query.rollup_devices`. A field the ledger cannot fill
 (floating-point operations, the energy of work that was never measured) is listed as not filled,
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..modelcard import METHOD_TEXT
-from ..report import IDLE, NONE, summary
+from .modelcard import METHOD_TEXT
+from .summary import IDLE, NONE, summary
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -130,10 +130,10 @@ def eu_ai_act(
     accounting: Any = None,
 ) -> AIActDocument:
     """The document for ``model``, or for every model in the selection (see the module doc).
-    ``accounting`` as :func:`greenmaas.report.summary` takes it (location, PUE, ...)."""
+    ``accounting`` as :func:`greenmaas.reporting.summary.summary` takes it (location, PUE, ...)."""
     from datetime import timezone
 
-    from ..analysis import opened
+    from .frames import opened
     from ..ledger import query
     from ..period import to_utc
 

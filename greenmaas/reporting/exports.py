@@ -26,7 +26,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError, GreenmaasError
-from ..report import IDLE, NONE, SCI_UNITS, summary
+from .summary import IDLE, NONE, SCI_UNITS, summary
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -210,7 +210,7 @@ def boamps_report(
     validated here: call :func:`validate_boamps`. Raises :class:`BoAmpsError` when nothing in
     the selection was measured (BoAmps needs at least one measure).
     """
-    from ..analysis import opened
+    from .frames import opened
     from ..ledger import query
     from ..period import to_utc
 

@@ -14,7 +14,7 @@ it opens offline and can be mailed or archived as one file. It draws:
   over more than a factor 20);
 * the grid's carbon intensity over time, where a run was priced with an hourly series.
 
-Its cost does not grow with the ledger: the table comes from :func:`greenmaas.report.summary`
+Its cost does not grow with the ledger: the table comes from :func:`greenmaas.reporting.summary.summary`
 (summed in SQL), power series are thinned in the database to at most ``max_points`` points per
 run and device (the first and last cumulative point of each time bucket, so each plotted level
 is still an exact mean), only the ``max_bands`` longest top-level spans are shaded, and requests
@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from html import escape
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..modelcard import format_amount, method_text, source_lines
-from ..report import IDLE, NONE, Summary, summary
+from .modelcard import format_amount, method_text, source_lines
+from .summary import GROUP_HEADERS, IDLE, NONE, RUN_GROUPS, Summary, summary
 from . import svg
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def collect_plots(
     bins: int = 40,
 ) -> ReportPlots:
     """Read what the plots of ``result``'s page need from the ledger (see the module doc)."""
-    from ..analysis import opened
+    from .frames import opened
     from ..ledger import query
     from ..period import to_utc
 
@@ -106,8 +106,13 @@ def collect_plots(
             rows = query.sample_series(conn, max_points, lo, hi, run_ids, counts=counts) if counts else []
             out.points_kept = len(rows)
             _power(out, rows)
-        out.bands_total, found = query.top_level_spans(conn, result.by, NONE, max_bands, lo, hi, model)
-        out.bands = [(d, _ts(start), _ts(end), str(g)) for _, _, d, start, end, g in found]
+        by, group_of_run = result.by, None
+        if by in RUN_GROUPS:  # where a run ran: its spans take their run's group
+            by = "run"
+            group_of_run = {r: str(g) for g, facts in result.groups.items() for r in facts.get("runs") or []}
+        out.bands_total, found = query.top_level_spans(conn, by, NONE, max_bands, lo, hi, model)
+        out.bands = [(d, _ts(start), _ts(end), str(g) if group_of_run is None else group_of_run.get(g, NONE))
+                     for _, _, d, start, end, g in found]
         stats = query.request_energy_stats(conn, lo, hi, model)
         if stats.requests:
             out.requests = {"requests": int(stats.requests), "energy_j": float(stats.energy_j or 0.0),
@@ -249,8 +254,6 @@ padding:8px 12px;color:#5c4a12}
 ul.sources{padding-left:18px}ul.sources li{margin:2px 0}
 """
 
-_HEADERS = {"model": "Model", "phase": "Phase", "run": "Run", "day": "Day (UTC)", "request": "Request",
-            "tenant": "Tenant", "name": "Span name"}
 
 
 def html_report(
@@ -269,7 +272,7 @@ def html_report(
     progress: Callable[[str], None] | None = None,
 ) -> str:
     """The page for a report by ``by`` (see the module doc); ``since``, ``until``, ``model`` and
-    ``accounting`` as :func:`greenmaas.report.summary` takes them. Tables show the ``max_rows``
+    ``accounting`` as :func:`greenmaas.reporting.summary.summary` takes them. Tables show the ``max_rows``
     largest groups and sum the rest in one line. ``progress(step)`` is called as each part is
     read (a progress bar's hook)."""
     step = progress or (lambda _what: None)
@@ -361,7 +364,7 @@ def _table_section(result: Summary, max_rows: int) -> list[str]:
     currencies = {r.get("currency") for r in rows if r.get("cost") is not None}
     money = len(currencies) == 1
     cur = next(iter(currencies)) if money else None
-    head = [_HEADERS[result.by], "Spans", "Duration (s)", "Energy (J)", "± J", "Share (%)", "Method"]
+    head = [GROUP_HEADERS[result.by], "Spans", "Duration (s)", "Energy (J)", "± J", "Share (%)", "Method"]
     if result.priced:
         head.append("Carbon (gCO2e)")
     if money:

@@ -1,13 +1,13 @@
 """A report by request, a page of requests at a time, priced with arrays.
 
 A serving team's ledger holds millions of requests; a row per request is what they bill. The
-rows are those of ``summary(by="request")`` (:mod:`greenmaas.rollup` prices one group at a time in
+rows are those of ``summary(by="request")`` (:mod:`greenmaas.reporting.rollup` prices one group at a time in
 Python); here the same sums, per request, run, method and hour, come from SQL
 (:func:`greenmaas.ledger.query.rollup_spans` restricted to a range of request ids) and are grouped
 and priced with numpy and pandas for the whole page at once: each hour's figures per kWh once per
 accounting source, the few spans that cross an hour one by one, hardware and stated ± J per device
-kind and method. :func:`greenmaas.report.request_rows` pages through a ledger with it; the tests
-compare its rows with :func:`greenmaas.report.summary`'s.
+kind and method. :func:`greenmaas.reporting.summary.request_rows` pages through a ledger with it; the tests
+compare its rows with :func:`greenmaas.reporting.summary.summary`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..sources.base import METHOD_UNCERTAINTY, method_rank
 
 if TYPE_CHECKING:
-    from ..pricing import AccountingSource
+    from .pricing import AccountingSource
 
 __all__ = ["page_rows"]
 
@@ -31,12 +31,12 @@ _DEVICE_FIELDS = ("grp", "run_id", "device", "method", "span_method", "measured"
 def page_rows(conn, none: str, lo, hi, model, run, requests, runs: dict[str, dict], *, priced: bool,
               sources: Sequence["AccountingSource"], index: dict[str, int]) -> list[dict[str, Any]]:
     """The report rows of the requests in ``requests`` (a range of ids, or ``NO_REQUEST``), by
-    group, as :func:`greenmaas.rollup.rollup` makes them (``carbon_market_g`` included)."""
+    group, as :func:`greenmaas.reporting.rollup.rollup` makes them (``carbon_market_g`` included)."""
     import numpy as np
     import pandas as pd
 
     from ..ledger import query
-    from ..pricing import _kinds, device_kinds
+    from .pricing import _kinds, device_kinds
 
     narrow = {"run": run, "requests": requests, "bounds": False}
     spans = pd.DataFrame.from_records(
