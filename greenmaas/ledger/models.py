@@ -274,7 +274,21 @@ class Read(Base):
 SUMMARY_KEY = ("run_id", "hour", "method", "kind", "model", "phase", "tenant", "name")
 
 
-class SpanHour(Base):
+class _SummaryKey:
+    """The span values a summary row is keyed by (:data:`SUMMARY_KEY`): '' where the span's is NULL.
+    First in their tables (``sort_order``), as the schema 4 revision creates them."""
+
+    run_id: Mapped[str] = mapped_column(String(64), sort_order=-10)
+    hour: Mapped[str] = mapped_column(String(13), sort_order=-10)
+    method: Mapped[str] = mapped_column(String(16), sort_order=-10)
+    kind: Mapped[str] = mapped_column(String(32), sort_order=-10)
+    model: Mapped[str] = mapped_column(NAME_TEXT, sort_order=-10)
+    phase: Mapped[str] = mapped_column(String(32), sort_order=-10)
+    tenant: Mapped[str] = mapped_column(String(64), sort_order=-10)
+    name: Mapped[str] = mapped_column(NAME_TEXT, sort_order=-10)
+
+
+class SpanHour(_SummaryKey, Base):
     """The spans of one summary key (:data:`SUMMARY_KEY`), summed.
 
     ``spans`` counts what rows stand for (rollups count theirs); ``duration_s`` sums every row's
@@ -289,14 +303,6 @@ class SpanHour(Base):
     __tablename__ = "span_hours"
     __table_args__ = (PrimaryKeyConstraint(*SUMMARY_KEY, name="pk_span_hours"),)
 
-    run_id: Mapped[str] = mapped_column(String(64))
-    hour: Mapped[str] = mapped_column(String(13))
-    method: Mapped[str] = mapped_column(String(16))
-    kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(NAME_TEXT)
-    phase: Mapped[str] = mapped_column(String(32))
-    tenant: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(NAME_TEXT)
     spans: Mapped[int] = mapped_column(Integer, default=0)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     hour_j: Mapped[float] = mapped_column(Float, default=0.0)
@@ -309,7 +315,7 @@ class SpanHour(Base):
     last: Mapped[datetime | None]
 
 
-class SpanHourDevice(Base):
+class SpanHourDevice(_SummaryKey, Base):
     """The span devices of one summary key, per device, its method, and whether the span's energy
     (``measured``) and ± J (``recorded``) were stored: ``rows`` span devices, ``device_s`` their
     own device time, ``stated_j`` their own energy where the span recorded no ± J (``stated_n``
@@ -321,14 +327,6 @@ class SpanHourDevice(Base):
                              name="pk_span_hour_devices"),
     )
 
-    run_id: Mapped[str] = mapped_column(String(64))
-    hour: Mapped[str] = mapped_column(String(13))
-    method: Mapped[str] = mapped_column(String(16))
-    kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(NAME_TEXT)
-    phase: Mapped[str] = mapped_column(String(32))
-    tenant: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(NAME_TEXT)
     device: Mapped[str] = mapped_column(String(64))
     device_method: Mapped[str] = mapped_column(String(16))
     measured: Mapped[int] = mapped_column(Integer)
@@ -369,22 +367,14 @@ class SpanNesting(Base):
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-class SpanCrossing(Base):
+class SpanCrossing(_SummaryKey, Base):
     """A span that ends in a later UTC hour than it starts in, with its summary values: priced
     over the hours it covers, one by one."""
 
     __tablename__ = "span_crossings"
     __table_args__ = (Index("ix_span_crossings_run_hour", "run_id", "hour"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64))
-    hour: Mapped[str] = mapped_column(String(13))
-    method: Mapped[str] = mapped_column(String(16))
-    kind: Mapped[str] = mapped_column(String(32))
-    model: Mapped[str] = mapped_column(NAME_TEXT)
-    phase: Mapped[str] = mapped_column(String(32))
-    tenant: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(NAME_TEXT)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, sort_order=-20)
     start: Mapped[datetime]
     end: Mapped[datetime]
     energy_j: Mapped[float | None] = mapped_column(Float)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from .frames import opened
 from ..errors import ConfigError
 from ..period import to_utc
-from ..sources.base import METHOD_UNCERTAINTY, UNMEASURABLE
+from ..sources.base import METHOD_UNCERTAINTY
 
 if TYPE_CHECKING:
     import numpy as np

@@ -168,10 +168,7 @@ def page_rows(conn, none: str, lo, hi, model, run, requests, runs: dict[str, dic
 
 def _price_hours(cells, sources, index, out, costs) -> None:
     """Carbon and electricity of the spans lying within one hour: each hour priced once per source."""
-    import numpy as np
-    import pandas as pd
-
-    from ..accounting.config import price
+    from .rollup import hour_rates
 
     if cells.empty:
         return
@@ -180,35 +177,20 @@ def _price_hours(cells, sources, index, out, costs) -> None:
         part = cells[source == i]
         if part.empty:
             continue
-        hours = sorted(part["hour"].unique())
-        t = pd.to_datetime([f"{h}:00:00" for h in hours], utc=True)
-        frame = pd.DataFrame({"start": t, "end": t, "energy_j": np.full(len(t), _J_PER_KWH)})
-        per_kwh = price(frame, src.config)
+        rates = hour_rates(src.config, sorted(part["hour"].unique()))
         kwh = part["energy_j"].to_numpy() / _J_PER_KWH
-        _add(out, costs, part["grp"], src, kwh, part["hour"].map(dict(zip(hours, per_kwh["carbon_g"]))),
-             part["hour"].map(dict(zip(hours, per_kwh["carbon_market_g"]))),
-             part["hour"].map(dict(zip(hours, per_kwh["energy_cost"]))))
+        _add(out, costs, part["grp"], src, kwh, *(part["hour"].map({h: r[k] for h, r in rates.items()})
+                                                  for k in range(3)))
 
 
 def _price_crossing(crossing, sources, index, out, costs) -> None:
     """Carbon and electricity of the spans that cross an hour, one by one."""
     import numpy as np
-    import pandas as pd
 
-    from ..accounting.config import price
+    from .rollup import priced_crossing
 
-    frame = pd.DataFrame.from_records([tuple(r) for r in crossing], columns=["grp", "run_id", "start", "end",
-                                                                            "energy_j"])
-    frame = frame[frame["energy_j"].notna()]
-    frame["start"] = pd.to_datetime(frame["start"], utc=True)
-    frame["end"] = pd.to_datetime(frame["end"], utc=True)
-    source = frame["run_id"].map(index)
-    for i, src in enumerate(sources):
-        part = frame[source == i]
-        if part.empty:
-            continue
-        priced = price(part[["start", "end", "energy_j"]], src.config)
-        _add(out, costs, part["grp"], src, np.ones(len(part)), priced["carbon_g"], priced["carbon_market_g"],
+    for i, grps, priced in priced_crossing(crossing, sources, index):
+        _add(out, costs, grps, sources[i], np.ones(len(grps)), priced["carbon_g"], priced["carbon_market_g"],
              priced["energy_cost"])
 
 

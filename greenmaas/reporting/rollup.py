@@ -111,10 +111,8 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     rows alone (no period, per-group facts or devices: a report by request, page by page).
     ``regroup`` (with ``by="run"``) merges the runs' groups into the groups it maps them to (a
     run's host, job or rank), once priced."""
-    import numpy as np
     import pandas as pd
 
-    from ..accounting.config import price
     from ..ledger import query
     from .pricing import _kinds
 
@@ -199,7 +197,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
 
     if priced:
         _price_energy(groups, cells, sources, list(read_crossing(conn, by, none, lo, hi, model, run=run, **narrow)),
-                      index, price, np)
+                      index)
     if regroup is not None:
         groups = _merged_groups(groups, regroup)
 
@@ -288,37 +286,55 @@ def _add_cost(g: _Group, src: AccountingSource, amount: float) -> None:
     g.cost[currency] = g.cost.get(currency, 0.0) + amount
 
 
-def _price_energy(groups, cells, sources, crossing, index, price, np) -> None:
-    """Carbon and electricity of each group: hours priced once, crossing spans one by one."""
+def hour_rates(config: "AccountingConfig", hours: list[str]) -> dict[str, tuple[float, float, float]]:
+    """Per UTC hour (``YYYY-MM-DD HH``): carbon, market-based carbon and electricity cost of one
+    kWh of IT energy used in it, under ``config`` (NaN where there is no such figure)."""
+    import numpy as np
     import pandas as pd
 
+    from ..accounting.config import price
+
+    t = pd.to_datetime([f"{h}:00:00" for h in hours], utc=True)
+    per_kwh = price(pd.DataFrame({"start": t, "end": t, "energy_j": np.full(len(t), _J_PER_KWH)}), config)
+    return {h: (c, m, e) for h, c, m, e in zip(hours, per_kwh["carbon_g"], per_kwh["carbon_market_g"],
+                                                 per_kwh["energy_cost"])}
+
+
+def priced_crossing(crossing: list, sources: list[AccountingSource], index: dict[str, int]):
+    """The spans that cross an hour (rows of ``group, run_id, start, end, energy_j``), priced one
+    by one with their run's accounting: per source, ``(source index, groups, priced frame)``
+    (carbon_g, carbon_market_g, energy_cost of each span's whole energy). Unmeasured spans are
+    left out."""
+    import pandas as pd
+
+    from ..accounting.config import price
+
+    frame = pd.DataFrame.from_records([tuple(r) for r in crossing], columns=["grp", "run_id", "start", "end",
+                                                                            "energy_j"])
+    frame = frame[frame["energy_j"].notna()]
+    frame["start"] = pd.to_datetime(frame["start"], utc=True)
+    frame["end"] = pd.to_datetime(frame["end"], utc=True)
+    source_of = frame["run_id"].map(index)
+    for i, src in enumerate(sources):
+        part = frame[source_of == i]
+        if not part.empty:
+            yield i, part["grp"], price(part[["start", "end", "energy_j"]], src.config)
+
+
+def _price_energy(groups, cells, sources, crossing, index) -> None:
+    """Carbon and electricity of each group: hours priced once, crossing spans one by one."""
     by_source: dict[int, list] = {}
     for grp, i, hour, energy in cells:
         by_source.setdefault(i, []).append((grp, hour, energy))
     for i, items in by_source.items():
-        hours = sorted({h for _, h, _ in items})
-        t = pd.to_datetime([f"{h}:00:00" for h in hours], utc=True)
-        frame = pd.DataFrame({"start": t, "end": t, "energy_j": np.full(len(t), _J_PER_KWH)})
-        per_kwh = price(frame, sources[i].config)  # figures of one kWh of IT energy in that hour
-        rates = {h: (c, m, e) for h, c, m, e in zip(hours, per_kwh["carbon_g"], per_kwh["carbon_market_g"],
-                                                      per_kwh["energy_cost"])}
+        rates = hour_rates(sources[i].config, sorted({h for _, h, _ in items}))
         for grp, hour, energy in items:
             c, m, e = rates[hour]
             _add_priced(groups[grp], sources[i], energy / _J_PER_KWH, c, m, e)
     if crossing:
-        frame = pd.DataFrame.from_records(crossing, columns=["grp", "run_id", "start", "end", "energy_j"])
-        frame = frame[frame["energy_j"].notna()]
-        frame["start"] = pd.to_datetime(frame["start"], utc=True)
-        frame["end"] = pd.to_datetime(frame["end"], utc=True)
-        source_of = frame["run_id"].map(index)
-        for i, src in enumerate(sources):
-            part = frame[source_of == i]
-            if part.empty:
-                continue
-            priced = price(part[["start", "end", "energy_j"]], src.config)
-            for grp, c, m, e in zip(part["grp"], priced["carbon_g"], priced["carbon_market_g"],
-                                    priced["energy_cost"]):
-                _add_priced(groups[grp], src, 1.0, c, m, e)
+        for i, grps, priced in priced_crossing(crossing, sources, index):
+            for grp, c, m, e in zip(grps, priced["carbon_g"], priced["carbon_market_g"], priced["energy_cost"]):
+                _add_priced(groups[grp], sources[i], 1.0, c, m, e)
 
 
 def _add_priced(g: _Group, src: AccountingSource, factor: float, carbon, market, cost) -> None:
