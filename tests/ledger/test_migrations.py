@@ -442,3 +442,26 @@ def test_postgres_auto_upgrade_when_turned_on(pg_schema1, monkeypatch):
     with Ledger.open(pg_schema1) as led:
         assert led.upgraded is not None and led.upgraded.backup is None
         assert led.upgraded.from_version == 1 and led.upgraded.to_version == SCHEMA_VERSION
+
+
+def test_an_upgraded_ledger_reports_from_its_summaries_as_span_by_span(db_path):
+    """The upgrade to schema 4 computes the summaries of the spans already stored; spans written
+    afterwards (a late child of an old span, whose parent only the ledger knows) join them, and
+    every report reads the same figures from them as from the spans one by one."""
+    from greenmaas.report import summary
+
+    schema1.create_sqlite(db_path)
+    with Ledger.open(db_path) as led:
+        assert led.upgraded is not None
+        led.write_spans([span("late", 60.0, 70.0, energy=40.0, model="bert", parent_id="e"),
+                         span("other", 130.0, 4000.0, energy=70.0, model="llama")])  # crosses an hour
+    for by in ("model", "name", "run", "day", "phase"):
+        fast, reference = summary(db_path, by=by, accounting=False), summary(db_path, by=by, accounting=False,
+                                                                                 in_sql=False)
+        got, want = ({r["group"]: r for r in x.rows} for x in (fast, reference))
+        assert set(got) == set(want), by
+        for group, row in want.items():
+            for key, value in row.items():
+                assert got[group][key] == (pytest.approx(value) if isinstance(value, float) else value), (by, key)
+    bert = {r["group"]: r for r in summary(db_path, by="model", accounting=False).rows}["bert"]
+    assert bert["duration_s"] == pytest.approx(100.0)  # the epoch's time: its children are inside it
