@@ -20,6 +20,14 @@ is billed on its own), and only
 those the attributor takes in bulk (closed when it first sees them). Their ``span.result``
 stays readable for the most recent spans (:data:`~greenmaas.attribution.live.RESULT_RING`),
 without carbon and cost, which are priced on the rollup row.
+
+Batch shares linked to a request (a serving engine's requests in continuous batching: one share
+per forward pass the request took part in, named ``prefill`` or ``decode`` after the work it did)
+are recorded per request and share name instead (:class:`ShareRows`): one row when the request's
+own row is written, whose ``count`` is the passes it stands for, with their summed energy, ± J,
+device time, carbon and cost, the earliest start and latest end, and their summed ``tokens``
+(``attrs``). A request in one pass keeps its share row as it was. Each share's ``span.result``
+stays its own; ``Meter(rollup=False)`` records every share as a row.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["ROLLUP_ABOVE_HZ", "ROLLUP_INTERVAL_S", "Rollups", "Bucket", "PERCENTILES"]
+__all__ = ["ROLLUP_ABOVE_HZ", "ROLLUP_INTERVAL_S", "Rollups", "Bucket", "PERCENTILES", "ShareRows"]
 
 #: A class of spans closing faster than this (spans per second, within one second) is rolled up.
 ROLLUP_ABOVE_HZ = 200.0
@@ -201,3 +209,91 @@ class Rollups:
 
 _amounts = operator.attrgetter("weight", "tokens_in", "tokens_out", "items")
 _NO_AMOUNTS = (None, None, None, None)
+
+
+class ShareRows:
+    """Batch shares linked to a request, recorded as one row per request and share name (see the
+    module doc). :meth:`route` takes a flush's span records (shares held back, merged) and gives
+    what to write; held rows go out with their request's row, or all at once with ``force``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        # request span id -> share name -> the merged record so far
+        self._held: dict[str, dict[str, Any]] = {}
+
+    def route(self, spans: list, records: list, force: bool = False) -> list:
+        if not self.enabled:
+            return list(records)
+        out: list[Any] = []
+        held = self._held
+        for s, r in zip(spans, records):
+            if s.kind == "share" and r.link_id is not None:
+                by_name = held.setdefault(r.link_id, {})
+                merged = by_name.get(r.name)
+                by_name[r.name] = r if merged is None else _merge(merged, r)
+                continue
+            if s.kind == "request":
+                rows = held.pop(r.span_id, None)
+                if rows:
+                    out.extend(rows.values())
+            out.append(r)
+        if force:
+            for rows in held.values():
+                out.extend(rows.values())
+            held.clear()
+        return out
+
+    @property
+    def held(self) -> int:
+        """Share rows waiting for their request's."""
+        return sum(len(v) for v in self._held.values())
+
+
+def _merge(a: Any, b: Any) -> Any:
+    """One share row standing for the passes of ``a`` and ``b`` (records of one request and name)."""
+    from dataclasses import replace
+
+    from .records import DeviceEnergy
+
+    devices: dict[str, DeviceEnergy] = {d.device: replace(d) for d in a.devices}
+    for d in b.devices:
+        m = devices.get(d.device)
+        if m is None:
+            devices[d.device] = replace(d)
+            continue
+        m.energy_j += d.energy_j
+        m.self_j += d.self_j
+        m.self_device_s += d.self_device_s
+        m.gap_s += d.gap_s
+        if d.uncertainty_j is not None or m.uncertainty_j is not None:
+            m.uncertainty_j = (m.uncertainty_j or 0.0) + (d.uncertainty_j or 0.0)
+        if d.method != m.method:
+            from .sources.base import weakest_method
+
+            m.method = weakest_method([m.method, d.method])
+    attrs = dict(a.attrs)
+    if "tokens" in a.attrs or "tokens" in b.attrs:
+        attrs["tokens"] = (a.attrs.get("tokens") or 0) + (b.attrs.get("tokens") or 0)
+    attrs.pop("context", None)  # a pass's own figure
+    attrs["passes"] = (a.count or 1) + (b.count or 1)
+
+    def total(x: Any, y: Any) -> Any:
+        return None if x is None and y is None else (x or 0.0) + (y or 0.0)
+
+    return replace(
+        a,
+        start=min(a.start, b.start),
+        end=max(a.end, b.end),
+        duration_s=a.duration_s + b.duration_s,
+        start_mono=min(a.start_mono, b.start_mono) if a.start_mono is not None and b.start_mono is not None
+        else a.start_mono,
+        end_mono=max(a.end_mono, b.end_mono) if a.end_mono is not None and b.end_mono is not None else a.end_mono,
+        weight=a.weight + b.weight,
+        devices=list(devices.values()),
+        attrs=attrs,
+        count=(a.count or 1) + (b.count or 1),
+        carbon_g=total(a.carbon_g, b.carbon_g),
+        carbon_market_g=total(a.carbon_market_g, b.carbon_market_g),
+        cost=total(a.cost, b.cost) if a.currency == b.currency else None,
+        currency=a.currency if a.currency == b.currency else None,
+    )

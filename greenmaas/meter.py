@@ -237,8 +237,9 @@ class Meter:
         self._signal_handlers: dict[int, Any] = {}  # signal -> (our handler, the previous one)
         self._writer_errors_seen = 0
         self._last_beat = -math.inf
-        from .aggregate import ROLLUP_ABOVE_HZ, ROLLUP_INTERVAL_S, Rollups
+        from .aggregate import ROLLUP_ABOVE_HZ, ROLLUP_INTERVAL_S, Rollups, ShareRows
 
+        self._share_rows = ShareRows(enabled=rollup is not False)
         self.rollups = Rollups(
             rollup,
             ROLLUP_ABOVE_HZ if rollup_above_hz is None else rollup_above_hz,
@@ -583,9 +584,10 @@ class Meter:
         buckets = self.rollups.due(attr.watermark, force)
         if buckets:
             records.extend(self._rollup_record(b, timelines) for b in buckets)
-        if records:
+        if records or (force and self._share_rows.held):
             self._price(records)
-            for r in records:
+            n = len(done.spans)
+            for r in self._share_rows.route(done.spans, records[:n], force) + records[n:]:
                 self._submit(r)
             for s, r in zip(done.spans, records):
                 attr.set_record(s, r)

@@ -43,7 +43,9 @@ What the ledger keeps, per request (no schema change): the request span (``kind=
 with ``tokens_in`` = prompt tokens, ``tokens_out`` = output tokens and ``attrs`` ``ttft_s``
 (time to first token: from the request span's start to the end of the pass that finished its
 prompt), ``iterations``; its shares (``kind='share'``, name ``prefill`` or ``decode``, ``attrs``
-``tokens`` and ``context``) hold its prefill and decode energy; each iteration's batch span
+``tokens``) hold its prefill and decode energy, one row per phase whose ``count`` is the passes it
+stands for (:class:`greenmaas.aggregate.ShareRows`; a row per pass, with its ``context``, under
+``Meter(rollup=False)``); each iteration's batch span
 carries ``attrs`` ``prefill_tokens``, ``decode_tokens``, ``requests``, ``context_tokens`` and the
 rule, which is what :func:`calibrate_ledger` reads. ``greenmaas report --by request`` sums them
 per request; ``--by phase`` shows prefill and decode as rows of their own.

@@ -239,3 +239,45 @@ def test_a_prefix_cache_hit_counts_toward_the_first_token():
         run_for(meter, clock, 0.01)
     assert r.prefilled == 100 and r.output_tokens == 1 and r.ttft_s == pytest.approx(0.01)
     serving.finish(r)
+
+
+@pytest.mark.parametrize("rollup", ["auto", False])
+def test_a_requests_shares_are_one_row_per_phase_and_report_the_same(tmp_path, rollup):
+    """Shares of one request are written as one row per phase (count = the passes), with their
+    request's row; ``rollup=False`` keeps a row per pass. The reports are the same either way and
+    equal what each request's live figures say."""
+    from greenmaas.analysis import read_ledger
+
+    path = tmp_path / "s.db"
+    clock = FakeClock()
+    src = StaticSource(clock, {"gpu:0": {"energy_j": lambda t: 300 * t}})
+    meter = Meter(sources=[src], ledger=path, clock=clock, background=False, accounting=False, rollup=rollup)
+    meter.start()
+    serving = ServingMeter(meter, model="m")
+    reqs = [serving.admit(f"r{i}", prompt_tokens=16 + i) for i in range(6)]
+    with serving.iteration([serving.prefill(q) for q in reqs[:3]]):
+        clock.advance(0.01)
+    for it in range(12):
+        work = [serving.decode(q) for q in reqs[:3]] + ([serving.prefill(q) for q in reqs[3:]] if it == 4 else [])
+        work += [serving.decode(q) for q in reqs[3:]] if it > 4 else []
+        with serving.iteration(work):
+            clock.advance(0.01)
+        meter.tick()
+    for q in reqs:
+        serving.finish(q)
+    clock.advance(0.3)
+    meter.tick()
+    live = {q.request_id: q.energy() for q in reqs}
+    meter.stop()
+    shares = read_ledger(path).query("kind == 'share'")
+    passes = 3 + 12 * 3 + 3 + 7 * 3
+    assert shares["count"].sum() == passes
+    if rollup is False:
+        assert len(shares) == passes
+    else:
+        assert sorted(shares.groupby("request_id").size().tolist()) == [2] * 6  # prefill and decode
+        assert set(shares["attrs"].map(lambda a: a.get("passes", 1))) >= {12, 7}
+    rows = {r["group"]: r for r in summary(path, by="request", accounting=False).rows}
+    for rid, e in live.items():
+        for key in ("energy_j", "prefill_j", "decode_j", "ttft_s"):
+            assert rows[rid][key] == pytest.approx(getattr(e, key), rel=1e-9), (rid, key)
