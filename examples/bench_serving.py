@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             if b[0] <= n <= b[1]:
                 by_bin[b].append((float(energy_j), int(attrs["decode_tokens"])))
     phases = {r["group"]: r for r in summary(str(db), by="phase", accounting=False).rows}
-    kinds = read_ledger(str(db))["kind"]
-    n_spans, n_requests = len(kinds), int((kinds == "request").sum())
+    stored = read_ledger(str(db))
+    kinds = stored["kind"]
+    n_rows, n_requests = len(kinds), int((kinds == "request").sum())
+    n_spans = int(stored["count"].fillna(1).sum())  # spans attributed: a share row stands for its passes
     try:
         cal = calibrate_ledger(str(db))
     except Exception as exc:  # reported, not fatal
@@ -203,11 +205,13 @@ def main(argv: list[str] | None = None) -> int:
            if spread > 0.02 else
            ("met." if rps_g >= 0.98 * rps_p and p99_g - p99_p <= 1e-3 else "not met.")),
         "",
-        f"What the added CPU is: the measured server recorded {n_spans / max(n_requests, 1):.1f} spans per request "
-        f"(the request, one share per forward pass it took part in, its part of the passes' batch spans), so "
-        f"everything greenmaas adds (middleware, metrics, and per span: opening and closing it, attributing, "
-        f"pricing and writing it to SQLite on background threads) comes to about "
-        f"{1e3 * (cpu_g - cpu_p) / max(n_spans / max(n_requests, 1), 1):.0f} µs of CPU per span recorded. "
+        f"What the added CPU is: the measured server attributed {n_spans / max(n_requests, 1):.1f} spans per "
+        f"request (the request, one share per forward pass it took part in, its part of the passes' batch "
+        f"spans) and wrote {n_rows / max(n_requests, 1):.1f} ledger rows per request (a request's shares are "
+        f"one row per phase), so everything greenmaas adds (middleware, metrics, and per span: opening and "
+        f"closing it, attributing it; per row: pricing and writing it to SQLite, on background threads) comes "
+        f"to about {1e3 * (cpu_g - cpu_p) / max(n_spans / max(n_requests, 1), 1):.0f} µs of CPU per span "
+        "attributed. "
         "This toy model spends only "
         f"{cpu_p:.1f} ms of CPU on a whole request (HTTP included), so greenmaas adds {100 * cpu_added:.0f}% "
         "to it; against a real model's forward passes (milliseconds each, on a GPU) the same per-span cost is "
