@@ -95,11 +95,13 @@ def render(
     title: str | None = None,
     total_label: str | None = "Total",
     after: str | None = None,
+    totals_of: Sequence[dict] | None = None,
 ) -> None:
     """Write ``rows`` to stdout in ``fmt`` (``table``, ``csv``, ``json`` or ``markdown``).
 
     ``after`` is text printed after a table or markdown table (a footer, more sections); machine
-    formats leave it out so that they stay a plain list of rows.
+    formats leave it out so that they stay a plain list of rows. ``totals_of``: the rows the total
+    line adds up, where ``rows`` shows only some of them.
     """
     out = sys.stdout
     raw = [c for c in columns if c.value is None and c.show != "human"]
@@ -119,7 +121,8 @@ def render(
 
     shown = list(rows)
     has_total = bool(rows) and any(c.total for c in columns)
-    total = _total_row(rows, columns, total_label) if has_total and total_label is not None else None
+    summed = rows if totals_of is None else totals_of
+    total = _total_row(summed, columns, total_label) if has_total and total_label is not None else None
     if fmt == "markdown":
         right = _NUMERIC
         lines = [

@@ -70,7 +70,8 @@ def accounting_overrides(**options: Any) -> dict[str, Any]:
 
 
 def report_columns(
-    by: str, rows: Sequence[dict], extra: Sequence[ExtraColumn] = (), sci: str | None = None
+    by: str, rows: Sequence[dict], extra: Sequence[ExtraColumn] = (), sci: str | None = None,
+    total_energy: float | None = None,
 ) -> list[Column]:
     """The columns to show for ``rows``: the base ones, the method and its ± J, carbon and cost,
     extras, SCI.
@@ -80,7 +81,8 @@ def report_columns(
     priced, name the currency in the header when there is one, and show the cost breakdown when
     hardware is priced.
     """
-    total_energy = sum(r["energy_j"] or 0.0 for r in rows)
+    if total_energy is None:
+        total_energy = sum(r["energy_j"] or 0.0 for r in rows)
 
     def share(row: dict) -> float | None:
         if row["energy_j"] is None or total_energy <= 0:
@@ -284,6 +286,9 @@ def report(ledger, by, since, until, model, run, sci, sources_only, fmt, output,
         columns = report_columns(by, [first] if first is not None else [])
         render_stream(chain([first] if first is not None else [], rows), columns, fmt)
         return
+    if by == "request" and fmt in ("table", "markdown") and sci is None and not sources_only:
+        _request_table(ledger, fmt, since=since, until=until, model=model, run=run, overrides=overrides)
+        return
     with progress_steps("Reading the ledger", ("grouping and pricing",)) as step:
         step("grouping and pricing")
         result, columns = build_report(
@@ -306,6 +311,70 @@ def report(ledger, by, since, until, model, run, sci, sources_only, fmt, output,
     what = "Energy, carbon and cost" if result.priced else "Energy"
     title = f"{what} by {by}" + (f" (model {model})" if model else "") + (f" (run {result.run})" if result.run else "")
     render(rows, columns, fmt, title=title, total_label="Total", after=after)
+
+
+#: Requests a table or markdown report by request shows: those that used the most energy.
+REQUEST_TABLE_ROWS = 50
+_TOTALLED = ("spans", "duration_s", "energy_j", "uncertainty_j", "carbon_g", "carbon_market_g", "energy_cost",
+             "hardware_cost", "cost", "prompt_tokens", "output_tokens", "prefill_j", "decode_j")
+
+
+def _request_table(ledger: Any, fmt: str, *, since: Any, until: Any, model: str | None, run: str | None,
+                   overrides: Mapping[str, Any]) -> None:
+    """A table (or markdown) by request that holds few rows at a time however many requests
+    there are: the :data:`REQUEST_TABLE_ROWS` that used the most energy, then ``(none)`` and
+    ``(idle)``, and a total line over every request."""
+    import heapq
+
+    from greenmaas.reporting.modelcard import source_lines, sources_markdown
+    from greenmaas.reporting.summary import IDLE, NONE
+
+    with progress_steps("Reading the ledger", ("requests",)) as step:
+        step("requests")
+        top: list[tuple] = []  # (energy, order, row): the largest kept
+        tail: list[dict] = []
+        total: dict[str, Any] = {}
+        kinds: dict[tuple, dict] = {}  # one row per kind of money columns, for the columns' choice
+        requests = 0
+        for i, row in enumerate(request_rows(ledger, since=since, until=until, model=model, run=run,
+                                             accounting=overrides or None)):
+            for key in _TOTALLED:
+                value = row.get(key)
+                if value is not None:
+                    total[key] = total.get(key, 0) + value
+                elif key in row:
+                    total.setdefault(key, None)
+            kinds.setdefault((row.get("currency"), row.get("cost") is None, bool(row.get("hardware_cost"))), row)
+            if row["group"] in (NONE, IDLE):
+                tail.append(row)
+                continue
+            requests += 1
+            item = (row["energy_j"] if row["energy_j"] is not None else -1.0, -i, row)
+            if len(top) < REQUEST_TABLE_ROWS:
+                heapq.heappush(top, item)
+            else:
+                heapq.heappushpop(top, item)
+        # What the figures rest on: the same selection's sources, read from the summaries.
+        context = summary(ledger, by="run", since=since, until=until, model=model, run=run,
+                          accounting=overrides or None)
+    if not requests and not tail:
+        click.echo("No spans in the ledger for this selection.", err=True)
+        return
+    shown = [row for _, _, row in sorted(top, key=lambda t: (-t[0], -t[1]))]
+    shown += sorted(tail, key=lambda r: r["group"] == IDLE)
+    total_row = {"group": "Total", **total, "currency": None}
+    columns = report_columns("request", shown + list(kinds.values()), total_energy=total.get("energy_j") or 0.0)
+    what = "Energy, carbon and cost" if context.priced else "Energy"
+    title = f"{what} by request" + (f" (model {model})" if model else "") + (f" (run {context.run})" if run else "")
+    if requests > REQUEST_TABLE_ROWS:
+        title += f": the {REQUEST_TABLE_ROWS} of {requests:,} requests that used the most energy"
+    note = (f"{requests:,} requests in all; the total line adds up every one. --format csv or json gives a row "
+            "for each." if requests > REQUEST_TABLE_ROWS else "")
+    if fmt == "table":
+        after = "\n".join([*source_lines(context), *([note] if note else [])])
+    else:
+        after = sources_markdown(context) + (f"\n{note}\n" if note else "")
+    render(shown, columns, fmt, title=title, total_label="Total", after=after, totals_of=[total_row])
 
 
 def _document(fmt: str, ledger: Any, *, by: str, since: Any, until: Any, model: str | None,

@@ -75,3 +75,36 @@ def test_every_grouping_ends_with_the_conservation_line(two_runs, by):
     rows = _json(two_runs, "--by", by)
     spans = sum(r["energy_j"] for g, r in rows.items() if g != "(idle)")
     assert spans + rows["(idle)"]["energy_j"] == pytest.approx(200.0)  # both devices' totals
+
+
+@pytest.fixture
+def requests_ledger(tmp_path):
+    path = tmp_path / "req.db"
+    with Ledger.open(path) as led:
+        led.start_run(RunRecord("r", "node", 1, T0, config={}, devices=[{"id": "gpu:0", "kind": "gpu"}]))
+        led.write_spans([
+            SpanRecord(f"s{i}", "r", "generate", T0 + timedelta(seconds=i), T0 + timedelta(seconds=i + 1), 1.0,
+                       kind="request", request_id=f"req-{i:02d}", model="llama",
+                       devices=[DeviceEnergy("gpu:0", 10.0 + (i * 7) % 11, "counter", 10.0 + (i * 7) % 11)])
+            for i in range(12)
+        ] + [SpanRecord("bg", "r", "other", T0, T0 + timedelta(seconds=5), 5.0,
+                        devices=[DeviceEnergy("gpu:0", 3.0, "counter", 3.0)])])
+        led.write_device_totals([DeviceTotals("r", "gpu:0", "counter", 400.0, 0.0, 0.0, start=T0,
+                                              end=T0 + timedelta(minutes=1))])
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_a_table_by_request_shows_the_largest_and_totals_every_request(requests_ledger, fmt, monkeypatch):
+    import greenmaas_cli.report as report_cli
+
+    monkeypatch.setattr(report_cli, "REQUEST_TABLE_ROWS", 3)
+    everything = _json(requests_ledger, "--by", "request")
+    r = CliRunner().invoke(cli, ["report", "--ledger", str(requests_ledger), "--by", "request", "--format", fmt])
+    assert r.exit_code == 0, r.output
+    largest = sorted((g for g in everything if g.startswith("req-")), key=lambda g: -everything[g]["energy_j"])[:3]
+    shown = [g for g in everything if g.startswith("req-") and g in r.stdout]
+    assert sorted(shown) == sorted(largest)
+    assert "(none)" in r.stdout and "(idle)" in r.stdout and "the 3 of 12 requests" in r.stdout
+    total = sum(row["energy_j"] for row in everything.values())
+    assert f"{total:,.1f}" in r.stdout  # the total line adds up every request, not only those shown
