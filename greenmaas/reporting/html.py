@@ -277,12 +277,64 @@ def html_report(
     read (a progress bar's hook)."""
     step = progress or (lambda _what: None)
     step("summary")
-    result = summary(ledger_or_url, by=by, since=since, until=until, model=model, accounting=accounting)
+    if by == "request":
+        result = _by_request(ledger_or_url, since, until, model, accounting, max_rows)
+    else:
+        result = summary(ledger_or_url, by=by, since=since, until=until, model=model, accounting=accounting)
     step("plots")
     plots = collect_plots(ledger_or_url, result, since=since, until=until, model=model, max_points=max_points,
                           max_bands=max_bands, bins=bins)
     step("page")
     return render_page(result, plots, title=title, model=model, max_rows=max_rows)
+
+
+def _by_request(ledger_or_url: Any, since: Any, until: Any, model: str | None, accounting: Any,
+                keep: int) -> Summary:
+    """The summary by request a page shows, read a page of requests at a time whatever their
+    number: the ``keep - 2`` requests that used the most energy, ``(none)``, one row summing every
+    other request, and ``(idle)``; sources, methods and period as the report by run states them."""
+    import heapq
+    from dataclasses import replace
+
+    from .summary import request_rows
+
+    context = summary(ledger_or_url, by="run", since=since, until=until, model=model, accounting=accounting)
+    top: list[tuple] = []
+    tail: list[dict] = []
+    spill: dict[str, Any] = {"spans": 0, "requests": 0}
+    costs: dict[Any, float] = {}
+
+    def fold(row: dict) -> None:
+        spill["spans"] += row["spans"]
+        spill["requests"] += 1
+        for key in ("duration_s", "energy_j", "uncertainty_j", "carbon_g"):
+            if row.get(key) is not None:
+                spill[key] = spill.get(key, 0.0) + row[key]
+        if row.get("cost") is not None or row.get("currency") == "mixed":
+            costs[row.get("currency")] = costs.get(row.get("currency"), 0.0) + (row.get("cost") or 0.0)
+
+    for i, row in enumerate(request_rows(ledger_or_url, since=since, until=until, model=model,
+                                         accounting=accounting)):
+        if row["group"] in (NONE, IDLE):
+            tail.append(row)
+            continue
+        item = (row["energy_j"] if row["energy_j"] is not None else -1.0, -i, row)
+        if len(top) < max(keep - 2, 1):
+            heapq.heappush(top, item)
+        else:
+            fold(heapq.heappushpop(top, item)[2])
+    rows = [row for _, _, row in sorted(top, key=lambda t: (-t[0], -t[1]))]
+    rows += [r for r in tail if r["group"] == NONE]
+    if spill["requests"]:
+        merged = {"group": f"({spill['requests']:,} more requests)", "method": "", **spill}
+        merged.pop("requests")
+        if len(costs) == 1:
+            (merged["currency"], merged["cost"]), = costs.items()
+        elif costs:
+            merged["currency"], merged["cost"] = "mixed", None
+        rows.append(merged)
+    rows += [r for r in tail if r["group"] == IDLE]
+    return replace(context, by="request", rows=rows)
 
 
 def render_page(result: Summary, plots: ReportPlots, *, title: str | None = None, model: str | None = None,

@@ -240,3 +240,19 @@ def test_power_of_a_meter_run_is_the_simulated_power(demo):
     ys = [y for _, _, values in plots.power["gpu:1"] for y in values if not math.isnan(y)]
     assert plots.falling == 0
     assert ys and all(y == pytest.approx(30.0) for y in ys)
+
+
+def test_a_page_by_request_keeps_the_largest_and_sums_the_rest(demo):
+    """By request, the page reads a page of requests at a time: the largest requests, one row for
+    every other, and the totals of all of them."""
+    rows = summary(demo.path, by="request").rows
+    requests = [r for r in rows if r["group"] not in ("(none)", "(idle)")]
+    assert len(requests) > 6
+    text = html_report(demo.path, by="request", max_rows=6)
+    assert_self_contained(text)
+    assert f"({len(requests) - 4:,} more requests)" in text
+    largest = sorted(requests, key=lambda r: -r["energy_j"])[:4]
+    for r in largest:
+        assert r["group"] in text
+    total = sum(r["energy_j"] for r in rows)
+    assert f"{total:,.1f}" in text
