@@ -1,6 +1,13 @@
-"""What a person reads, beyond the tables of :mod:`greenmaas.reporting.summary`: an HTML page with plots,
-regulator documents and standard exports.
+"""Everything a person reads: report tables, model cards, DataFrames, an HTML page with plots,
+regulator documents and standard exports. It reads the ledger through
+:mod:`greenmaas.ledger.query` and prices through :mod:`greenmaas.accounting`.
 
+* :mod:`~greenmaas.reporting.summary` — energy, carbon and cost per group (``summary``), and per
+  request a page at a time (``request_rows``); :mod:`~greenmaas.reporting.rollup` and
+  :mod:`~greenmaas.reporting.requests` price the ledger's sums, :mod:`~greenmaas.reporting.pricing`
+  span by span (the reference); :mod:`~greenmaas.reporting.listings` lists runs and device totals.
+* :mod:`~greenmaas.reporting.modelcard` — model-card text; :mod:`~greenmaas.reporting.frames` —
+  ``read_ledger`` DataFrames.
 * :func:`html_report` — one self-contained HTML page (tables and inline SVG plots).
 * :func:`eu_ai_act` — the energy fields of EU AI Act Annex XI §2(d)–(e) and of the General-Purpose
   AI Code of Practice model documentation form that a ledger can fill (markdown or JSON).
@@ -8,7 +15,9 @@ regulator documents and standard exports.
 * :func:`boamps_report` and :func:`validate_boamps` — a Boavizta BoAmps energy report (JSON),
   checked against its published schema (shipped with greenmaas).
 
-Each module is imported when first used.
+The modules once at the package's top level (``greenmaas.report``, ``greenmaas.pricing``,
+``greenmaas.listings``, ``greenmaas.modelcard``, ``greenmaas.analysis``, ``greenmaas.rollup``)
+are the same modules under their old names. Each module here is imported when first used.
 """
 
 from __future__ import annotations
