@@ -324,44 +324,35 @@ def _request_table(ledger: Any, fmt: str, *, since: Any, until: Any, model: str 
     """A table (or markdown) by request that holds few rows at a time however many requests
     there are: the :data:`REQUEST_TABLE_ROWS` that used the most energy, then ``(none)`` and
     ``(idle)``, and a total line over every request."""
-    import heapq
-
     from greenmaas.reporting.modelcard import source_lines, sources_markdown
-    from greenmaas.reporting.summary import IDLE, NONE
+    from greenmaas.reporting.summary import IDLE, NONE, largest_requests
+
+    total: dict[str, Any] = {}
+    kinds: dict[tuple, dict] = {}  # one row per kind of money columns, for the columns' choice
+    counted = {"requests": 0}
+
+    def seen(row: dict) -> None:
+        for key in _TOTALLED:
+            value = row.get(key)
+            if value is not None:
+                total[key] = total.get(key, 0) + value
+            elif key in row:
+                total.setdefault(key, None)
+        kinds.setdefault((row.get("currency"), row.get("cost") is None, bool(row.get("hardware_cost"))), row)
+        counted["requests"] += row["group"] not in (NONE, IDLE)
 
     with progress_steps("Reading the ledger", ("requests",)) as step:
         step("requests")
-        top: list[tuple] = []  # (energy, order, row): the largest kept
-        tail: list[dict] = []
-        total: dict[str, Any] = {}
-        kinds: dict[tuple, dict] = {}  # one row per kind of money columns, for the columns' choice
-        requests = 0
-        for i, row in enumerate(request_rows(ledger, since=since, until=until, model=model, run=run,
-                                             accounting=overrides or None)):
-            for key in _TOTALLED:
-                value = row.get(key)
-                if value is not None:
-                    total[key] = total.get(key, 0) + value
-                elif key in row:
-                    total.setdefault(key, None)
-            kinds.setdefault((row.get("currency"), row.get("cost") is None, bool(row.get("hardware_cost"))), row)
-            if row["group"] in (NONE, IDLE):
-                tail.append(row)
-                continue
-            requests += 1
-            item = (row["energy_j"] if row["energy_j"] is not None else -1.0, -i, row)
-            if len(top) < REQUEST_TABLE_ROWS:
-                heapq.heappush(top, item)
-            else:
-                heapq.heappushpop(top, item)
+        rows = request_rows(ledger, since=since, until=until, model=model, run=run, accounting=overrides or None)
+        largest, tail = largest_requests(rows, REQUEST_TABLE_ROWS, seen=seen)
         # What the figures rest on: the same selection's sources, read from the summaries.
         context = summary(ledger, by="run", since=since, until=until, model=model, run=run,
                           accounting=overrides or None)
+    requests = counted["requests"]
     if not requests and not tail:
         click.echo("No spans in the ledger for this selection.", err=True)
         return
-    shown = [row for _, _, row in sorted(top, key=lambda t: (-t[0], -t[1]))]
-    shown += sorted(tail, key=lambda r: r["group"] == IDLE)
+    shown = largest + tail
     total_row = {"group": "Total", **total, "currency": None}
     columns = report_columns("request", shown + list(kinds.values()), total_energy=total.get("energy_j") or 0.0)
     what = "Energy, carbon and cost" if context.priced else "Energy"

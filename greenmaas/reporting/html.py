@@ -293,14 +293,11 @@ def _by_request(ledger_or_url: Any, since: Any, until: Any, model: str | None, a
     """The summary by request a page shows, read a page of requests at a time whatever their
     number: the ``keep - 2`` requests that used the most energy, ``(none)``, one row summing every
     other request, and ``(idle)``; sources, methods and period as the report by run states them."""
-    import heapq
     from dataclasses import replace
 
-    from .summary import request_rows
+    from .summary import largest_requests, request_rows
 
     context = summary(ledger_or_url, by="run", since=since, until=until, model=model, accounting=accounting)
-    top: list[tuple] = []
-    tail: list[dict] = []
     spill: dict[str, Any] = {"spans": 0, "requests": 0}
     costs: dict[Any, float] = {}
 
@@ -313,17 +310,8 @@ def _by_request(ledger_or_url: Any, since: Any, until: Any, model: str | None, a
         if row.get("cost") is not None or row.get("currency") == "mixed":
             costs[row.get("currency")] = costs.get(row.get("currency"), 0.0) + (row.get("cost") or 0.0)
 
-    for i, row in enumerate(request_rows(ledger_or_url, since=since, until=until, model=model,
-                                         accounting=accounting)):
-        if row["group"] in (NONE, IDLE):
-            tail.append(row)
-            continue
-        item = (row["energy_j"] if row["energy_j"] is not None else -1.0, -i, row)
-        if len(top) < max(keep - 2, 1):
-            heapq.heappush(top, item)
-        else:
-            fold(heapq.heappushpop(top, item)[2])
-    rows = [row for _, _, row in sorted(top, key=lambda t: (-t[0], -t[1]))]
+    rows, tail = largest_requests(request_rows(ledger_or_url, since=since, until=until, model=model,
+                                               accounting=accounting), max(keep - 2, 1), dropped=fold)
     rows += [r for r in tail if r["group"] == NONE]
     if spill["requests"]:
         merged = {"group": f"({spill['requests']:,} more requests)", "method": "", **spill}

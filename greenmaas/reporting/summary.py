@@ -81,6 +81,7 @@ __all__ = [
     "RUN_GROUPS",
     "GROUP_HEADERS",
     "run_group",
+    "largest_requests",
     "IDLE",
     "NONE",
     "SCI_UNITS",
@@ -314,6 +315,34 @@ def _resolve_run(ledger_or_url: Any, run: str) -> str:
         if not query.run_exists(conn, run):
             raise ConfigError(f"{ledger.display}: no run {run!r} (greenmaas runs lists them)")
     return run
+
+
+def largest_requests(rows: Iterable[dict[str, Any]], keep: int, *,
+                     seen: Callable[[dict[str, Any]], None] | None = None,
+                     dropped: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """From :func:`request_rows`, holding at most ``keep`` of them: the ``keep`` requests that used
+    the most energy (largest first; unmeasured last, then in the order they came) and the
+    ``(none)`` and ``(idle)`` rows. ``seen(row)`` is called on every row, ``dropped(row)`` on each
+    request left out."""
+    import heapq
+
+    top: list[tuple] = []
+    tail: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        if seen is not None:
+            seen(row)
+        if row["group"] in (NONE, IDLE):
+            tail.append(row)
+            continue
+        item = (row["energy_j"] if row["energy_j"] is not None else -1.0, -i, row)
+        if len(top) < keep:
+            heapq.heappush(top, item)
+            continue
+        out = heapq.heappushpop(top, item)[2]
+        if dropped is not None:
+            dropped(out)
+    largest = [row for _, _, row in sorted(top, key=lambda t: (-t[0], -t[1]))]
+    return largest, sorted(tail, key=lambda r: r["group"] == IDLE)
 
 
 def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model, run=None) -> None:
