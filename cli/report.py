@@ -249,11 +249,13 @@ def build_report(
     help="Write to FILE instead of standard output (eu-ai-act: JSON when FILE ends in .json).",
 )
 def report(ledger, by, since, until, model, run, sci, sources_only, fmt, output, **options):
-    """Energy, carbon and cost per model, phase, run, day, request, tenant or span name.
+    """Energy, carbon and cost per model, phase, run, day, request, tenant, span name, host, job or rank.
 
     Nested spans are never double counted: each group sums its spans' own energy (children
-    excluded), and carbon and cost are computed on that energy. An (idle) row holds energy and
-    device time used while no span ran. Each run is priced with the accounting it recorded;
+    excluded), and carbon and cost are computed on that energy. An (idle) row, in every grouping,
+    holds energy and device time used while no span ran. By request, CSV and JSON give every
+    request (in request-id order), a table the 50 that used the most. Each run is priced with the
+    accounting it recorded;
     the accounting options replace one setting each, for every run, without re-running.
 
     Documents: --format html (one page with plots), eu-ai-act (EU AI Act / GPAI Code of
