@@ -230,7 +230,12 @@ class ShareRows:
             if s.kind == "share" and r.link_id is not None:
                 by_name = held.setdefault(r.link_id, {})
                 merged = by_name.get(r.name)
-                by_name[r.name] = r if merged is None else _merge(merged, r)
+                if merged is None:
+                    by_name[r.name] = r  # the share's own record, until a second one joins it
+                else:
+                    if merged.count == 1 and merged is not r:  # first merge: a row of our own
+                        merged = by_name[r.name] = _own_copy(merged)
+                    _absorb(merged, r)
                 continue
             if s.kind == "request":
                 rows = held.pop(r.span_id, None)
@@ -249,51 +254,52 @@ class ShareRows:
         return sum(len(v) for v in self._held.values())
 
 
-def _merge(a: Any, b: Any) -> Any:
-    """One share row standing for the passes of ``a`` and ``b`` (records of one request and name)."""
+def _own_copy(a: Any) -> Any:
+    """A share's record as the first of a merged row: copied (the share's own record is its
+    result's and must not change), ``passes`` counted, its pass's ``context`` left out."""
     from dataclasses import replace
 
-    from .records import DeviceEnergy
+    attrs = dict(a.attrs)
+    attrs.pop("context", None)  # a pass's own figure
+    attrs["passes"] = a.count or 1
+    return replace(a, devices=[replace(d) for d in a.devices], attrs=attrs)
 
-    devices: dict[str, DeviceEnergy] = {d.device: replace(d) for d in a.devices}
+
+def _absorb(m: Any, b: Any) -> None:
+    """Add share record ``b`` to merged row ``m`` (one request and share name), in place."""
+    from dataclasses import replace
+
+    by_device = {d.device: d for d in m.devices}
     for d in b.devices:
-        m = devices.get(d.device)
-        if m is None:
-            devices[d.device] = replace(d)
+        x = by_device.get(d.device)
+        if x is None:
+            m.devices.append(replace(d))
             continue
-        m.energy_j += d.energy_j
-        m.self_j += d.self_j
-        m.self_device_s += d.self_device_s
-        m.gap_s += d.gap_s
-        if d.uncertainty_j is not None or m.uncertainty_j is not None:
-            m.uncertainty_j = (m.uncertainty_j or 0.0) + (d.uncertainty_j or 0.0)
-        if d.method != m.method:
+        x.energy_j += d.energy_j
+        x.self_j += d.self_j
+        x.self_device_s += d.self_device_s
+        x.gap_s += d.gap_s
+        if d.uncertainty_j is not None or x.uncertainty_j is not None:
+            x.uncertainty_j = (x.uncertainty_j or 0.0) + (d.uncertainty_j or 0.0)
+        if d.method != x.method:
             from .sources.base import weakest_method
 
-            m.method = weakest_method([m.method, d.method])
-    attrs = dict(a.attrs)
-    if "tokens" in a.attrs or "tokens" in b.attrs:
-        attrs["tokens"] = (a.attrs.get("tokens") or 0) + (b.attrs.get("tokens") or 0)
-    attrs.pop("context", None)  # a pass's own figure
-    attrs["passes"] = (a.count or 1) + (b.count or 1)
-
-    def total(x: Any, y: Any) -> Any:
-        return None if x is None and y is None else (x or 0.0) + (y or 0.0)
-
-    return replace(
-        a,
-        start=min(a.start, b.start),
-        end=max(a.end, b.end),
-        duration_s=a.duration_s + b.duration_s,
-        start_mono=min(a.start_mono, b.start_mono) if a.start_mono is not None and b.start_mono is not None
-        else a.start_mono,
-        end_mono=max(a.end_mono, b.end_mono) if a.end_mono is not None and b.end_mono is not None else a.end_mono,
-        weight=a.weight + b.weight,
-        devices=list(devices.values()),
-        attrs=attrs,
-        count=(a.count or 1) + (b.count or 1),
-        carbon_g=total(a.carbon_g, b.carbon_g),
-        carbon_market_g=total(a.carbon_market_g, b.carbon_market_g),
-        cost=total(a.cost, b.cost) if a.currency == b.currency else None,
-        currency=a.currency if a.currency == b.currency else None,
-    )
+            x.method = weakest_method([x.method, d.method])
+    attrs = m.attrs
+    if "tokens" in attrs or "tokens" in b.attrs:
+        attrs["tokens"] = (attrs.get("tokens") or 0) + (b.attrs.get("tokens") or 0)
+    n = b.count or 1
+    attrs["passes"] += n
+    m.count = (m.count or 1) + n
+    m.start, m.end = min(m.start, b.start), max(m.end, b.end)
+    m.duration_s += b.duration_s
+    if m.start_mono is not None and b.start_mono is not None:
+        m.start_mono, m.end_mono = min(m.start_mono, b.start_mono), max(m.end_mono, b.end_mono)
+    m.weight += b.weight
+    for key in ("carbon_g", "carbon_market_g"):
+        x, y = getattr(m, key), getattr(b, key)
+        setattr(m, key, None if x is None and y is None else (x or 0.0) + (y or 0.0))
+    if m.currency == b.currency:
+        m.cost = None if m.cost is None and b.cost is None else (m.cost or 0.0) + (b.cost or 0.0)
+    else:
+        m.cost = m.currency = None
