@@ -23,6 +23,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="send this many requests per second whatever the answers (open loop; at most "
+                        "--concurrency in flight); 0: each of --concurrency clients sends its next as soon as "
+                        "it has its answer [0]")
     p.add_argument("--tenants", type=int, default=3)
     p.add_argument("--min-prompt", type=int, default=4, help="shortest prompt, bytes [4]")
     p.add_argument("--max-prompt", type=int, default=96, help="longest prompt, bytes [96]")
@@ -76,42 +80,65 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 p = todo.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            body = {"prompt": p["prompt"], "max_tokens": p["max_tokens"], "stream": p["stream"]}
-            rec: dict[str, Any] = {"i": p["i"], "tenant": p["tenant"], "prompt_bytes": len(p["prompt"].encode()),
-                                   "max_tokens": p["max_tokens"], "stream": p["stream"]}
-            t0 = time.perf_counter()
-            try:
-                if p["stream"]:
-                    async with client.stream("POST", url, json=body, headers={"x-tenant": p["tenant"]}) as r:
-                        rec["status"], headers = r.status_code, r.headers
-                        rec["tokens"], event = 0, None
-                        async for line in r.aiter_lines():
-                            if line.startswith("event: "):
-                                event = line[7:].strip()
-                            elif line.startswith("data: "):
-                                if event == "greenmaas":  # the server's last word: the request's energy
-                                    rec["greenmaas_event"] = json.loads(line[6:])
-                                elif line.startswith('data: {"token"'):
-                                    rec["tokens"] += 1
-                            elif not line:
-                                event = None
-                else:
-                    r = await client.post(url, json=body, headers={"x-tenant": p["tenant"]})
+            await send(client, p)
+
+    async def paced(client: httpx.AsyncClient) -> None:
+        """Open loop: request i leaves at i / rate s, in flight with at most ``concurrency`` others."""
+        gate = asyncio.Semaphore(args.concurrency)
+        start = time.perf_counter()
+
+        async def one(p: dict) -> None:
+            async with gate:
+                await send(client, p)
+
+        tasks = []
+        for k, p in enumerate(plans):
+            delay = start + k / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(p)))
+        await asyncio.gather(*tasks)
+
+    async def send(client: httpx.AsyncClient, p: dict) -> None:
+        body = {"prompt": p["prompt"], "max_tokens": p["max_tokens"], "stream": p["stream"]}
+        rec: dict[str, Any] = {"i": p["i"], "tenant": p["tenant"], "prompt_bytes": len(p["prompt"].encode()),
+                               "max_tokens": p["max_tokens"], "stream": p["stream"]}
+        t0 = time.perf_counter()
+        try:
+            if p["stream"]:
+                async with client.stream("POST", url, json=body, headers={"x-tenant": p["tenant"]}) as r:
                     rec["status"], headers = r.status_code, r.headers
-                    if r.status_code == 200:
-                        rec["tokens"] = r.json()["usage"]["completion_tokens"]
-                    else:
-                        rec["error"] = r.text[:300]
-                rec["latency_s"] = time.perf_counter() - t0
-                rec["greenmaas"] = {k.lower(): v for k, v in headers.items() if k.lower().startswith("greenmaas-")}
-            except Exception as exc:  # a failed request is counted, not fatal
-                rec["status"], rec["error"] = None, f"{type(exc).__name__}: {exc}"
-                rec["latency_s"] = time.perf_counter() - t0
-            results.append(rec)
+                    rec["tokens"], event = 0, None
+                    async for line in r.aiter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:].strip()
+                        elif line.startswith("data: "):
+                            if event == "greenmaas":  # the server's last word: the request's energy
+                                rec["greenmaas_event"] = json.loads(line[6:])
+                            elif line.startswith('data: {"token"'):
+                                rec["tokens"] += 1
+                        elif not line:
+                            event = None
+            else:
+                r = await client.post(url, json=body, headers={"x-tenant": p["tenant"]})
+                rec["status"], headers = r.status_code, r.headers
+                if r.status_code == 200:
+                    rec["tokens"] = r.json()["usage"]["completion_tokens"]
+                else:
+                    rec["error"] = r.text[:300]
+            rec["latency_s"] = time.perf_counter() - t0
+            rec["greenmaas"] = {k.lower(): v for k, v in headers.items() if k.lower().startswith("greenmaas-")}
+        except Exception as exc:  # a failed request is counted, not fatal
+            rec["status"], rec["error"] = None, f"{type(exc).__name__}: {exc}"
+            rec["latency_s"] = time.perf_counter() - t0
+        results.append(rec)
 
     t0 = time.perf_counter()
     async with httpx.AsyncClient(limits=limits, timeout=args.timeout) as client:
-        await asyncio.gather(*(worker(client) for _ in range(args.concurrency)))
+        if args.rate > 0:
+            await paced(client)
+        else:
+            await asyncio.gather(*(worker(client) for _ in range(args.concurrency)))
     wall = time.perf_counter() - t0
     ok = [r for r in results if r.get("status") == 200]
     lat = [r["latency_s"] for r in ok]
