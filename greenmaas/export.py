@@ -89,7 +89,7 @@ def export_run(
             raise ConfigError(f"cannot write {target}: is a directory")
 
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        run_id = _resolve_run(conn, ledger.display, run)
+        run_id = query.resolve_run(conn, ledger.display, run)
         if not query.has_reads(conn, run_id):
             raise LedgerError(
                 f"{ledger.display}: run {run_id} has no raw reads to export (recorded before ledger "
@@ -115,19 +115,6 @@ def export_run(
                 if temp.exists():
                     temp.unlink()
     return Export(run_id, targets[0], targets[1], reads, tuple(sorted(devices)), written, left_out, rollups)
-
-
-def _resolve_run(conn, display: str, run: str) -> str:
-    from .ledger import query
-
-    if run == "latest":
-        run_id = query.latest_run(conn)
-        if run_id is None:
-            raise LedgerError(f"{display}: no runs in the ledger")
-        return run_id
-    if not query.run_exists(conn, run):
-        raise LedgerError(f"{display}: no run {run!r} (see `greenmaas runs`)")
-    return run
 
 
 def _number(value: Any) -> str:

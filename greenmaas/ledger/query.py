@@ -28,6 +28,7 @@ from .models import (
 __all__ = [
     "latest_run",
     "run_exists",
+    "resolve_run",
     "run_devices",
     "has_reads",
     "run_reads",
@@ -77,6 +78,22 @@ def latest_run(conn) -> str | None:
 
 def run_exists(conn, run_id: str) -> bool:
     return conn.execute(select(literal(1)).where(Run.run_id == run_id)).first() is not None
+
+
+def resolve_run(conn, display: str, run: str) -> str:
+    """``run`` as stored: an existing run's id, or for ``latest`` the run that started last.
+    Raises :class:`~greenmaas.errors.LedgerError` naming the ledger (``display``) where there is
+    no such run."""
+    from ..errors import LedgerError
+
+    if run == "latest":
+        run_id = latest_run(conn)
+        if run_id is None:
+            raise LedgerError(f"{display}: no runs in the ledger yet, so no latest run")
+        return run_id
+    if not run_exists(conn, run):
+        raise LedgerError(f"{display}: no run {run!r} (see `greenmaas runs`)")
+    return run
 
 
 def run_devices(conn, run_id: str) -> list[dict[str, Any]]:

@@ -231,7 +231,7 @@ def summary(
     an ``AccountingConfig`` replaces them all; False gives energy only. ``sci``: add SCI
     columns per ``request``, ``token`` or ``sample``. ``run``: one run's spans and idle time
     only (its id, or ``"latest"``: the run that started last). Raises ConfigError,
-    AccountingError.
+    AccountingError, LedgerError (no such run).
 
     The ledger groups and sums the spans (:mod:`greenmaas.reporting.rollup`) unless ``extra_columns`` or
     ``sci`` need them one by one, or the accounting changes within an hour; ``in_sql=False``
@@ -301,20 +301,13 @@ SERVING_COLUMNS = ("prompt_tokens", "output_tokens", "prefill_j", "decode_j", "j
 
 
 def _resolve_run(ledger_or_url: Any, run: str) -> str:
-    """``run`` as stored: ``latest`` is the run that started last. Raises ConfigError naming an
-    unknown run, or ``latest`` in a ledger without runs."""
+    """``run`` as stored (:func:`greenmaas.ledger.query.resolve_run`: ``latest`` is the run that
+    started last); raises LedgerError naming an unknown run."""
     from .frames import opened
     from ..ledger import query
 
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
-        if run == "latest":
-            found = query.latest_run(conn)
-            if found is None:
-                raise ConfigError(f"{ledger.display}: no runs yet, so no latest run")
-            return found
-        if not query.run_exists(conn, run):
-            raise ConfigError(f"{ledger.display}: no run {run!r} (greenmaas runs lists them)")
-    return run
+        return query.resolve_run(conn, ledger.display, run)
 
 
 def largest_requests(rows: Iterable[dict[str, Any]], keep: int, *,

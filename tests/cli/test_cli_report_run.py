@@ -67,7 +67,7 @@ def test_latest_in_an_empty_ledger_is_an_error(tmp_path):
     path = tmp_path / "empty.db"
     Ledger.open(path).close()
     r = CliRunner().invoke(cli, ["report", "--ledger", str(path), "--run", "latest"])
-    assert r.exit_code == 2 and "no runs yet" in r.output
+    assert r.exit_code == 2 and "no runs in the ledger yet" in r.output
 
 
 @pytest.mark.parametrize("by", ["request", "name"])
