@@ -37,6 +37,7 @@ def page_rows(conn, none: str, lo, hi, model, run, requests, runs: dict[str, dic
 
     from ..ledger import query
     from .pricing import _kinds, device_kinds
+    from .rollup import report_row
 
     narrow = {"run": run, "requests": requests, "bounds": False}
     spans = pd.DataFrame.from_records(
@@ -123,46 +124,24 @@ def page_rows(conn, none: str, lo, hi, model, run, requests, runs: dict[str, dic
         if crossing:
             _price_crossing(crossing, sources, index, out, costs)
 
-    rows = []
-    cost_of: dict[Any, tuple[Any, Any]] = {}
+    cost_of: dict[Any, dict[Any, float]] = {}  # group -> currency -> amount
     if priced and costs:
         all_costs = pd.concat(costs, ignore_index=True)
         all_costs["currency_key"] = all_costs["currency"].map(lambda c: "\x00none" if c is None else str(c))
         per = all_costs.groupby(["grp", "currency_key"], sort=False).agg(
             amount=("amount", "sum"), currency=("currency", "first")).reset_index()
-        several = per.groupby("grp", sort=False)["currency_key"].transform("size") > 1
-        cost_of = {grp: ("mixed", None) for grp in per["grp"][several]}
-        single = per[~several]
-        cost_of.update(zip(single["grp"], zip(single["currency"], single["amount"].astype(float))))
+        for grp, currency, amount in zip(per["grp"], per["currency"], per["amount"].tolist()):
+            cost_of.setdefault(grp, {})[currency] = amount
     columns = {c: out[c].tolist() for c in out.columns}
     columns["grp"] = out.index.tolist()
-    for r in (dict(zip(columns, values)) for values in zip(*columns.values())):
-        grp = r["grp"]
-        measured_any = r["energy_n"] > 0
-        recorded_any, stated_any = bool(r["recorded"]), bool(r["stated"])
-        row: dict[str, Any] = {
-            "group": str(grp),
-            "spans": int(r["spans"]),
-            "duration_s": float(r["duration_s"]),
-            "energy_j": float(r["energy_j"]) if measured_any else None,
-            "method": r["method"],
-            "uncertainty_j": float(r["u"]) if (recorded_any or stated_any) else None,
-            "uncertainty_source": "mixed" if recorded_any and stated_any else "recorded" if recorded_any
-            else "stated" if stated_any else None,
-        }
-        if priced:
-            row["carbon_g"] = float(r["carbon_g"]) if measured_any else None
-            row["carbon_market_g"] = float(r["carbon_market_g"]) if r["carbon_market_n"] else None
-            row["energy_cost"] = float(r["energy_cost"]) if r["energy_cost_n"] else None
-            row["hardware_cost"] = float(r["hardware_cost"]) if r["hardware_cost_n"] else None
-            currency, amount = cost_of.get(grp, (None, None))
-            if currency == "mixed":
-                row.update(energy_cost=None, hardware_cost=None, cost=None, currency="mixed")
-            elif grp in cost_of:
-                row["cost"], row["currency"] = amount, currency
-            else:
-                row["cost"], row["currency"] = None, None
-        rows.append(row)
+    rows = [
+        report_row(r["grp"], r["spans"], r["duration_s"], r["energy_j"], r["energy_n"], r["method"], r["u"],
+                   bool(r["recorded"]), bool(r["stated"]), priced=priced, market=True, carbon_g=r["carbon_g"],
+                   carbon_market_g=r["carbon_market_g"], carbon_market_n=r["carbon_market_n"],
+                   energy_cost=r["energy_cost"], energy_cost_n=r["energy_cost_n"], hardware_cost=r["hardware_cost"],
+                   hardware_cost_n=r["hardware_cost_n"], cost=cost_of.get(r["grp"], {}))
+        for r in (dict(zip(columns, values)) for values in zip(*columns.values()))
+    ]
     return rows
 
 

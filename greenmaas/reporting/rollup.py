@@ -201,32 +201,13 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     if regroup is not None:
         groups = _merged_groups(groups, regroup)
 
-    rows = []
-    for key, g in groups.items():
-        row: dict[str, Any] = {
-            "group": str(key),
-            "spans": int(g.spans),
-            "duration_s": float(g.duration_s),
-            "energy_j": g.energy_j if g.energy_n else None,
-            "method": g.method,
-            "uncertainty_j": g.u if (g.recorded or g.stated) else None,
-            "uncertainty_source": "mixed" if g.recorded and g.stated else RECORDED if g.recorded
-            else STATED if g.stated else None,
-        }
-        if priced:
-            row["carbon_g"] = g.carbon_g if g.energy_n else None
-            if market:
-                row["carbon_market_g"] = g.carbon_market_g if g.carbon_market_n else None
-            row["energy_cost"] = g.energy_cost if g.energy_cost_n else None
-            row["hardware_cost"] = g.hardware_cost if g.hardware_cost_n else None
-            currencies = sorted(g.cost, key=str)
-            if len(currencies) > 1:
-                row.update(energy_cost=None, hardware_cost=None, cost=None, currency="mixed")
-            elif currencies:
-                row["cost"], row["currency"] = g.cost[currencies[0]], currencies[0]
-            else:
-                row["cost"], row["currency"] = None, None
-        rows.append(row)
+    rows = [
+        report_row(key, g.spans, g.duration_s, g.energy_j, g.energy_n, g.method, g.u, g.recorded, g.stated,
+                   priced=priced, market=market, carbon_g=g.carbon_g, carbon_market_g=g.carbon_market_g,
+                   carbon_market_n=g.carbon_market_n, energy_cost=g.energy_cost, energy_cost_n=g.energy_cost_n,
+                   hardware_cost=g.hardware_cost, hardware_cost_n=g.hardware_cost_n, cost=g.cost)
+        for key, g in groups.items()
+    ]
 
     run_ids = {r for g in groups.values() for r in g.runs}
     if not facts:
@@ -240,6 +221,39 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         for key, g in groups.items()
     }
     return Rollup(rows, run_ids, methods, (period_first, period_last), described_groups, set(kinds))
+
+
+def report_row(group: Any, spans: int, duration_s: float, energy_j: float, energy_n: int, method: str | None,
+               u: float, recorded: bool, stated: bool, *, priced: bool, market: bool, carbon_g: float,
+               carbon_market_g: float, carbon_market_n: int, energy_cost: float, energy_cost_n: int,
+               hardware_cost: float, hardware_cost_n: int, cost: dict[str | None, float]) -> dict[str, Any]:
+    """A report row from a group's sums (the span-by-span path's rules): energy and carbon None
+    where no span was measured, ± J None where none was recorded or stated (and which it was),
+    money None where nothing was priced, ``cost`` (per currency) ``mixed`` across currencies."""
+    row: dict[str, Any] = {
+        "group": str(group),
+        "spans": int(spans),
+        "duration_s": float(duration_s),
+        "energy_j": float(energy_j) if energy_n else None,
+        "method": method,
+        "uncertainty_j": float(u) if (recorded or stated) else None,
+        "uncertainty_source": "mixed" if recorded and stated else RECORDED if recorded
+        else STATED if stated else None,
+    }
+    if priced:
+        row["carbon_g"] = float(carbon_g) if energy_n else None
+        if market:
+            row["carbon_market_g"] = float(carbon_market_g) if carbon_market_n else None
+        row["energy_cost"] = float(energy_cost) if energy_cost_n else None
+        row["hardware_cost"] = float(hardware_cost) if hardware_cost_n else None
+        currencies = sorted(cost, key=str)
+        if len(currencies) > 1:
+            row.update(energy_cost=None, hardware_cost=None, cost=None, currency="mixed")
+        elif currencies:
+            row["cost"], row["currency"] = float(cost[currencies[0]]), currencies[0]
+        else:
+            row["cost"], row["currency"] = None, None
+    return row
 
 
 def _merged_groups(groups: dict[str, _Group], regroup: dict[str, str]) -> dict[str, _Group]:
