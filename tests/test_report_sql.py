@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+from compare import same
 
 from greenmaas.accounting.config import AccountingConfig
 from greenmaas.ledger import Ledger
@@ -84,25 +85,10 @@ def ledger(tmp_path_factory):
     return path
 
 
-def _same(a, b, where=""):
-    if isinstance(a, dict):
-        assert set(a) == set(b), (where, set(a) ^ set(b))
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
-
-
 def _equal(ledger, **kw):
     new, old = summary(ledger, **kw), summary(ledger, in_sql=False, **kw)
     for name in ("rows", "sources", "methods", "period", "groups", "notes", "priced"):
-        _same(getattr(new, name), getattr(old, name), name)
+        same(getattr(new, name), getattr(old, name), name)
     return new
 
 
@@ -143,7 +129,7 @@ def test_requests_page_by_page_agree_with_the_report_by_request(ledger, accounti
     for page in (1, 13, 10_000):
         paged = list(request_rows(ledger, accounting=accounting, page=page))
         assert len(paged) == len(reference)
-        _same({r["group"]: r for r in paged}, reference, f"page={page}")
+        same({r["group"]: r for r in paged}, reference, f"page={page}")
     if accounting is None:
         assert any(r.get("currency") == "mixed" for r in reference.values())
 
@@ -156,7 +142,7 @@ def test_requests_under_accounting_that_changes_within_an_hour(tmp_path, ledger)
         f"{(T0 + timedelta(minutes=30 * h)):%Y-%m-%dT%H:%M:%SZ},{100 + 7 * h}\n" for h in range(-4, 40)))
     accounting = {"series": str(csv)}
     reference = {r["group"]: r for r in summary(ledger, by="request", accounting=accounting).rows}
-    _same({r["group"]: r for r in request_rows(ledger, accounting=accounting)}, reference)
+    same({r["group"]: r for r in request_rows(ledger, accounting=accounting)}, reference)
 
 
 def test_by_host_job_and_rank(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import schema1
+from compare import same
 from ledger_records import file_bytes, span
 
 from greenmaas.analysis import read_ledger
@@ -458,10 +459,6 @@ def test_an_upgraded_ledger_reports_from_its_summaries_as_span_by_span(db_path):
     for by in ("model", "name", "run", "day", "phase"):
         fast, reference = summary(db_path, by=by, accounting=False), summary(db_path, by=by, accounting=False,
                                                                                  in_sql=False)
-        got, want = ({r["group"]: r for r in x.rows} for x in (fast, reference))
-        assert set(got) == set(want), by
-        for group, row in want.items():
-            for key, value in row.items():
-                assert got[group][key] == (pytest.approx(value) if isinstance(value, float) else value), (by, key)
+        same({r["group"]: r for r in fast.rows}, {r["group"]: r for r in reference.rows}, by)
     bert = {r["group"]: r for r in summary(db_path, by="model", accounting=False).rows}["bert"]
     assert bert["duration_s"] == pytest.approx(100.0)  # the epoch's time: its children are inside it

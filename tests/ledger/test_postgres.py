@@ -6,13 +6,14 @@ needs ``pip install greenmaas[postgres]``). Without it these tests skip; under C
 """
 
 import json
-import math
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+
+from compare import same
 
 from greenmaas.accounting.config import AccountingConfig
 from greenmaas.analysis import TABLES, read_ledger
@@ -207,21 +208,6 @@ def _records(pseudonymise) -> list:
     return out
 
 
-def _same(a, b, where=""):
-    if isinstance(a, dict):
-        assert set(a) == set(b), (where, set(a) ^ set(b))
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
-
-
 def _in_zone(url: str, zone: str) -> str:
     """``url`` with its sessions' time zone set to ``zone`` (as a server or user default might)."""
     u = sa.engine.make_url(url)
@@ -255,10 +241,10 @@ def test_every_report_is_the_same_on_both_backends(both, accounting):
     for by in GROUPS:
         reference = _summaries(lite, by=by, accounting=accounting)
         assert reference["rows"], by
-        _same(_summaries(pg, by=by, accounting=accounting), reference, f"{by}")
-        _same(_summaries(pg, by=by, accounting=accounting, in_sql=False), reference, f"{by}, span by span")
+        same(_summaries(pg, by=by, accounting=accounting), reference, f"{by}")
+        same(_summaries(pg, by=by, accounting=accounting, in_sql=False), reference, f"{by}, span by span")
     since, until = T1 + timedelta(minutes=50), T1 + timedelta(hours=1, minutes=10)
-    _same(_summaries(pg, by="day", since=since, until=until, model="llama", accounting=accounting),
+    same(_summaries(pg, by="day", since=since, until=until, model="llama", accounting=accounting),
           _summaries(lite, by="day", since=since, until=until, model="llama", accounting=accounting), "filtered")
     days = [r["group"] for r in summary(pg, by="day", accounting=accounting).rows]
     assert days[:2] == ["2024-05-01", "2024-05-02"]  # UTC dates, not the session's
@@ -274,9 +260,9 @@ def test_cli_listings_and_frames_are_the_same_on_both_backends(both):
             result = runner.invoke(cli, [*args, "--ledger", target, "--format", "json"])
             assert result.exit_code == 0, result.output
             out.append(json.loads(result.stdout))
-        _same(out[1], out[0], " ".join(args))
-    _same(listings.totals(pg), listings.totals(lite), "totals")
-    _same(listings.list_runs(pg), listings.list_runs(lite), "runs")
+        same(out[1], out[0], " ".join(args))
+    same(listings.totals(pg), listings.totals(lite), "totals")
+    same(listings.list_runs(pg), listings.list_runs(lite), "runs")
     for table in TABLES:
         frames = [read_ledger(target, table) for target in (lite, pg)]
         for df in frames:

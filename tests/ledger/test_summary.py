@@ -4,12 +4,13 @@ many ledger objects, and they equal the summaries computed afresh from the spans
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
+
+from compare import same
 
 from greenmaas.errors import LedgerError
 from greenmaas.ledger import Ledger
@@ -128,18 +129,7 @@ def _write(path, records_by_run, rng, how):
 
 
 def _close(a, b, where):
-    if isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-7), (where, a, b)
-    elif isinstance(a, dict):
-        assert set(a) == set(b), (where, set(a) ^ set(b))
-        for k in a:
-            _close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
+    same(a, b, where, abs_tol=1e-7)
 
 
 def _agree(path, **kw):
