@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 
 import click
@@ -12,6 +11,8 @@ from greenmaas.errors import GreenmaasError, InputError
 
 from .options import UserError
 from .render import progress_steps
+
+_CHUNK = 50_000  # rows written at a time
 
 
 @click.command("attribute")
@@ -63,7 +64,8 @@ def attribute(trace_path: str, spans_path: str, policy: str, fmt: str, ledger_ur
             step(steps[3])
             _record(result, trace, ledger_url, when, trace_path, spans_path)
     if fmt == "json":
-        click.echo(json.dumps(result.to_json(), indent=2))
+        for text in result.json_text():
+            sys.stdout.write(text)
         return
     devices = sorted(result.by_device)
     out = csv.writer(sys.stdout, lineterminator="\n")
@@ -73,11 +75,13 @@ def attribute(trace_path: str, spans_path: str, policy: str, fmt: str, ledger_ur
     energy = result.span_energy_j()
     unc = result.span_uncertainty_j()
     t = result.spans
-    for i, sid in enumerate(t.ids):
-        out.writerow(
-            [sid, t.model[i] or "", t.request_id[i] or "", t.tenant[i] or "", repr(float(energy[i])), repr(float(unc[i]))]
-            + [repr(float(result.by_device[d][i])) for d in devices]
-        )
+    n = len(t)
+    for a in range(0, n, _CHUNK):  # a chunk of rows at a time, as text
+        b = min(n, a + _CHUNK)
+        out.writerows(zip(
+            t.ids[a:b], *([v or "" for v in col[a:b]] for col in (t.model, t.request_id, t.tenant)),
+            *(map(repr, arr[a:b].tolist()) for arr in (energy, unc, *(result.by_device[d] for d in devices))),
+        ))
     idle_u = sum(result.idle_uncertainty_j.values())
     out.writerow(
         ["(idle)", "", "", "", repr(sum(result.idle_j.values())), repr(idle_u)] + [repr(result.idle_j[d]) for d in devices]

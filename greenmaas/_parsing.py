@@ -121,7 +121,7 @@ class CsvFile:
             for row in reader:
                 line = self._line
                 self._line = reader.line_num + 1
-                if row and any(cell.strip() for cell in row):
+                if row and (row[0].strip() or any(cell.strip() for cell in row)):
                     yield line, row
         except csv.Error as exc:
             raise InputError(f"malformed CSV: {exc}", path=self.path, line=self._line) from exc

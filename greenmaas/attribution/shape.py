@@ -30,7 +30,7 @@ they settle) and an offline re-attribution (which shapes them all at once) compu
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass
 
@@ -63,6 +63,9 @@ _UNSAMPLED_S = 0.001
 _DRAW_EPS = 1e-9
 #: Weight of one power sample's equation relative to one interval's energy.
 _SAMPLE_WEIGHT = 0.3
+#: Intervals shaped together (at most), and the most class-count cells a chunk may hold.
+_CHUNK = 256
+_CHUNK_CELLS = 2_000_000
 
 
 @dataclass
@@ -93,6 +96,7 @@ class DeviceShaper:
         self._e0: float | None = None  # counter value at the first knot
         self._hist: deque[_Row] = deque(maxlen=max(1, window - 1))
         self._idle: deque[float] = deque(maxlen=_IDLE_MEMORY)  # mean W of quiet intervals
+        self._idle_sorted: list[float] = []  # the same, in order (for the median)
         # Consecutive power reads across a change of work, and how many of them repeated.
         self._pairs = 0
         self._held_pairs = 0
@@ -146,14 +150,167 @@ class DeviceShaper:
         # Each interval looks only at the work that can reach it: starts sorted, and the running
         # maximum of ends says where work ending before it stops.
         reach = np.maximum.accumulate(we) if we.size else we
-        for k in range(i, j):
-            a, b = float(kt[k]), float(kt[k + 1])
-            lo = int(np.searchsorted(reach, a, side="right"))
-            hi = int(np.searchsorted(ws, b, side="left"))
-            self._shape(
-                a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws[lo:hi], we[lo:hi], wc[lo:hi], names, reads
-            )
-            self._e[-1] = float(kv[k + 1]) - self._e0  # type: ignore[operator]  # no drift
+        if self.use_samples and reads is not None and reads[1].size:
+            # Samples may stand in for the model inside an interval: one interval at a time.
+            for k in range(i, j):
+                a, b = float(kt[k]), float(kt[k + 1])
+                lo = int(np.searchsorted(reach, a, side="right"))
+                hi = int(np.searchsorted(ws, b, side="left"))
+                self._shape(
+                    a, b, float(kv[k + 1] - kv[k]), float(kh[k] + kh[k + 1]), ws[lo:hi], we[lo:hi], wc[lo:hi], names,
+                    reads,
+                )
+                self._e[-1] = float(kv[k + 1]) - self._e0  # type: ignore[operator]  # no drift
+            return
+        # Otherwise many intervals at once (the same arithmetic, as arrays), a chunk at a time so
+        # that the matrix of class counts per stretch stays small.
+        k = i
+        while k < j:
+            step = min(_CHUNK, j - k)
+            while True:
+                lo = int(np.searchsorted(reach, float(kt[k]), side="right"))
+                hi = int(np.searchsorted(ws, float(kt[k + step]), side="left"))
+                cells = (2 * (hi - lo) + step + 1) * max(1, np.unique(wc[lo:hi]).size)
+                if cells <= _CHUNK_CELLS or step == 1:
+                    break
+                step = max(1, step // 2)
+            self._shape_many(kt[k : k + step + 1], kv[k : k + step + 1], kh[k : k + step + 1], ws[lo:hi], we[lo:hi],
+                             wc[lo:hi], names)
+            k += step
+
+    def _shape_many(self, kt, kv, kh, ws, we, wc, names) -> None:
+        """:meth:`_shape` without power samples, for the intervals between consecutive knots
+        ``kt`` at once: the stretches of constant work, class counts and busy seconds of every
+        interval as arrays, then each interval's fit (in order: each adds to the history the next
+        one fits), then the division of each interval's energy among its stretches as arrays."""
+        a_all, b_all = kt[:-1], kt[1:]
+        n = a_all.size
+        A, B = float(kt[0]), float(kt[-1])
+        length = b_all - a_all
+        energy = np.maximum(np.diff(kv), 0.0)
+        timing = kh[:-1] + kh[1:]
+        live = (ws < B) & (we > A)
+        ws, we, wc = ws[live], we[live], wc[live]
+        # Stretches: every knot and every start and end strictly inside (A, B).
+        inner = np.concatenate((ws[(ws > A) & (ws < B)], we[(we > A) & (we < B)]))
+        bp = np.unique(np.concatenate((kt, inner)))
+        seg_len = np.diff(bp)
+        p = np.searchsorted(bp, kt)  # interval k is stretches p[k] .. p[k+1]-1
+        nseg = np.diff(p)
+        kseg = np.repeat(np.arange(n), nseg)
+        # Classes by name (codes are the caller's; names are what the fit and history use).
+        cls_names = [names[c] for c in range(len(names))]
+        if wc.size:
+            uniq_codes, inv = np.unique(wc, return_inverse=True)
+            used = sorted({cls_names[c] for c in uniq_codes.tolist()})
+            col_of = {c: i for i, c in enumerate(used)}
+            col = np.asarray([col_of[cls_names[c]] for c in uniq_codes.tolist()], dtype=np.int64)[inv]
+        else:
+            used, col = [], np.zeros(0, dtype=np.int64)
+        u = len(used)
+        nb = bp.size
+        if u:
+            si = np.searchsorted(bp, np.maximum(ws, A))
+            ei = np.searchsorted(bp, np.minimum(we, B))
+            delta = (np.bincount(si * u + col, minlength=nb * u) - np.bincount(ei * u + col, minlength=nb * u))
+            counts = np.cumsum(delta.reshape(nb, u), axis=0)[:-1].astype(np.float64)
+            busy_s = np.add.reduceat(counts * seg_len[:, None], p[:-1], axis=0)
+            # Which classes run in each interval (a span of no length included): its first and
+            # last interval, as a difference over intervals.
+            k_first = np.searchsorted(b_all, ws, side="right")
+            k_last = np.searchsorted(a_all, we, side="left") - 1
+            ok = k_first <= k_last
+            pres = (np.bincount(k_first[ok] * u + col[ok], minlength=(n + 1) * u)
+                    - np.bincount((k_last[ok] + 1) * u + col[ok], minlength=(n + 1) * u))
+            present = np.cumsum(pres.reshape(n + 1, u), axis=0)[:-1] > 0
+            seg_busy = counts.sum(axis=1) > 0
+        else:
+            counts = np.zeros((nb - 1, 0))
+            busy_s = np.zeros((n, 0))
+            present = np.zeros((n, 0), dtype=bool)
+            seg_busy = np.zeros(nb - 1, dtype=bool)
+
+        # The fit of each interval, in order: its window is the history before the chunk and the
+        # chunk's rows up to it, as arrays over every class either holds (sorted by name).
+        hist = list(self._hist)
+        h = len(hist)
+        all_names = sorted(set(used).union(*(r.busy_s for r in hist)))
+        index = {c: i for i, c in enumerate(all_names)}
+        n_cls = len(all_names)
+        L = np.concatenate((np.fromiter((r.length_s for r in hist), float, h), length))
+        E = np.concatenate((np.fromiter((r.energy_j for r in hist), float, h), energy))
+        S = np.zeros((h + n, n_cls))
+        P = np.zeros((h + n, n_cls), dtype=bool)
+        for i, old in enumerate(hist):
+            for c, v in old.busy_s.items():
+                S[i, index[c]] = v
+                P[i, index[c]] = True
+        if u:
+            cols = [index[c] for c in used]
+            S[h:, cols] = busy_s
+            P[h:, cols] = present
+        rated = np.cumsum([0] + [r.sample_ratio is not None for r in hist] + [0] * n)  # rows with a samples' ratio
+        back = self._hist.maxlen or 1
+        idle = np.empty(n)
+        draws = np.zeros((n, u))
+        col_in_used = [index[c] for c in used]
+        quiet = ~P[h:].any(axis=1) & (length > 0) & (timing <= _IDLE_TIMING * length)
+        for k in range(n):
+            r = h + k
+            w0 = max(0, r - back)
+            row = _Row(float(L[r]), {all_names[c]: float(S[r, c]) for c in np.flatnonzero(P[r]).tolist()},
+                       float(E[r]), None, [], float(timing[k]))
+            if rated[r] - rated[w0]:  # samples' equations in the window: the general fit
+                idle_w, fitted = self._fit(row, self._bias(None))
+            else:
+                if quiet[k]:
+                    self._add_idle(float(E[r] / L[r]))
+                idle_w, fitted = self._fit_arrays(L[w0 : r + 1], E[w0 : r + 1], S[w0 : r + 1], P[w0 : r + 1],
+                                                  all_names)
+            self._hist.append(row)
+            idle[k] = idle_w
+            if fitted:
+                draws[k] = [fitted.get(all_names[c], 0.0) for c in col_in_used]
+
+        # Each interval's energy among its stretches (as :meth:`_shape`).
+        idle_seg = idle[kseg]
+        power = idle_seg + (counts * draws[kseg]).sum(axis=1) if u else idle_seg.copy()
+        modelled = power * seg_len
+        predicted = np.add.reduceat(modelled, p[:-1])
+        residual = energy - predicted
+        excess = power - idle_seg
+        excess = np.where(excess > _DRAW_EPS * np.maximum(np.abs(idle), 1.0)[kseg], excess, 0.0)
+        draw = np.where(seg_busy, excess * seg_len, 0.0)
+        dsum = np.add.reduceat(draw, p[:-1])
+        by_draw = (dsum > 0) & (residual > -dsum)
+        by_model = ~by_draw & (predicted > 0)
+        safe_dsum = np.where(dsum > 0, dsum, 1.0)
+        safe_pred = np.where(predicted > 0, predicted, 1.0)
+        safe_len = np.where(length > 0, length, 1.0)
+        seg_e = np.where(
+            by_draw[kseg], modelled + residual[kseg] * draw / safe_dsum[kseg],
+            np.where(by_model[kseg], modelled * (energy / safe_pred)[kseg], energy[kseg] * seg_len / safe_len[kseg]),
+        )
+        seg_e = np.maximum(seg_e, 0.0)
+        total = np.add.reduceat(seg_e, p[:-1])
+        seg_e = np.where((total > 0)[kseg], seg_e * (energy / np.where(total > 0, total, 1.0))[kseg], seg_e)
+        spread = np.maximum.reduceat(power, p[:-1]) - np.minimum.reduceat(power, p[:-1])
+        mixed = (nseg > 1) & (spread > _DRAW_EPS * np.maximum(np.maximum.reduceat(np.abs(power), p[:-1]), 1.0))
+        share = np.where(length > 0, timing / safe_len, 1.0)
+        share = share + np.where(mixed & (energy > 0), np.abs(residual) / np.where(energy > 0, energy, 1.0), 0.0)
+        share = np.minimum(share, 1.0)
+
+        # The curve: each interval from where the last one ended, its end at the counter's value.
+        e_base = kv[:-1] - self._e0
+        e_base[0] = self._e[-1]
+        cum = np.cumsum(seg_e)
+        before = np.concatenate(([0.0], cum))[p[:-1]]  # cumulative energy before each interval
+        e_pts = e_base[kseg] + (cum - before[kseg])
+        e_pts[p[1:] - 1] = kv[1:] - self._e0  # no drift
+        u_pts = self._u[-1] + np.cumsum(seg_e * share[kseg])
+        self._t.extend(bp[1:].tolist())
+        self._e.extend(e_pts.tolist())
+        self._u.extend(u_pts.tolist())
 
     def _shape(self, a, b, energy, timing_s, ws, we, wc, names, reads) -> None:
         length = b - a
@@ -271,11 +428,12 @@ class DeviceShaper:
         samples add equations of their own (the power of the work running at each, scaled by
         their bias against the counter), each worth :data:`_SAMPLE_WEIGHT` of an interval."""
         if not row.busy_s and row.length_s > 0 and row.timing_s <= _IDLE_TIMING * row.length_s:
-            self._idle.append(row.energy_j / row.length_s)
+            self._add_idle(row.energy_j / row.length_s)
         elif bias is not None:
             for vec, watts, n in row.samples:
                 if not vec:  # samples where nothing ran: the idle level, as the field reads it
-                    self._idle.extend([watts / bias] * min(n, 3))
+                    for _ in range(min(n, 3)):
+                        self._add_idle(watts / bias)
         rows = list(self._hist) + [row]
         names = sorted({c for r in rows for c in r.busy_s})
         lengths = np.array([r.length_s for r in rows])
@@ -284,7 +442,7 @@ class DeviceShaper:
         if not ok.any():
             return 0.0, {}
         y = energy[ok] / lengths[ok]
-        idle_known = float(np.median(self._idle)) if len(self._idle) >= _IDLE_MIN else None
+        idle_known = self._idle_level()
         if not names:
             return (idle_known if idle_known is not None else float(energy[ok].sum() / lengths[ok].sum())), {}
         from scipy.optimize import nnls
@@ -327,6 +485,69 @@ class DeviceShaper:
         x, _ = _nnls(nnls, A, b)
         return float(x[0]), {c: float(x[col[c] + 1]) for c in names}
 
+    def _add_idle(self, watts: float) -> None:
+        idle, ordered = self._idle, self._idle_sorted
+        if len(idle) == idle.maxlen:
+            del ordered[bisect_left(ordered, idle[0])]
+        idle.append(watts)
+        insort(ordered, watts)
+
+    def _idle_level(self) -> float | None:
+        """The median of the remembered quiet intervals (as ``np.median``), once there are enough."""
+        s = self._idle_sorted
+        n = len(s)
+        if n < _IDLE_MIN:
+            return None
+        return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2.0
+
+    def _fit_arrays(self, L, E, S, P, names: list[str]) -> tuple[float, dict[str, float]]:
+        """:meth:`_fit` with no power samples in the window, from its rows as arrays (lengths,
+        energies, busy seconds and presence per class ``names``, the current interval last)."""
+        ok = L > 0
+        if not ok.any():
+            return 0.0, {}
+        idle_known = self._idle_level()
+        cols = np.flatnonzero(P.any(axis=0))
+        if not cols.size:
+            return (idle_known if idle_known is not None else float(E[ok].sum() / L[ok].sum())), {}
+        from scipy.optimize import nnls
+
+        lo = L[ok]
+        y = E[ok] / lo
+        busy = S[ok][:, cols] / lo[:, None]
+        m, k = busy.shape
+        prior = np.sqrt(_PRIOR * float(m))
+        picked = [names[c] for c in cols.tolist()]
+        if idle_known is not None:
+            y = y - idle_known
+            one = busy.sum(axis=1)
+            draw0 = _nnls1(one, y)
+            if k == 1:
+                x = np.array([_nnls1(np.concatenate((busy[:, 0], [prior])), np.concatenate((y, [draw0 * prior])))])
+            else:
+                A = np.vstack([busy, np.eye(k) * prior])
+                b = np.concatenate([y, np.full(k, draw0 * prior)])
+                x, _ = _nnls(nnls, A, b)
+            return idle_known, dict(zip(picked, x.tolist()))
+        ones = np.ones(m)
+        one = busy.sum(axis=1)
+        first = _nnls2(ones, one, y)
+        if first is None:  # idle and the common draw cannot be told apart here: the general solver
+            (idle0, draw0), _ = _nnls(nnls, np.column_stack([ones, one]), y)
+        else:
+            idle0, draw0 = first
+        if k == 1:
+            got = _nnls2(np.append(ones, 0.0), np.append(busy[:, 0], prior), np.append(y, draw0 * prior))
+            if got is not None:
+                return got[0], {picked[0]: got[1]}
+        A = np.zeros((m + k, k + 1))
+        A[:m, 0] = 1.0
+        A[:m, 1:] = busy
+        A[m:, 1:] = np.eye(k) * prior
+        b = np.concatenate([y, np.full(k, draw0 * prior)])
+        x, _ = _nnls(nnls, A, b)
+        return float(x[0]), dict(zip(picked, x[1:].tolist()))
+
     def _bias(self, ratio: float | None) -> float | None:
         """How much the samples over-read the counter (median over the window), or None when
         they disagree too much to be used."""
@@ -339,6 +560,34 @@ class DeviceShaper:
         if not (1.0 / _AGREE <= m <= _AGREE):
             return None
         return m
+
+
+def _nnls1(a: np.ndarray, b: np.ndarray) -> float:
+    """Non-negative least squares in one unknown: ``max(0, a·b / a·a)`` (0 where ``a`` is 0)."""
+    aa = float(a @ a)
+    return max(0.0, float(a @ b) / aa) if aa > 0 else 0.0
+
+
+#: Two columns closer to parallel than this (1 - cos² of their angle) go to the general solver.
+_PARALLEL = 1e-6
+
+
+def _nnls2(a1: np.ndarray, a2: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
+    """Non-negative least squares in two unknowns, or None where the columns are (nearly)
+    parallel. With independent columns the problem has one minimum: the unconstrained one if
+    both values are non-negative, else the better of the two with one value at 0."""
+    s11, s12, s22 = float(a1 @ a1), float(a1 @ a2), float(a2 @ a2)
+    det = s11 * s22 - s12 * s12
+    if not (s11 > 0 and s22 > 0) or det <= _PARALLEL * s11 * s22:
+        return None
+    r1, r2 = float(a1 @ b), float(a2 @ b)
+    x1, x2 = (s22 * r1 - s12 * r2) / det, (s11 * r2 - s12 * r1) / det
+    if x1 >= 0 and x2 >= 0:
+        return x1, x2
+    # On an edge: f(x) = |b|² - 2 x·r + xᵀSx, compared without |b|².
+    c1 = max(0.0, r1 / s11)
+    c2 = max(0.0, r2 / s22)
+    return (c1, 0.0) if c1 * c1 * s11 - 2 * c1 * r1 <= c2 * c2 * s22 - 2 * c2 * r2 else (0.0, c2)
 
 
 def _nnls(nnls, A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:

@@ -122,3 +122,16 @@ def test_attribute_api_matches_known_synthetic_shares(tmp_path):
     res = attribute_trace(tp, sp)
     # each 30 ms request at 200 W holds 6 J
     assert res.span_energy_j() == pytest.approx(np.full(10, 6.0), rel=0.02)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 50_000])
+def test_json_text_is_to_json_a_chunk_at_a_time(files, chunk):
+    # The CLI writes the JSON a chunk of spans at a time; it must read back as the whole object,
+    # spans in file order, with no chunk's rows lost or repeated at a chunk's edge.
+    t, s = files
+    s.write_text(SPANS + "".join(f"c{i},{i % 3},{i % 3 + 0.5},gpu:0,1,m1,r{i},\n" for i in range(5)))
+    res = attribute_trace(str(t), str(s))
+    text = "".join(res.json_text(chunk=chunk))
+    assert json.loads(text) == res.to_json()
+    assert [r["id"] for r in json.loads(text)["spans"]] == ["a", "b", *[f"c{i}" for i in range(5)]]
+    assert res.to_json()["spans"][1]["by_device"].keys() == {"gpu:0", "gpu:1"}
