@@ -219,6 +219,7 @@ class Meter:
         self._id_prefix = self.run_id[:12]
         self._attr: LiveAttributor | None = None
         self._lock = threading.RLock()
+        self._settled = threading.Condition(threading.Lock())  # notified after every attribution pass
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
@@ -597,6 +598,30 @@ class Meter:
             for tl in timelines.values():
                 tl.trim(attr.watermark - 5.0)
         self._tell_drops()
+        with self._settled:
+            self._settled.notify_all()
+
+    def wait_settled(self, span: Span, timeout: float) -> bool:
+        """Wait until ``span``'s figures are final, at most ``timeout`` seconds, without reading
+        the devices or attributing: the background flush does that, every ``flush_interval_s``
+        (reading ``span.result`` instead drives both, every few ms, until the figures settle).
+        Whether they are final. For code that reads many spans' results and can wait, such as
+        a server's exporters."""
+        import time as _time
+
+        if span.dropped:
+            return True
+        attr = self._attr
+        if attr is None or span.end is None:
+            return False
+        deadline = _time.monotonic() + max(timeout, 0.0)
+        with self._settled:
+            while not attr.is_final(span):
+                left = deadline - _time.monotonic()
+                if left <= 0 or self._stopped or not self.background:
+                    return attr.is_final(span)
+                self._settled.wait(left)
+        return True
 
     @property
     def dropped_spans(self) -> int:

@@ -81,6 +81,8 @@ HEADERS = {
 }
 #: How long the pool keeps re-reading a request's figure for listeners before giving up on it.
 SETTLE_GIVE_UP_S = 10.0
+#: Longest the settler waits on the meter at a time for figures nobody is waiting for.
+_WAIT_SLICE_S = 0.05
 
 
 @dataclass
@@ -413,11 +415,13 @@ class GreenmaasMiddleware:
             self._cond.notify()
 
     def _settle_loop(self) -> None:
-        # Nobody waiting on a response: read a request's figure only once the meter's own
-        # background flush has probably made it final, rather than drive the meter (a read of a
-        # figure not yet final samples the devices and attributes, every few ms, until it is).
+        # Nobody waiting on a response: read a request's figures once the meter's own background
+        # flush has made them final, rather than drive the meter (a read of a figure not yet
+        # final samples the devices and attributes, every few ms, until it is: on a busy server
+        # that was most of what measuring cost).
         meter = self.meter
         lazy_s = getattr(meter, "flush_interval_s", 0.25) + 0.15 if getattr(meter, "background", False) else 0.0
+        settled = getattr(meter, "wait_settled", None) if lazy_s > 0 else None
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
@@ -430,6 +434,12 @@ class GreenmaasMiddleware:
                     if delay > 0:
                         self._cond.wait(delay)  # a new waiter wakes it
                         continue
+            if settled is not None and not entry.waiters and not self._closing and entry.figures is None:
+                # Nobody waiting: let the meter's flush make the figures final, in slices so that
+                # a response that starts waiting for them is served promptly.
+                left = (entry.ended_at or 0.0) + SETTLE_GIVE_UP_S - time.monotonic()
+                if left > 0 and not settled(entry.span, min(left, _WAIT_SLICE_S)):
+                    continue
             try:
                 f = self._figures(entry)  # waits up to the meter's result_wait_s
             except Exception as exc:

@@ -173,3 +173,48 @@ def test_listeners_get_final_figures_and_pseudonym_without_a_ledger(tmp_path, mo
     finally:
         other.close()
     meter.stop()
+
+
+def test_listeners_wait_for_the_meters_flush_instead_of_driving_it():
+    # A server with an exporter listening: every request's figures are read once final. With an
+    # energy counter that publishes every 0.5 s they settle only after its next update; the
+    # settler must wait for the meter's own flush, not read the device and attribute every few
+    # ms until then (on a busy server that was most of what measuring cost).
+    import math
+    import time
+
+    from greenmaas.clock import SystemClock
+
+    reads = []
+    clock = SystemClock()
+
+    def energy(t):
+        reads.append(t)
+        return WATTS * 0.5 * math.floor(t / 0.5)  # published every 0.5 s
+
+    src = StaticSource(clock, {"gpu:0": {"energy_j": energy}})
+    meter = Meter(sources=[src], ledger=False, clock=clock, accounting=False, period_s=0.1, handle_signals=False)
+    meter.start()
+
+    async def app(scope, receive, send):
+        time.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    got = []
+    mw = GreenmaasMiddleware(app, meter=meter)
+    mw.add_listener(got.append)
+    try:
+        t0, n0 = time.monotonic(), len(reads)
+        for _ in range(5):
+            call(mw)
+            time.sleep(0.1)
+        while len(got) < 5 and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        elapsed, n = time.monotonic() - t0, len(reads) - n0
+    finally:
+        mw.close(wait=True)
+        meter.stop()
+    assert len(got) == 5 and all(f.final for f in got)
+    # The sampler's own reads, every 0.1 s, and a few more (a span's open and close read).
+    assert n <= elapsed / 0.1 + 12, f"{n} reads in {elapsed:.2f} s at a 0.1 s period"
