@@ -218,6 +218,7 @@ class Meter:
         self._ids = itertools.count(1)
         self._id_prefix = self.run_id[:12]
         self._attr: LiveAttributor | None = None
+        self._claims: Any = None  # this process's claims on its devices (greenmaas.claims), once started
         self._lock = threading.RLock()
         self._settled = threading.Condition(threading.Lock())  # notified after every attribution pass
         self._stop = threading.Event()
@@ -275,9 +276,21 @@ class Meter:
             }
             for d in list(self.sampler.devices) + list(self.sampler.unmeasurable)
         ]
+        from .claims import Claims
+
+        self._claims = Claims(self.run_id)
+        shared = self._claims.take([d for d in devices if d["id"] in {x.id for x in self.sampler.devices}])
+        for h in shared:
+            log.warning(
+                "greenmaas: %s is already measured by another meter on this host (pid %s, run %s): each "
+                "counts the whole device's energy among its own spans, so a report over both counts it twice "
+                "and charges each one's spans for the other's work; measure it with one meter",
+                h.device, h.pid if h.pid is not None else "?", h.run_id or "?",
+            )
         config = {
             "policy": self.policy,
             "periods_s": {c.device.id: c.period_s for c in self.sampler._channels},
+            **({"shared_devices": [h.to_dict() for h in shared]} if shared else {}),
             "t0_mono": self._t_start,
             "unused": [{"source": u.source, "reason": u.reason} for u in self.unused],
             **({"distributed": self.rank.to_dict()} if self.rank is not None else {}),
@@ -336,6 +349,8 @@ class Meter:
         self._settle(now)
         with self._lock:
             self._flush(self.clock.monotonic(), force=True)
+        if self._claims is not None:
+            self._claims.release()  # its devices are no longer read here
         if self.run is not None:
             self.run.end = self.clock.to_utc(now)
             self.run.status = status

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError
@@ -292,6 +292,7 @@ def summary(
         _serving_columns(out, ledger_or_url, lo, hi, model, run)
     _note_stated(out)
     _note_unfinished(out, sel)
+    _note_shared(out, sel)
     _describe(out, sel, sources)
     return out
 
@@ -448,12 +449,65 @@ def request_rows(
         yield row
 
 
-def _note_unfinished(out: Summary, sel: Selection) -> None:
-    """Name the selected runs that were interrupted (a killed process included, see
-    :func:`greenmaas.ledger.liveness.run_status`), with their last heartbeat."""
+def _selected_runs(sel: Selection) -> set[str]:
     selected = set(sel.spans["run_id"])
     if sel.windows is not None:
         selected |= set(sel.windows["run_id"])
+    return selected
+
+
+def _note_shared(out: Summary, sel: Selection) -> None:
+    """Say where a selected run measured a device while another run on its host measured the
+    same one (see :mod:`greenmaas.claims`): each counted the whole device among its own spans."""
+    from ..claims import claim_key
+
+    now = datetime.now(timezone.utc)
+
+    def span_of(run: dict[str, Any]) -> tuple[Any, Any]:
+        start, end = run.get("start"), run.get("end")
+        if end is None:  # still measuring, or stopped without ending: its last sign of life
+            end = now if run.get("status") == "running" else run.get("heartbeat") or start
+        return start, end
+
+    by_key: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (host, key) -> (run, device id)
+    for run_id, run in sel.runs.items():
+        if run.get("start") is None:
+            continue
+        for d in run.get("devices") or ():
+            key = claim_key(d)
+            if key is not None:
+                by_key.setdefault((str(run.get("host")), key), []).append((run_id, str(d.get("id"))))
+    selected = _selected_runs(sel)
+    for (host, _key), users in sorted(by_key.items()):
+        if len(users) < 2 or not any(r in selected for r, _ in users):
+            continue
+        together: set[str] = set()
+        for i, (a, _) in enumerate(users):
+            a0, a1 = span_of(sel.runs[a])
+            for b, _ in users[i + 1:]:
+                b0, b1 = span_of(sel.runs[b])
+                if a0 < b1 and b0 < a1 and (a in selected or b in selected):
+                    together |= {a, b}
+        if together:
+            runs = sorted(together)
+            names = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+            device = next(d for r, d in users if r in together)
+            _note(out, f"{device} on {host} was measured by {len(runs)} runs at once ({names}): each counted the "
+                       "whole device's energy among its own spans, so this report counts it more than once")
+    for run_id in sorted(selected):
+        for h in (sel.runs.get(run_id) or {}).get("config", {}).get("shared_devices") or ():
+            other = h.get("run_id")
+            if other in sel.runs:
+                continue  # in this ledger: said above
+            _note(out, f"run {run_id} measured {h.get('device')} while another process on its host did too "
+                       f"(pid {h.get('pid')}, run {other or 'unknown'}, not in this ledger): its spans carry that "
+                       "process's work on it")
+
+
+def _note_unfinished(out: Summary, sel: Selection) -> None:
+    """Name the selected runs that were interrupted (a killed process included, see
+    :func:`greenmaas.ledger.liveness.run_status`), with their last heartbeat."""
+    selected = _selected_runs(sel)
     for run_id in sorted(selected):
         run = sel.runs.get(run_id) or {}
         status, beat = run.get("status"), run.get("heartbeat")
@@ -779,6 +833,7 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
     _note_stated(out)
     spans = pd.DataFrame({"run_id": sorted(done.run_ids)}, dtype=object)
     _note_unfinished(out, Selection(spans, pd.DataFrame(), windows, runs))
+    _note_shared(out, Selection(spans, pd.DataFrame(), windows, runs))
 
     _describe_sources(out, sources)
     methods = set(done.methods) | (set(windows["method"]) if windows is not None else set())
