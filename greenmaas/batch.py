@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Batch"]
 
+_NO_INFO: Mapping[str, Any] = {}
+
 
 class Batch:
     """One forward pass over several requests; see :meth:`Meter.batch`."""
@@ -30,11 +32,15 @@ class Batch:
         self.members: list[Span] = []
         links: list[Span | None] = []
         for i, r in enumerate(requests):
-            link = r if isinstance(r, Span) else None
-            info: Mapping[str, Any] = r if isinstance(r, Mapping) else {}
-            rid = link.request_id if link else (info.get("request_id") if info else str(r))
-            tokens_out = link.tokens_out if link else info.get("tokens_out")
-            items = link.items if link else info.get("items")
+            if isinstance(r, Span):  # the usual case: checked first, alone
+                link: Span | None = r
+                info: Mapping[str, Any] = _NO_INFO
+                rid, tokens_out, items = r.request_id, r.tokens_out, r.items
+            else:
+                link = None
+                info = r if isinstance(r, Mapping) else _NO_INFO
+                rid = info.get("request_id") if info else str(r)
+                tokens_out, items = info.get("tokens_out"), info.get("items")
             if weights is not None:
                 w = float(weights[i])
             elif tokens_out:

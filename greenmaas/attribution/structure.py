@@ -168,9 +168,17 @@ def competing(
             continue
         c = class_ix.setdefault(power_class(nd), len(class_ix))
         dc = dev_ix.setdefault(nd.devices, len(dev_ix))
+        lc = leaf_by_parent.get(i)
+        if i not in kids and lc is None:  # no children: its whole life is its own
+            starts.append(a)
+            ends.append(b)
+            rates.append(rate)
+            owners.append(i)
+            classes.append(c)
+            devs.append(dc)
+            continue
         cs = [nodes[k].start for k in kids.get(i, ())]
         ce = [t_open if nodes[k].end is None else nodes[k].end for k in kids.get(i, ())]
-        lc = leaf_by_parent.get(i)
         if lc is not None:
             cs_a = np.concatenate((np.asarray(cs, dtype=np.float64), lc[0]))
             ce_a = np.concatenate((np.asarray(ce, dtype=np.float64), lc[1]))
