@@ -43,6 +43,7 @@ html-report: venv
 
 bench-serving: venv
 	$(PY) examples/bench_serving.py
+	$(PY) examples/bench_serving_cost.py
 
 ci:
 	.ci/run
