@@ -54,18 +54,32 @@ if TYPE_CHECKING:
 __all__ = ["LiveAttributor", "Accumulator", "WindowTotals", "Finished"]
 
 
-@dataclass
 class Accumulator:
-    """Running energy of one span per device, across windows."""
+    """Running energy of one span per device, across windows: ``self_j`` and ``child_j`` (J),
+    their ± J ``self_u`` and ``child_u`` (shared by the same rules as the energy), and
+    ``self_s``, device time (s) shared by the same rules: what a rented device's price is
+    charged by (self only; a parent's time is not summed from its children). One per span
+    in flight, so a plain class with slots."""
 
-    self_j: dict[str, float] = field(default_factory=dict)
-    child_j: dict[str, float] = field(default_factory=dict)
-    # ± J of self_j and child_j, shared by the same rules as the energy.
-    self_u: dict[str, float] = field(default_factory=dict)
-    child_u: dict[str, float] = field(default_factory=dict)
-    # Device time (s) shared by the same rules as energy: what a rented device's price is
-    # charged by. Self only; a parent's time is not summed from its children.
-    self_s: dict[str, float] = field(default_factory=dict)
+    __slots__ = ("self_j", "child_j", "self_u", "child_u", "self_s")
+
+    def __init__(
+        self,
+        self_j: dict[str, float] | None = None,
+        child_j: dict[str, float] | None = None,
+        self_u: dict[str, float] | None = None,
+        child_u: dict[str, float] | None = None,
+        self_s: dict[str, float] | None = None,
+    ) -> None:
+        self.self_j = {} if self_j is None else self_j
+        self.child_j = {} if child_j is None else child_j
+        self.self_u = {} if self_u is None else self_u
+        self.child_u = {} if child_u is None else child_u
+        self.self_s = {} if self_s is None else self_s
+
+    def __repr__(self) -> str:
+        return (f"Accumulator(self_j={self.self_j}, child_j={self.child_j}, self_u={self.self_u}, "
+                f"child_u={self.child_u}, self_s={self.self_s})")
 
     def inclusive(self) -> dict[str, float]:
         return _merged(self.self_j, self.child_j)
