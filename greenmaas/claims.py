@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ._paths import mkdir_private
 from .sources.base import UNMEASURABLE
 
 __all__ = ["Claims", "Holder", "claim_key", "claims_dir"]
@@ -97,7 +98,7 @@ class Claims:
             self.problem = "device claims need fcntl (not on this platform)"
             return []
         try:
-            _private_dir(self.directory)
+            mkdir_private(self.directory)
         except OSError as exc:
             self.problem = f"cannot create {self.directory}: {exc.strerror or exc}"
             return []
@@ -143,12 +144,3 @@ def _holder(fd: int) -> tuple[int | None, str | None]:
         return (pid if isinstance(pid, int) else None), (run_id if isinstance(run_id, str) else None)
     except (OSError, ValueError, AttributeError):
         return None, None
-
-
-def _private_dir(path: Path) -> None:
-    """Create ``path`` 0700 unless it exists (its parent too, for the temporary-directory case)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not path.is_dir():
-            raise

@@ -23,6 +23,7 @@ import secrets
 from pathlib import Path
 from typing import Mapping
 
+from .._paths import mkdir_private
 from ..errors import LedgerError
 
 __all__ = ["ENV_TENANT_KEY", "KEY_FILE_NAME", "tenant_key", "tenant_key_file", "tenant_key_source"]
@@ -87,23 +88,12 @@ def _read(path: Path) -> bytes | None:
     return bytes.fromhex(text)
 
 
-def _mkdir_private(path: Path) -> None:
-    """Create directory ``path`` 0700 (readable by this user only) unless it exists."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-    else:
-        os.chmod(path, 0o700)  # ours, just made: the umask may have taken owner bits
-
-
 def _create(path: Path) -> bytes:
     """Make a new key file at ``path`` and return its key; if another process made one first,
     return that one (its file is never replaced)."""
     if not path.parent.parent.is_dir():
         os.makedirs(path.parent.parent, 0o700, exist_ok=True)
-    _mkdir_private(path.parent)
+    mkdir_private(path.parent)
     key = secrets.token_bytes(_KEY_BYTES)
     text = (key.hex() + "\n").encode("ascii")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
