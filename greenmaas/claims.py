@@ -22,6 +22,7 @@ Where ``fcntl`` is missing (Windows) nothing is claimed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -117,14 +118,21 @@ class Claims:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held by a live process (a dead one's lock is gone with it)
-                pid, run_id = _holder(fd)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    # Held by a live process (a dead one's lock is gone with it).
+                    pid, run_id = _holder(fd)
+                    found.append(Holder(str(device.get("id")), key, pid, run_id))
+                else:  # a file system without locks (some network ones): nothing known
+                    self.problem = f"cannot lock {path}: {exc.strerror or exc}"
                 os.close(fd)
-                found.append(Holder(str(device.get("id")), key, pid, run_id))
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "run_id": self.run_id}).encode())
             self._held.append(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps({"pid": os.getpid(), "run_id": self.run_id}).encode())
+            except OSError as exc:  # still claimed; others just cannot read who holds it
+                self.problem = f"cannot write {path}: {exc.strerror or exc}"
         return found
 
     def release(self) -> None:

@@ -279,7 +279,11 @@ class Meter:
         from .claims import Claims
 
         self._claims = Claims(self.run_id)
-        shared = self._claims.take([d for d in devices if d["id"] in {x.id for x in self.sampler.devices}])
+        try:
+            shared = self._claims.take([d for d in devices if d["id"] in {x.id for x in self.sampler.devices}])
+        except Exception as exc:  # knowing who else measures a device must not stop measuring it
+            self._error(f"device claims not made: {exc}")
+            shared = []
         for h in shared:
             log.warning(
                 "greenmaas: %s is already measured by another meter on this host (pid %s, run %s): each "
