@@ -180,6 +180,7 @@ class _LeafPool:
         self.start = np.empty(0)
         self.end = np.empty(0)
         self.seq = np.empty(0, dtype=np.int64)
+        self.seqs: set[int] = set()  # the same, for membership in O(1) (a result read asks)
         self.code = np.empty(0, dtype=np.int64)  # leaf class (index into the attributor's keys)
         self.j: dict[str, np.ndarray] = {}
         self.u: dict[str, np.ndarray] = {}
@@ -194,6 +195,7 @@ class _LeafPool:
         self.start = np.concatenate((self.start, start))
         self.end = np.concatenate((self.end, end))
         self.seq = np.concatenate((self.seq, seq))
+        self.seqs.update(seq.tolist())
         self.code = np.concatenate((self.code, code))
         for acc in (self.j, self.u, self.s):
             for d in acc:
@@ -209,6 +211,7 @@ class _LeafPool:
         """Remove the leaves under ``mask``; return them and their figures."""
         idx = np.nonzero(mask)[0]
         spans = [self.spans[i] for i in idx.tolist()]
+        self.seqs.difference_update(self.seq[idx].tolist())
         out = ({d: a[idx] for d, a in self.j.items()}, {d: a[idx] for d, a in self.u.items()},
                {d: a[idx] for d, a in self.s.items()})
         keep = ~mask
@@ -403,7 +406,7 @@ class LiveAttributor:
         if seq is None:
             return None
         pool = self._leaves
-        if len(pool):
+        if seq in pool.seqs:
             hit = np.nonzero(pool.seq == seq)[0]
             if hit.size:
                 i = int(hit[0])
@@ -412,7 +415,7 @@ class LiveAttributor:
         acc = self._ring.get(seq)
         if acc is not None:
             return acc
-        if any(s is span for s in list(self._new)):
+        if any(s is span for s in list(self._new)):  # not taken in yet (rare: results wait a flush)
             return Accumulator()
         return None
 
@@ -428,11 +431,10 @@ class LiveAttributor:
         seq = getattr(span, "_seq", None)
         if seq is None or id(span) in self._states:
             return False
-        pool = self._leaves
-        if len(pool) and bool(np.any(pool.seq == seq)):
+        if seq in self._leaves.seqs:
             return False
-        if any(s is span for s in list(self._new)):
-            return False
+        # Finalised leaves are in the ring (a span not taken in yet cannot be): O(1), however
+        # long the backlog.
         return self._ring.get(seq) is not None
 
     @property
