@@ -106,13 +106,12 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
     def numbers(column: str, values: list[str]) -> np.ndarray:
         try:
             out = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
-        except ValueError:
-            out = None
-        bad = np.flatnonzero(~np.isfinite(out)) if out is not None else None
-        if out is None or bad.size:  # type: ignore[union-attr]
-            for k, text in enumerate(values):  # the first bad value, for its line
-                finite_number(text, column, path, lines[k])
-        return out  # type: ignore[return-value]
+        except ValueError:  # not all numbers: the loop below names the first that is not
+            out = np.full(len(values), np.nan)
+        if not np.isfinite(out).all():
+            for k, text in enumerate(values):
+                finite_number(text, column, path, lines[k])  # raises at the first bad value
+        return out
 
     def first(mask: np.ndarray) -> int:
         return int(np.flatnonzero(mask)[0])

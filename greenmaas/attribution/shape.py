@@ -26,6 +26,8 @@ share as ± J.
 An interval is shaped once, when both its ends are known and every span that ran in it is known,
 from that interval and the ones before it only. So the live meter (which shapes intervals as
 they settle) and an offline re-attribution (which shapes them all at once) compute the same curve.
+Without power samples, the intervals at hand are shaped together as arrays (a chunk at a time);
+only each interval's fit runs on its own, in order. With samples, one interval at a time.
 """
 
 from __future__ import annotations
@@ -199,12 +201,11 @@ class DeviceShaper:
         nseg = np.diff(p)
         kseg = np.repeat(np.arange(n), nseg)
         # Classes by name (codes are the caller's; names are what the fit and history use).
-        cls_names = [names[c] for c in range(len(names))]
         if wc.size:
             uniq_codes, inv = np.unique(wc, return_inverse=True)
-            used = sorted({cls_names[c] for c in uniq_codes.tolist()})
+            used = sorted({names[c] for c in uniq_codes.tolist()})
             col_of = {c: i for i, c in enumerate(used)}
-            col = np.asarray([col_of[cls_names[c]] for c in uniq_codes.tolist()], dtype=np.int64)[inv]
+            col = np.asarray([col_of[names[c]] for c in uniq_codes.tolist()], dtype=np.int64)[inv]
         else:
             used, col = [], np.zeros(0, dtype=np.int64)
         u = len(used)
