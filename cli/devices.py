@@ -29,6 +29,7 @@ DEVICE_COLUMNS = [
     Column("method", "Method"),
     Column("power_field", "Power reads", missing="none"),
     Column("uuid", "UUID"),
+    Column("measured_by", "Measured now by", missing=""),
     Column("note", "Note"),
 ]
 _UNUSED_COLUMNS = [Column("source", "Not used"), Column("reason", "Why")]
@@ -67,6 +68,24 @@ def _tenant_key_line(where: dict[str, Any]) -> str:
         return f"Tenant key: ${ENV_TENANT_KEY}"
     made = "" if Path(where["path"]).exists() else " (made on first use)"
     return f"Tenant key: file {where['path']}{made}"
+
+
+def _note_claims(found: list[dict[str, Any]]) -> str:
+    """Set each device's ``measured_by``: the meter on this host that holds its claim now
+    (:mod:`greenmaas.claims`), as ``pid N, run R``, else None. Returns where claims are kept."""
+    import os
+
+    from greenmaas.claims import Claims
+
+    probe = Claims(f"greenmaas devices (pid {os.getpid()})")
+    try:
+        held = {h.device: h for h in probe.take(found)}
+    finally:
+        probe.release()
+    for d in found:
+        h = held.get(d["id"])
+        d["measured_by"] = None if h is None else f"pid {h.pid if h.pid is not None else '?'}, run {h.run_id or '?'}"
+    return str(probe.directory) + (f" ({probe.problem})" if probe.problem else "")
 
 
 def _default_detect() -> Any:
@@ -165,10 +184,11 @@ def devices(ctx, ledger, fmt, probe, probe_seconds):
     finally:
         for source in detection.sources:
             source.close()
+    claims_at = _note_claims(found)
     unused = [{"source": u.source, "reason": u.reason} for u in detection.unused]
     key_source = _tenant_key()
     if fmt == "json":
-        data: dict[str, Any] = {"devices": found, "unused": unused, "tenant_key": key_source}
+        data: dict[str, Any] = {"devices": found, "unused": unused, "tenant_key": key_source, "claims": claims_at}
         if probed is not None:
             data["probe"] = [{k: r[k] for k in ("id", "name")} | r.get("probe", {"note": r["note"]})
                              for r in probed]
@@ -187,3 +207,4 @@ def devices(ctx, ledger, fmt, probe, probe_seconds):
     elif probed is not None:
         click.echo(_NO_GPU)
     click.echo(_tenant_key_line(key_source))
+    click.echo(f"Device claims: {claims_at}")

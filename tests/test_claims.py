@@ -145,3 +145,26 @@ def test_the_report_names_runs_that_measured_one_device_at_once_and_only_those(t
     assert not any("at once" in n for n in alone)
     runs = read_ledger(db, table="runs")
     assert len(runs) == 3
+
+
+def test_devices_names_the_meter_measuring_a_device_now(runtime_dir):
+    m = cpu_meter(False).start()
+    try:
+        clock = SystemClock()
+
+        class Found:
+            sources = [StaticSource(clock, {"cpu:0": {"power_w": lambda t: 40.0}})]
+            unused: list = []
+
+        r = CliRunner().invoke(cli, ["devices", "--format", "json"], obj={"detect": lambda: Found()})
+        assert r.exit_code == 0, r.output
+        data = __import__("json").loads(r.output)
+        assert data["devices"][0]["measured_by"] == f"pid {os.getpid()}, run {m.run_id}"
+        assert data["claims"] == str(runtime_dir)
+    finally:
+        m.stop()
+    # Once it stopped, nobody measures it; and asking took no claim of its own.
+    r = CliRunner().invoke(cli, ["devices"], obj={"detect": lambda: Found()})
+    assert r.exit_code == 0, r.output
+    assert "Device claims: " + str(runtime_dir) in r.output
+    assert "run " + m.run_id not in r.output

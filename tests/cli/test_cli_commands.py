@@ -138,7 +138,7 @@ class TestDevices:
         data = json.loads(out)
         assert data["devices"][0] == {"id": "gpu:0", "kind": "gpu", "name": "NVIDIA H100 [80GB]",
                                       "method": "counter", "power_field": None, "uuid": "GPU-123",
-                                      "note": "MIG parent"}
+                                      "measured_by": None, "note": "MIG parent"}
         assert data["unused"] == [{"source": "rapl", "reason": "no /sys/class/powercap here"}]
 
     def test_nothing_found(self, runner):
