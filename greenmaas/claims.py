@@ -27,6 +27,7 @@ import json
 import os
 import re
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -91,6 +92,8 @@ class Claims:
         self.directory = directory if directory is not None else claims_dir()
         self.problem: str | None = None
         self._held: list[int] = []  # open file descriptors holding a lock
+        # A meter dropped without stop() still lets its claims go when it is collected.
+        weakref.finalize(self, _close_all, self._held)
 
     def take(self, devices: Iterable[Mapping[str, Any]]) -> list[Holder]:
         try:
@@ -136,12 +139,16 @@ class Claims:
         return found
 
     def release(self) -> None:
-        held, self._held = self._held, []
-        for fd in held:
-            try:
-                os.close(fd)  # closing the last descriptor releases the lock
-            except OSError:
-                pass
+        _close_all(self._held)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close the descriptors (closing the last one of a file releases its lock) and forget them."""
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:
+            pass
 
 
 def _holder(fd: int) -> tuple[int | None, str | None]:

@@ -168,3 +168,15 @@ def test_devices_names_the_meter_measuring_a_device_now(runtime_dir):
     assert r.exit_code == 0, r.output
     assert "Device claims: " + str(runtime_dir) in r.output
     assert "run " + m.run_id not in r.output
+
+
+def test_a_claims_object_dropped_without_release_lets_its_claims_go():
+    first = Claims("run-a")
+    assert first.take([CPU]) == []
+    del first  # collected: its descriptors are closed, its locks released
+    import gc
+
+    gc.collect()
+    again = Claims("run-b")
+    assert again.take([CPU]) == []
+    again.release()
