@@ -61,6 +61,8 @@ __all__ = ["Meter", "get_meter", "measure", "request", "batch"]
 _SETTLE_MARGIN_S = 0.02
 #: The run's heartbeat is written at least this often (s); readers allow much more (liveness).
 _HEARTBEAT_S = 0.5
+#: With no span in flight, the background flush attributes idle windows this often (s).
+_IDLE_FLUSH_S = 1.0
 #: Signals that stop a meter started in the main thread before the process acts on them.
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -566,13 +568,23 @@ class Meter:
         import time as _time
 
         wait = min(self.flush_interval_s, _HEARTBEAT_S)
-        next_flush = _time.monotonic() + self.flush_interval_s
-        while not self._stop.wait(max(min(wait, next_flush - _time.monotonic()), 0.0)):
+        idle_s = max(self.flush_interval_s, _IDLE_FLUSH_S)
+
+        def every() -> float:
+            # With no span in flight there is only idle to attribute: do it less often (timing
+            # the counter's updates and shaping cost about the same for a few intervals as for
+            # one). A span opened meanwhile brings the usual pace back at the next wake-up.
+            attr = self._attr
+            return self.flush_interval_s if attr is None or attr.pending else idle_s
+
+        last = _time.monotonic()
+        while not self._stop.wait(max(min(wait, last + every() - _time.monotonic()), 0.0)):
             self._heartbeat()
             self._sync_writer_errors()
-            if _time.monotonic() < next_flush:
+            now = _time.monotonic()
+            if now < last + every():
                 continue
-            next_flush = _time.monotonic() + self.flush_interval_s
+            last = now
             try:
                 with self._lock:
                     self._flush(self.clock.monotonic())

@@ -282,3 +282,30 @@ def test_bind_carries_the_span_into_a_thread_pool():
             bound = [f.result() for f in [pool.submit(greenmaas.bind(work), i) for i in range(1, 4)]]
     assert unbound.parent is None  # a plain pool does not carry the context
     assert all(p.parent is outer and p.model == "m" for p in bound)
+
+
+def test_with_no_span_in_flight_idle_is_attributed_about_once_a_second(tmp_path):
+    # The background flush runs every flush_interval_s while spans are in flight; with none, it
+    # has only idle to attribute and does so about once a second (each pass times the counter
+    # and shapes, at a cost that hardly depends on how many intervals it takes). Nothing is lost.
+    import time
+
+    from greenmaas.analysis import read_ledger
+    from greenmaas.clock import SystemClock
+
+    clock = SystemClock()
+    src = StaticSource(clock, {"gpu:0": {"energy_j": lambda t: 100.0 * t}})
+    db = tmp_path / "g.db"
+    meter = Meter(sources=[src], ledger=str(db), clock=clock, accounting=False, period_s=0.01,
+                  flush_interval_s=0.1, handle_signals=False)
+    with meter:
+        time.sleep(2.5)
+        with meter.measure("work") as span:
+            time.sleep(0.05)
+        time.sleep(0.6)
+    windows = read_ledger(db, table="devices", run=meter.run_id)
+    # At the usual pace (every 0.1 s) 3.15 s would have made ~30 windows.
+    assert 2 <= len(windows) <= 10, len(windows)
+    covered = (windows["end"].max() - windows["start"].min()).total_seconds()
+    assert windows["total_j"].sum() == pytest.approx(100.0 * covered, rel=1e-3)
+    assert windows["attributed_j"].sum() == pytest.approx(span.result.energy_j, rel=1e-9)
