@@ -256,7 +256,23 @@ class DeviceShaper:
         draws = np.zeros((n, u))
         col_in_used = [index[c] for c in used]
         quiet = ~P[h:].any(axis=1) & (length > 0) & (timing <= _IDLE_TIMING * length)
-        for k in range(n):
+        one_class = n_cls == 1 and u == 1 and not rated[-1] and not quiet.any() and bool((L > 0).all())
+        single = self._fit_single(L, E, S[:, 0], P[:, 0], h, n, back) if one_class else None
+        if single is not None:
+            # One class of work throughout and nothing that changes the idle memory: every
+            # interval's fit at once, from sums over its window (the same closed forms).
+            idle, draws[:, 0], by_one = single
+            for k in np.flatnonzero(by_one).tolist():  # near-parallel columns: the general solver
+                r = h + k
+                w0 = max(0, r - back)
+                idle[k], fitted = self._fit_arrays(L[w0 : r + 1], E[w0 : r + 1], S[w0 : r + 1], P[w0 : r + 1],
+                                                   all_names)
+                draws[k, 0] = fitted.get(all_names[0], 0.0)
+            for k in range(max(0, n - back), n):  # the history keeps only the last rows
+                r = h + k
+                self._hist.append(_Row(float(L[r]), {all_names[0]: float(S[r, 0])} if P[r, 0] else {},
+                                       float(E[r]), None, [], float(timing[k])))
+        for k in range(n) if single is None else ():
             r = h + k
             w0 = max(0, r - back)
             row = _Row(float(L[r]), {all_names[c]: float(S[r, c]) for c in np.flatnonzero(P[r]).tolist()},
@@ -549,6 +565,41 @@ class DeviceShaper:
         x, _ = _nnls(nnls, A, b)
         return float(x[0]), dict(zip(picked, x[1:].tolist()))
 
+    def _fit_single(self, L, E, B, present, h: int, n: int, back: int):
+        """:meth:`_fit_arrays` for intervals ``h .. h+n-1`` of rows with one class of work
+        (busy seconds ``B``, present where ``present``), all at once: each interval's sums over
+        its window from prefix sums, then the one- and two-unknown closed forms. The idle memory
+        must not change over these intervals (no quiet one among them). Returns idle W, the
+        class's draw W, and which intervals need the general solver (near-parallel columns)."""
+        rows = np.arange(h, h + n)
+        w0 = np.maximum(0, rows - back)
+
+        def window(x):
+            c = np.concatenate(([0.0], np.cumsum(x)))
+            return c[rows + 1] - c[w0]
+
+        y = E / L
+        b = B / L
+        m = (rows - w0 + 1).astype(np.float64)
+        seen = window(present.astype(np.float64)) > 0
+        sy, sb, sbb, sby = window(y), window(b), window(b * b), window(b * y)
+        prior2 = _PRIOR * m
+        idle_known = self._idle_level()
+        if idle_known is None:
+            idle0, draw0, ok0 = _nnls2_many(m, sb, sbb, sy, sby)
+            idle, draw, ok = _nnls2_many(m, sb, sbb + prior2, sy, sby + prior2 * draw0)
+            general = ~(ok0 & ok)
+            fallback = window(E) / window(L)
+        else:
+            sby = sby - idle_known * sb
+            draw0 = np.where(sbb > 0, np.maximum(0.0, sby / np.where(sbb > 0, sbb, 1.0)), 0.0)
+            draw = np.maximum(0.0, (sby + prior2 * draw0) / (sbb + prior2))
+            idle = np.full(n, idle_known)
+            general = np.zeros(n, dtype=bool)
+            fallback = idle
+        # A window in which the class never ran: idle only, as the general fit says.
+        return np.where(seen, idle, fallback), np.where(seen, draw, 0.0), general & seen
+
     def _bias(self, ratio: float | None) -> float | None:
         """How much the samples over-read the counter (median over the window), or None when
         they disagree too much to be used."""
@@ -589,6 +640,20 @@ def _nnls2(a1: np.ndarray, a2: np.ndarray, b: np.ndarray) -> tuple[float, float]
     c1 = max(0.0, r1 / s11)
     c2 = max(0.0, r2 / s22)
     return (c1, 0.0) if c1 * c1 * s11 - 2 * c1 * r1 <= c2 * c2 * s22 - 2 * c2 * r2 else (0.0, c2)
+
+
+def _nnls2_many(s11, s12, s22, r1, r2):
+    """:func:`_nnls2` for many problems given by their sums (``a1·a1``, ``a1·a2``, ``a2·a2``,
+    ``a1·b``, ``a2·b``): the two values, and where the columns were independent enough."""
+    det = s11 * s22 - s12 * s12
+    ok = (s11 > 0) & (s22 > 0) & (det > _PARALLEL * s11 * s22)
+    d = np.where(ok, det, 1.0)
+    x1, x2 = (s22 * r1 - s12 * r2) / d, (s11 * r2 - s12 * r1) / d
+    inside = (x1 >= 0) & (x2 >= 0)
+    c1 = np.maximum(0.0, r1 / np.where(s11 > 0, s11, 1.0))
+    c2 = np.maximum(0.0, r2 / np.where(s22 > 0, s22, 1.0))
+    first = c1 * c1 * s11 - 2 * c1 * r1 <= c2 * c2 * s22 - 2 * c2 * r2
+    return (np.where(inside, x1, np.where(first, c1, 0.0)), np.where(inside, x2, np.where(first, 0.0, c2)), ok)
 
 
 def _nnls(nnls, A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:

@@ -6,7 +6,8 @@ and many at once otherwise. A shaper told to use samples, given a single read lo
 trace, takes the one-at-a-time path and finds no sample in any interval: the same arithmetic,
 computed the other way. Traces: a device drawing a known idle level plus a draw per class of
 work, read through a 100, 50 or 20 ms counter, with overlapping work of up to four classes,
-work of no length, work starting on a counter update, quiet stretches, and timing uncertainty.
+work of no length, work starting on a counter update, quiet stretches, and timing uncertainty;
+and traces of one class of work that never stops (every interval's fit then runs at once).
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from greenmaas.attribution.shape import DeviceShaper
 from greenmaas.attribution.structure import Intervals
 
 
-def trace(seed: int):
+def trace(seed: int, busy: bool = False):
+    """A random trace; ``busy``: one class of work that never stops (a training loop), so no
+    interval is quiet."""
     rng = np.random.default_rng(seed)
     seconds = float(rng.uniform(2, 20))
     period = float(rng.choice([0.1, 0.05, 0.02]))
     kt = np.arange(0.0, seconds, period)
     kt = kt + rng.uniform(0, 0.003, kt.size)
-    n_cls = int(rng.integers(1, 5))
-    n = int(rng.integers(0, 400))
+    n_cls = 1 if busy else int(rng.integers(1, 5))
+    n = int(rng.integers(200, 600)) if busy else int(rng.integers(0, 400))
     ws = np.sort(rng.uniform(0, seconds, n))
+    if busy:
+        ws[0] = 0.0  # one piece of work runs throughout
     if n and rng.random() < 0.5:  # some work starting exactly on a counter update
         m = min(n, 20)
         ws[rng.choice(n, m, replace=False)] = kt[rng.integers(0, kt.size, m)]
@@ -34,6 +39,8 @@ def trace(seed: int):
     dur = rng.exponential(float(rng.choice([0.01, 0.05, 0.3])), n)
     dur[rng.random(n) < 0.05] = 0.0
     we = ws + dur
+    if busy:
+        we[0] = seconds + 1.0
     wc = rng.integers(0, n_cls, n).astype(np.int64)
     draws = rng.uniform(20, 200, n_cls)
     # The counter: 60 W idle plus each running piece of work's draw, integrated exactly.
@@ -48,9 +55,10 @@ def trace(seed: int):
     return kt, kv, kh, work, rng
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_many_at_once_equals_one_at_a_time(seed):
-    kt, kv, kh, work, rng = trace(seed)
+@pytest.mark.parametrize("busy", [False, True])
+@pytest.mark.parametrize("seed", range(30))
+def test_many_at_once_equals_one_at_a_time(seed, busy):
+    kt, kv, kh, work, rng = trace(seed, busy)
     one = DeviceShaper(samples=True)
     far_read = (np.array([-1000.0]), np.array([-999.99]), np.array([100.0]))
     one.extend(kt, kv, kh, float(kt[-1]), work, far_read)
