@@ -28,6 +28,11 @@ CHILD = textwrap.dedent(
     from greenmaas.testing import StaticSource
 
     db, own_handler = sys.argv[1], sys.argv[2] == "1"
+    # A process as Python starts one when nobody ignored SIGINT (a disposition the test runner's
+    # process may have been left with is inherited across exec).
+    print(f"SIGINT-AT-START {signal.getsignal(signal.SIGINT)!r}", flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if own_handler:
         def previous(signum, frame):
             print(f"\\nPREVIOUS-HANDLER {signum}", flush=True)  # a line of its own, even mid-print
@@ -95,7 +100,14 @@ def _run_children(tmp_path, specs, *, after=(1.3, 2.2)) -> list[Child]:
             c.sent_at = time.monotonic()
             c.proc.send_signal(c.sig)
         for c in children:
-            c.proc.wait(30)
+            try:
+                c.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait()
+                raise AssertionError(f"child {c.db.name} ({c.sig!r}, own handler {c.own_handler}) did not end "
+                                     f"30 s after the signal; its output: {c.lines[:2]} ... "
+                                     f"{c.lines[-3:]}; stderr: {c.proc.stderr.read()[-2000:]}") from None
             c.stderr = c.proc.stderr.read()
     finally:
         for c in children:
@@ -152,20 +164,30 @@ def test_handlers_are_installed_in_the_main_thread_only_and_removed_at_stop(in_t
     from greenmaas.meter import Meter
     from greenmaas.testing import StaticSource
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Start from Python's own dispositions (an earlier test's meter may have chained its own).
+    found = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = {s: signal.getsignal(s) for s in found}
     clock = SystemClock()
     meter = Meter(sources=[StaticSource(clock, {"cpu:0": {"power_w": lambda t: 1.0}})], clock=clock,
                   ledger=False, accounting=False)
-    if in_thread:
-        t = threading.Thread(target=meter.start)
-        t.start()
-        t.join()
+    try:
+        if in_thread:
+            t = threading.Thread(target=meter.start)
+            t.start()
+            t.join()
+            assert {s: signal.getsignal(s) for s in before} == before
+        else:
+            meter.start()
+            now = {s: signal.getsignal(s) for s in before}
+            assert all(now[s] is not before[s] for s in before), (now, before, found)
+        meter.stop()
         assert {s: signal.getsignal(s) for s in before} == before
-    else:
-        meter.start()
-        assert all(signal.getsignal(s) is not before[s] for s in before)
-    meter.stop()
-    assert {s: signal.getsignal(s) for s in before} == before
-    off = Meter(sources=[], clock=clock, ledger=False, accounting=False, handle_signals=False).start()
-    assert {s: signal.getsignal(s) for s in before} == before
-    off.stop()
+        off = Meter(sources=[], clock=clock, ledger=False, accounting=False, handle_signals=False).start()
+        assert {s: signal.getsignal(s) for s in before} == before
+        off.stop()
+    finally:
+        meter.stop()  # never leave its threads running for the tests after this one
+        for s, h in found.items():
+            signal.signal(s, h)

@@ -225,13 +225,16 @@ def test_background_threads_run_and_stop():
     clock = SystemClock()
     src = StaticSource(clock, {"cpu:0": {"power_w": lambda t: 50.0}})
     meter = Meter(sources=[src], ledger=False, clock=clock, accounting=False, period_s=0.01, flush_interval_s=0.05)
+    others = set(threading.enumerate())  # an earlier test's meter left running is not this one's
     with meter:
         with meter.measure("sleep") as span:
             time.sleep(0.2)
         res = span.result
+        assert {t.name for t in set(threading.enumerate()) - others} >= {"greenmaas-flush", "greenmaas-sampler"}
     assert res.energy_j == pytest.approx(50.0 * res.duration_s, rel=0.1)
     assert not meter.sampler.running
-    assert not any(t.name.startswith("greenmaas") for t in threading.enumerate())
+    left = [t.name for t in set(threading.enumerate()) - others if t.name.startswith("greenmaas")]
+    assert not left, left
 
 
 def test_short_request_between_reads_takes_power_inside_its_boundaries():
