@@ -108,7 +108,8 @@ class Meter:
     ``flush_interval_s``
         How often finished spans are attributed and handed to the ledger writer (default 0.25 s;
         the writer commits at the same pace). With the defaults a span is in the ledger within a
-        second of ending, so a SIGKILL loses at most the last second.
+        second of ending, so a SIGKILL loses at most the last second. With no span in flight,
+        idle time is attributed once a second instead.
     ``max_queue``
         Records that may wait for the ledger writer (default 100,000). When spans end faster
         than the ledger takes them, new records are dropped rather than memory growing: counted,
