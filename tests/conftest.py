@@ -1,5 +1,7 @@
 """Skip ``@pytest.mark.gpu`` tests unless NVML initialises and finds a GPU here; keep every test
-off the developer's own tenant key; give tests a ledger on each backend.
+off the developer's own tenant key; give tests a ledger on each backend; give each test the
+SIGINT and SIGTERM handlers the one before it had (a meter a test leaves started keeps its
+signal handlers installed: they must not chain into the next test's).
 
 The gpu marker itself is declared in pyproject.toml. The probe runs once, and only when a gpu test
 was collected, so machines without NVML pay nothing.
@@ -165,3 +167,14 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"PostgreSQL test skipped under CI, where it must run: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_as_found():
+    import signal
+
+    found = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in found.items():
+        if handler is not None and signal.getsignal(s) is not handler:
+            signal.signal(s, handler)
