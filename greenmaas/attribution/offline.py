@@ -73,7 +73,9 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
     path = os.fspath(path)
     ids: list[str] = []
     lines: list[int] = []
-    texts: dict[str, list[str]] = {c: [] for c in ("start", "end", "devices")}
+    starts_t: list[str] = []
+    ends_t: list[str] = []
+    devs_t: list[str] = []
     optional = ("weight", "model", "request_id", "tenant", "parent", "kind", "link", "name")
     with CsvFile(path, what="spans", expected="id,start,end,devices") as f:
         ix = f.require(_REQUIRED)
@@ -82,7 +84,6 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
         present = {c: ix[c] for c in optional if c in ix}
         extra: dict[str, list[str]] = {c: [] for c in present}
         widest = max([need, *present.values()])
-        starts_t, ends_t, devs_t = texts["start"], texts["end"], texts["devices"]
         seen: set[str] = set()
         for line, row in f.rows():
             if len(row) <= need:
@@ -122,8 +123,7 @@ def load_spans(path: str | os.PathLike[str], known_devices: set[str] | None = No
         k = first(ends < starts)
         raise InputError(f"end {ends[k]:g} is before start {starts[k]:g}", path=path, line=lines[k])
     n = len(ids)
-    none: list[str | None] = [None] * n
-    tags: dict[str, list[str | None]] = {c: [v.strip() or None for v in extra[c]] if c in extra else list(none)
+    tags: dict[str, list[str | None]] = {c: [v.strip() or None for v in extra[c]] if c in extra else [None] * n
                                          for c in optional}
     if "weight" in extra:
         weight_t = tags["weight"]

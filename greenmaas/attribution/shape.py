@@ -246,16 +246,26 @@ class DeviceShaper:
             for c, v in old.busy_s.items():
                 S[i, index[c]] = v
                 P[i, index[c]] = True
+        col_in_used = [index[c] for c in used]
         if u:
-            cols = [index[c] for c in used]
-            S[h:, cols] = busy_s
-            P[h:, cols] = present
+            S[h:, col_in_used] = busy_s
+            P[h:, col_in_used] = present
         rated = np.cumsum([0] + [r.sample_ratio is not None for r in hist] + [0] * n)  # rows with a samples' ratio
         back = self._hist.maxlen or 1
         idle = np.empty(n)
         draws = np.zeros((n, u))
-        col_in_used = [index[c] for c in used]
         quiet = ~P[h:].any(axis=1) & (length > 0) & (timing <= _IDLE_TIMING * length)
+
+        def row_of(k: int) -> _Row:
+            r = h + k
+            return _Row(float(L[r]), {all_names[c]: float(S[r, c]) for c in np.flatnonzero(P[r]).tolist()},
+                        float(E[r]), None, [], float(timing[k]))
+
+        def window_fit(k: int) -> tuple[float, dict[str, float]]:
+            r = h + k
+            w0 = max(0, r - back)
+            return self._fit_arrays(L[w0 : r + 1], E[w0 : r + 1], S[w0 : r + 1], P[w0 : r + 1], all_names)
+
         one_class = n_cls == 1 and u == 1 and not rated[-1] and not quiet.any() and bool((L > 0).all())
         single = self._fit_single(L, E, S[:, 0], P[:, 0], h, n, back) if one_class else None
         if single is not None:
@@ -263,31 +273,23 @@ class DeviceShaper:
             # interval's fit at once, from sums over its window (the same closed forms).
             idle, draws[:, 0], by_one = single
             for k in np.flatnonzero(by_one).tolist():  # near-parallel columns: the general solver
-                r = h + k
-                w0 = max(0, r - back)
-                idle[k], fitted = self._fit_arrays(L[w0 : r + 1], E[w0 : r + 1], S[w0 : r + 1], P[w0 : r + 1],
-                                                   all_names)
+                idle[k], fitted = window_fit(k)
                 draws[k, 0] = fitted.get(all_names[0], 0.0)
             for k in range(max(0, n - back), n):  # the history keeps only the last rows
-                r = h + k
-                self._hist.append(_Row(float(L[r]), {all_names[0]: float(S[r, 0])} if P[r, 0] else {},
-                                       float(E[r]), None, [], float(timing[k])))
-        for k in range(n) if single is None else ():
-            r = h + k
-            w0 = max(0, r - back)
-            row = _Row(float(L[r]), {all_names[c]: float(S[r, c]) for c in np.flatnonzero(P[r]).tolist()},
-                       float(E[r]), None, [], float(timing[k]))
-            if rated[r] - rated[w0]:  # samples' equations in the window: the general fit
-                idle_w, fitted = self._fit(row, self._bias(None))
-            else:
-                if quiet[k]:
-                    self._add_idle(float(E[r] / L[r]))
-                idle_w, fitted = self._fit_arrays(L[w0 : r + 1], E[w0 : r + 1], S[w0 : r + 1], P[w0 : r + 1],
-                                                  all_names)
-            self._hist.append(row)
-            idle[k] = idle_w
-            if fitted:
-                draws[k] = [fitted.get(all_names[c], 0.0) for c in col_in_used]
+                self._hist.append(row_of(k))
+        else:
+            for k in range(n):
+                row = row_of(k)
+                if rated[h + k] - rated[max(0, h + k - back)]:  # samples' equations in the window
+                    idle_w, fitted = self._fit(row, self._bias(None))
+                else:
+                    if quiet[k]:
+                        self._add_idle(float(E[h + k] / L[h + k]))
+                    idle_w, fitted = window_fit(k)
+                self._hist.append(row)
+                idle[k] = idle_w
+                if fitted:
+                    draws[k] = [fitted.get(all_names[c], 0.0) for c in col_in_used]
 
         # Each interval's energy among its stretches (as :meth:`_shape`).
         idle_seg = idle[kseg]
