@@ -283,7 +283,7 @@ class Meter:
 
         self._claims = Claims(self.run_id)
         try:
-            shared = self._claims.take([d for d in devices if d["id"] in {x.id for x in self.sampler.devices}])
+            shared = self._claims.take(devices)  # an unmeasurable device is never claimed
         except Exception as exc:  # knowing who else measures a device must not stop measuring it
             self._error(f"device claims not made: {exc}")
             shared = []

@@ -291,8 +291,7 @@ def summary(
     if by == "request":
         _serving_columns(out, ledger_or_url, lo, hi, model, run)
     _note_stated(out)
-    _note_unfinished(out, sel)
-    _note_shared(out, sel)
+    _note_runs(out, sel)
     _describe(out, sel, sources)
     return out
 
@@ -447,6 +446,13 @@ def request_rows(
                        out=out, idle=True)
         row.update({k: None for k in SERVING_COLUMNS})
         yield row
+
+
+def _note_runs(out: Summary, sel: Selection) -> None:
+    """What a reader must know of the selected runs themselves: interrupted ones, and devices
+    that several runs measured at once."""
+    _note_unfinished(out, sel)
+    _note_shared(out, sel)
 
 
 def _selected_runs(sel: Selection) -> set[str]:
@@ -832,8 +838,7 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
         out.rows.append(row)
     _note_stated(out)
     spans = pd.DataFrame({"run_id": sorted(done.run_ids)}, dtype=object)
-    _note_unfinished(out, Selection(spans, pd.DataFrame(), windows, runs))
-    _note_shared(out, Selection(spans, pd.DataFrame(), windows, runs))
+    _note_runs(out, Selection(spans, pd.DataFrame(), windows, runs))
 
     _describe_sources(out, sources)
     methods = set(done.methods) | (set(windows["method"]) if windows is not None else set())
