@@ -46,19 +46,27 @@ __all__ = ["DeviceShaper", "FIT_WINDOW"]
 FIT_WINDOW = 30
 #: Power samples are used as shape only when fewer than this share of them repeat the previous
 #: value (a held, averaged or part-time field repeats) ...
-_HELD_SHARE = 0.5
-#: ... counted once this many pairs of reads across a change of work have been seen.
+_HELD_SHARE = 0.2
+#: ... counted once this many pairs of reads across a change of work have been seen. Before that,
+#: only when at least this many consecutive pairs of any reads were seen and at most this share of
+#: them repeated a value ...
 _HELD_MIN_PAIRS = 5
+_FRESH_MIN_PAIRS = 8
+_FRESH_REPEATS = 0.05
 #: ... and when their energy over recent intervals is within this factor of the counter's.
 _AGREE = 2.0
-#: Weight of the prior that pulls each class's draw towards the common draw, relative to the
-#: window's intervals together (a tie-breaker, not a constraint).
-_PRIOR = 0.01
+#: Weight of the prior that pulls each class's draw towards the common draw, relative to what the
+#: window's intervals say about that class (the sum of squares of its column): a tie-breaker for
+#: classes the window cannot tell apart, not a constraint. Relative to each class, so a class
+#: that ran in few intervals of the window is pulled no harder than one that ran in all.
+_PRIOR = 0.001
 #: Quiet intervals remembered for the idle level, and how many are needed before it is trusted.
 _IDLE_MEMORY = 100
 _IDLE_MIN = 2
-#: A quiet interval measures idle only when its ends are timed to within this share of it.
-_IDLE_TIMING = 0.05
+#: A quiet interval measures idle only when its ends are timed to within this share of it. Its
+#: two ends come from one grid, so their errors mostly move both ends alike (the length errs far
+#: less than the ends' sum), and the median over many quiet intervals absorbs the rest.
+_IDLE_TIMING = 0.2
 #: Stretches shorter than this need no sample for the interval's samples to cover it (s).
 _UNSAMPLED_S = 0.001
 #: A draw below this share of the idle level is rounding, not power (see ``_shape``).
@@ -102,6 +110,9 @@ class DeviceShaper:
         # Consecutive power reads across a change of work, and how many of them repeated.
         self._pairs = 0
         self._held_pairs = 0
+        # Consecutive power reads of any kind, and how many repeated the value before.
+        self._any_pairs = 0
+        self._any_repeats = 0
 
     # ------------------------------------------------------------------ the curve
 
@@ -375,8 +386,18 @@ class DeviceShaper:
                 # Counted over the run so far: a few pairs per interval say little.
                 self._pairs += int(changed.sum())
                 self._held_pairs += int(np.sum(pw[1:][changed] == pw[:-1][changed]))
-                held = self._pairs >= _HELD_MIN_PAIRS and self._held_pairs >= _HELD_SHARE * self._pairs
-                if not held:
+                self._any_pairs += pt.size - 1
+                self._any_repeats += int(np.sum(pw[1:] == pw[:-1]))
+                # Trusted only on evidence that it follows the work: enough pairs across changes
+                # of work, most of them differing; or, before there are enough of those, reads
+                # that (nearly) never repeat a value — a held field repeats between refreshes
+                # whatever the work. Until then a held field's first values would pass for the
+                # power of whatever ran when they were read.
+                if self._pairs >= _HELD_MIN_PAIRS:
+                    follows = self._held_pairs < _HELD_SHARE * self._pairs
+                else:
+                    follows = self._any_pairs >= _FRESH_MIN_PAIRS and self._any_repeats <= _FRESH_REPEATS * self._any_pairs
+                if follows:
                     sums = np.bincount(seg, weights=pw, minlength=nseg)
                     n = np.bincount(seg, minlength=nseg)
                     seg_samples = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
@@ -484,23 +505,23 @@ class DeviceShaper:
                 busy = np.vstack([busy, np.asarray(extra)])
                 y = np.concatenate([y, ys])
                 weights = np.concatenate([weights, ws])
-        prior = np.sqrt(_PRIOR * float(np.sum(weights**2)))
         busy = busy * weights[:, None]
+        prior = np.sqrt(_PRIOR * np.sum(busy * busy, axis=0))
         if idle_known is not None:
             # Idle fixed: the rows say how much more than idle the work drew.
             y = (y - idle_known) * weights
             one = busy.sum(axis=1)[:, None]
             (draw0,), _ = _nnls(nnls, one, y)
-            A = np.vstack([busy, np.eye(len(names)) * prior])
-            b = np.concatenate([y, np.full(len(names), draw0 * prior)])
+            A = np.vstack([busy, np.diag(prior)])
+            b = np.concatenate([y, draw0 * prior])
             x, _ = _nnls(nnls, A, b)
             return idle_known, {c: float(x[col[c]]) for c in names}
         ones = weights
         y = y * weights
         one = np.column_stack([ones, busy.sum(axis=1)])
         (idle0, draw0), _ = _nnls(nnls, one, y)
-        A = np.vstack([np.column_stack([ones, busy]), np.column_stack([np.zeros(len(names)), np.eye(len(names)) * prior])])
-        b = np.concatenate([y, np.full(len(names), draw0 * prior)])
+        A = np.vstack([np.column_stack([ones, busy]), np.column_stack([np.zeros(len(names)), np.diag(prior)])])
+        b = np.concatenate([y, draw0 * prior])
         x, _ = _nnls(nnls, A, b)
         return float(x[0]), {c: float(x[col[c] + 1]) for c in names}
 
@@ -535,17 +556,17 @@ class DeviceShaper:
         y = E[ok] / lo
         busy = S[ok][:, cols] / lo[:, None]
         m, k = busy.shape
-        prior = np.sqrt(_PRIOR * float(m))
+        prior = np.sqrt(_PRIOR * np.sum(busy * busy, axis=0))
         picked = [names[c] for c in cols.tolist()]
         if idle_known is not None:
             y = y - idle_known
             one = busy.sum(axis=1)
             draw0 = _nnls1(one, y)
             if k == 1:
-                x = np.array([_nnls1(np.concatenate((busy[:, 0], [prior])), np.concatenate((y, [draw0 * prior])))])
+                x = np.array([_nnls1(np.concatenate((busy[:, 0], prior)), np.concatenate((y, draw0 * prior)))])
             else:
-                A = np.vstack([busy, np.eye(k) * prior])
-                b = np.concatenate([y, np.full(k, draw0 * prior)])
+                A = np.vstack([busy, np.diag(prior)])
+                b = np.concatenate([y, draw0 * prior])
                 x, _ = _nnls(nnls, A, b)
             return idle_known, dict(zip(picked, x.tolist()))
         ones = np.ones(m)
@@ -556,14 +577,14 @@ class DeviceShaper:
         else:
             idle0, draw0 = first
         if k == 1:
-            got = _nnls2(np.append(ones, 0.0), np.append(busy[:, 0], prior), np.append(y, draw0 * prior))
+            got = _nnls2(np.append(ones, 0.0), np.append(busy[:, 0], prior), np.append(y, draw0 * prior[0]))
             if got is not None:
                 return got[0], {picked[0]: got[1]}
         A = np.zeros((m + k, k + 1))
         A[:m, 0] = 1.0
         A[:m, 1:] = busy
-        A[m:, 1:] = np.eye(k) * prior
-        b = np.concatenate([y, np.full(k, draw0 * prior)])
+        A[m:, 1:] = np.diag(prior)
+        b = np.concatenate([y, draw0 * prior])
         x, _ = _nnls(nnls, A, b)
         return float(x[0]), dict(zip(picked, x[1:].tolist()))
 
@@ -585,7 +606,7 @@ class DeviceShaper:
         m = (rows - w0 + 1).astype(np.float64)
         seen = window(present.astype(np.float64)) > 0
         sy, sb, sbb, sby = window(y), window(b), window(b * b), window(b * y)
-        prior2 = _PRIOR * m
+        prior2 = _PRIOR * sbb
         idle_known = self._idle_level()
         if idle_known is None:
             idle0, draw0, ok0 = _nnls2_many(m, sb, sbb, sy, sby)

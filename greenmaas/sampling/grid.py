@@ -6,7 +6,7 @@ update instant ``u`` is the device's energy up to ``u``, so each update is an ex
 true cumulative-energy curve — if we know *when* it happened. A read that sees a new value bounds
 that instant: after the previous read, no later than this one. One read bounds it to a read
 period (10 ms); a grid ``u_k = phase + k * period`` fitted through many such bounds pins each
-instant far more tightly (the bounds of 32 consecutive updates usually leave well under a
+instant far more tightly (the bounds of 64 consecutive updates usually leave well under a
 millisecond).
 
 :func:`time_changes` times each change from the bounds of the changes before it and itself, never
@@ -36,9 +36,10 @@ import numpy as np
 
 __all__ = ["time_changes", "WINDOW"]
 
-#: Changes per fit window (about 3 s of a 100 ms counter): long enough to pin the phase to well
-#: under a millisecond, short enough to follow drift or a changed period.
-WINDOW = 32
+#: Changes per fit window (about 6 s of a 100 ms counter): long enough to pin the phase to well
+#: under a millisecond at 20 ms reads (the intersection of the bounds narrows as 1/changes), short
+#: enough to follow drift (the period is fitted) or a changed period.
+WINDOW = 64
 #: The period search spans ±2% around the first estimate.
 _SEARCH = 0.02
 #: Golden-section steps: the ±2% range shrinks to ~1e-6 of itself (a few ns on a 100 ms grid).
