@@ -162,10 +162,12 @@ def test_training_on_every_power_behaviour(power_field, power_usage, read_result
         assert steps_j == pytest.approx(steps_true, rel=0.01)
         assert np.median(np.abs(errors["step"])) < 0.02
     else:
-        # Counter only: steps and the epoch's own 2 ms always run in the same proportion, so
-        # the counter cannot tell their draws apart; the split leans to alike draws. The
-        # epochs, which hold both, are right (above).
-        assert steps_j == pytest.approx(steps_true, rel=0.1)
+        # Counter only: steps and the epoch's own 2 ms run in nearly the same proportion in
+        # every interval, so the first fits (a handful of intervals) cannot tell their draws
+        # apart; later ones do (about 50 and 350 W). Over this 2 s run the first second's steps
+        # carry that (measured: +0.9% and -4.5% with results read mid-run). The epochs, which
+        # hold both, are right (above).
+        assert steps_j == pytest.approx(steps_true, rel=0.06)
 
 
 @pytest.mark.parametrize("power_field,power_usage", BEHAVIOURS)
@@ -243,15 +245,15 @@ def test_real_threads_with_default_settings(read_results):
     assert not meter.errors
     assert epoch.result.final and all(s.result.final for s in steps + requests)
     assert epoch.result.energy_j == pytest.approx(gpu.true_energy_j(epoch.start, epoch.end), rel=0.01)
-    for group, rel in ((steps, 0.04), (requests, 0.02)):
-        # Real threads on a shared 2-core machine: reads slip by milliseconds at times. Steps:
-        # the epoch's own 2 ms between them are rarely sampled, so their share leans on the
-        # fitted draws (measured: 1-2% to the epoch's side; reports/accuracy.md has the rest).
+    for group in (steps, requests):
+        # Within 1% of the truth (the issue's bar), steps as well: the epoch's own 2 ms between
+        # them are rarely sampled, but the fit tells their draw from the steps' (measured here,
+        # idle and under a CPU burner: at most 0.7% off over 12 runs).
         got = sum(s.result.energy_j for s in group)
         true = sum(gpu.true_energy_j(s.start, s.end) for s in group)
-        assert got == pytest.approx(true, rel=rel)
+        assert got == pytest.approx(true, rel=0.01)
         err = np.abs([s.result.energy_j / gpu.true_energy_j(s.start, s.end) - 1 for s in group])
-        assert np.median(err) < 0.04, f"median error {np.median(err):.2%} (p90 {np.percentile(err, 90):.2%})"
+        assert np.median(err) < 0.02, f"median error {np.median(err):.2%} (p90 {np.percentile(err, 90):.2%})"
     tot = meter.totals["gpu:0"]
     assert tot["attributed_j"] + tot["idle_j"] == pytest.approx(tot["total_j"], rel=1e-12)
 
