@@ -1,5 +1,9 @@
 """``greenmaas devices``: what can be measured on this machine, how, and what could not.
 
+Each GPU also shows the processes NVML lists on it now (pids as the host numbers them; a GPU
+used by processes that greenmaas does not measure has their work counted in the spans of the
+meter that measures it, see :mod:`greenmaas.processes`).
+
 It also says where tenant pseudonyms take their key from (``$GREENMAAS_TENANT_KEY`` or the user's
 key file, :mod:`greenmaas.ledger.keys`), never the key itself.
 
@@ -30,6 +34,7 @@ DEVICE_COLUMNS = [
     Column("power_field", "Power reads", missing="none"),
     Column("uuid", "UUID"),
     Column("measured_by", "Measured now by", missing=""),
+    Column("processes", "Processes on it", value=lambda r: _processes_text(r), missing=""),
     Column("note", "Note"),
 ]
 _UNUSED_COLUMNS = [Column("source", "Not used"), Column("reason", "Why")]
@@ -45,6 +50,31 @@ PROBE_COLUMNS = [
     Column("note", "Note"),
 ]
 _NO_GPU = "No NVML GPU to probe."
+
+
+def _processes_text(row: dict) -> str | None:
+    if row.get("kind") != "gpu" or "processes" not in row:
+        return None
+    pids = row["processes"]
+    if pids is None:
+        return f"cannot tell ({row.get('processes_note') or 'not listed'})"
+    return "none" if not pids else "pid " + ", ".join(str(p) for p in pids)
+
+
+def _list_processes(source: Any, row: dict[str, Any]) -> None:
+    """Add a GPU's ``processes`` (pids as the host numbers them, or None) and why not, where its
+    source can list them (NVML)."""
+    fn = getattr(source, "processes", None)
+    if row["kind"] != "gpu" or not callable(fn):
+        return
+    try:
+        pids = fn(row["id"])
+    except Exception as exc:  # noqa: BLE001 - a listing that fails is shown, not raised
+        row["processes"], row["processes_note"] = None, str(exc)
+        return
+    row["processes"] = pids
+    if pids is None:
+        row["processes_note"] = "NVML does not list the processes on this GPU"
 
 
 def _pair(row: dict, a: str, b: str) -> str:
@@ -166,19 +196,20 @@ def devices(ctx, ledger, fmt, probe, probe_seconds):
     detection = detect()
     probed: list[dict] | None = None
     try:
-        found = [
-            {
-                "id": d.id,
-                "kind": d.kind,
-                "name": d.name,
-                "method": d.method,
-                "power_field": d.power_field,
-                "uuid": d.uuid,
-                "note": d.note,
-            }
-            for source in detection.sources
-            for d in source.devices()
-        ]
+        found = []
+        for source in detection.sources:
+            for d in source.devices():
+                row = {
+                    "id": d.id,
+                    "kind": d.kind,
+                    "name": d.name,
+                    "method": d.method,
+                    "power_field": d.power_field,
+                    "uuid": d.uuid,
+                    "note": d.note,
+                }
+                _list_processes(source, row)
+                found.append(row)
         if probe:
             probed = _probe_rows(detection.sources, probe_seconds, obj.get("clock"))
     finally:

@@ -44,6 +44,8 @@ from .attribution.live import LiveAttributor, WindowTotals
 from .clock import Clock, SystemClock
 from .errors import ConfigError, GreenmaasError
 from .records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
+from .processes import CHECK_S as _PROCESS_CHECK_S
+from .processes import ProcessWatch
 from .sampling.sampler import Sampler
 from .sources.base import Source, weakest_method
 from .batch import Batch
@@ -222,6 +224,8 @@ class Meter:
         self._id_prefix = self.run_id[:12]
         self._attr: LiveAttributor | None = None
         self._claims: Any = None  # this process's claims on its devices (greenmaas.claims), once started
+        self._procs: Any = None  # who else uses the GPUs (greenmaas.processes.ProcessWatch), once started
+        self._procs_last: float | None = None
         self._lock = threading.RLock()
         self._settled = threading.Condition(threading.Lock())  # notified after every attribution pass
         self._stop = threading.Event()
@@ -294,6 +298,12 @@ class Meter:
                 "and charges each one's spans for the other's work; measure it with one meter",
                 h.device, h.pid if h.pid is not None else "?", h.run_id or "?",
             )
+        try:
+            self._procs = ProcessWatch.for_sampler(self.sampler)
+            self._check_processes()
+        except Exception as exc:  # seeing other processes must not stop measuring
+            self._error(f"processes on the GPUs not looked at: {exc}")
+            self._procs = None
         config = {
             "policy": self.policy,
             "periods_s": {c.device.id: c.period_s for c in self.sampler._channels},
@@ -369,12 +379,19 @@ class Meter:
                 self.errors.append(
                     (datetime.now(timezone.utc), f"{self.dropped_spans} span(s) dropped at intake (see max_pending)")
                 )
+            if self._procs:
+                try:
+                    self._check_processes(force=True)
+                    extra["gpu_processes"] = self._procs.record()
+                except Exception as exc:
+                    self._error(f"processes on the GPUs not recorded: {exc}")
             if self.rollups.rolled_classes:
                 extra["rollups"] = {
                     "classes": list(self.rollups.rolled_classes),
                     "spans": self.rollups.rolled_spans,
                     "interval_s": self.rollups.interval_s,
                 }
+            self.run.config.update(extra)  # as the ledger's run record will say
             self._submit(_RunEnd(self.run_id, self.run.end, status, dropped, extra))
         if self._writer is not None:
             try:
@@ -555,6 +572,20 @@ class Meter:
         self.sampler.tick()
         with self._lock:
             self._flush(self.clock.monotonic())
+        self._check_processes()
+
+    def _check_processes(self, force: bool = False) -> None:
+        """Look at the processes on the GPUs (:mod:`greenmaas.processes`) when due, warning at
+        the first sighting of others on each."""
+        procs = self._procs
+        if not procs:
+            return
+        now = self.clock.monotonic()
+        if not force and self._procs_last is not None and now - self._procs_last < _PROCESS_CHECK_S:
+            return
+        self._procs_last = now
+        for message in procs.check(self.clock.to_utc(now)):
+            log.warning("%s", message)
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Attribute everything measurable so far and wait until the ledger has it."""
@@ -582,6 +613,10 @@ class Meter:
         while not self._stop.wait(max(min(wait, last + every() - _time.monotonic()), 0.0)):
             self._heartbeat()
             self._sync_writer_errors()
+            try:
+                self._check_processes()
+            except Exception as exc:
+                self._error(f"processes on the GPUs not looked at: {exc}")
             now = _time.monotonic()
             if now < last + every():
                 continue

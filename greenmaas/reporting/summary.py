@@ -449,10 +449,16 @@ def request_rows(
 
 
 def _note_runs(out: Summary, sel: Selection) -> None:
-    """What a reader must know of the selected runs themselves: interrupted ones, and devices
-    that several runs measured at once."""
+    """What a reader must know of the selected runs themselves: interrupted ones, devices that
+    several runs measured at once, and GPUs that processes greenmaas did not measure used too."""
+    from ..processes import notes_for_run
+
     _note_unfinished(out, sel)
     _note_shared(out, sel)
+    for run_id in sorted(_selected_runs(sel)):
+        run = sel.runs.get(run_id) or {}
+        for text in notes_for_run(run_id, run.get("host"), (run.get("config") or {}).get("gpu_processes") or {}):
+            _note(out, text)
 
 
 def _selected_runs(sel: Selection) -> set[str]:

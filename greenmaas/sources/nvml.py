@@ -43,6 +43,7 @@ __all__ = ["NvmlSource"]
 # pynvml's codes, used only where the module under use lacks the constant.
 _CODES = {
     "NVML_SUCCESS": 0,
+    "NVML_ERROR_NOT_SUPPORTED": 3,
     "NVML_ERROR_NO_PERMISSION": 4,
     "NVML_ERROR_DRIVER_NOT_LOADED": 9,
     "NVML_ERROR_LIBRARY_NOT_FOUND": 12,
@@ -155,9 +156,10 @@ class NvmlSource(Source):
     """
 
     name = "nvml"
-    #: 10 ms: re-times the ~100 ms counter steps to within 5 ms and gives the power shape that
-    #: resolves 10–50 ms requests (reports/attribution.md: ~2% median error at 10 ms against
-    #: ~8% at 20 ms). Two NVML calls per read cost well under a millisecond.
+    #: 10 ms: enough reads per ~100 ms counter update to time each update to well under a
+    #: millisecond, which is what resolves 10–600 ms requests (reports/accuracy.md: per-request
+    #: median error below 0.1% and p90 below 1.5% at 10 ms reads). Two NVML calls per read cost
+    #: well under a millisecond.
     default_period_s = 0.01
 
     def __init__(self, nvml: Any = None, visible_devices: str | Sequence[str] | None = None) -> None:
@@ -241,6 +243,36 @@ class NvmlSource(Source):
         if plan is None:
             raise DeviceReadError(f"{device_id}: no such device in this NVML source")
         return plan.handle
+
+    def processes(self, device_id: str) -> list[int] | None:
+        """The pids of the processes with a context on the GPU ``device_id`` is read through (a
+        MIG instance's parent), compute and graphics, each once, in order. NVML numbers them as
+        the host does: in a container they are not the container's pids. None where NVML does
+        not list them (NOT_SUPPORTED) or the GPU is not read. Raises :class:`DeviceReadError`
+        when listing fails otherwise."""
+        plan = self._plans.get(device_id)
+        if plan is None:
+            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
+        if self._closed:
+            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        if plan.handle is None or plan.device.method == UNMEASURABLE:
+            return None
+        nvml = self._nvml
+        pids: set[int] = set()
+        listed = False
+        for name in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            fn = getattr(nvml, name, None)
+            if fn is None:
+                continue
+            try:
+                infos = fn(plan.handle)
+            except nvml.NVMLError as exc:
+                if getattr(exc, "value", None) == _const(nvml, "NVML_ERROR_NOT_SUPPORTED"):
+                    continue
+                raise DeviceReadError(f"{device_id}: listing its processes failed: {_describe(exc)}") from exc
+            listed = True
+            pids.update(int(info.pid) for info in infos)
+        return sorted(pids) if listed else None
 
     # ------------------------------------------------------------------ reading power
 

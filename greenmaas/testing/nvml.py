@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, overload
 
 from .clock import FakeClock
 
-__all__ = ["FakeNVML", "FakeGPU", "FakeFieldValue", "NVMLError", "stepped", "step_counter"]
+__all__ = ["FakeNVML", "FakeGPU", "FakeFieldValue", "FakeProcessInfo", "NVMLError", "stepped", "step_counter"]
 
 # ---------------------------------------------------------------------- constants (as pynvml)
 
@@ -178,6 +178,9 @@ class FakeGPU:
     ``migs`` — MIG instance UUIDs (``"MIG-..."``); non-empty turns MIG mode on.
     ``fail(t)`` — called before every device call: return an NVML error code, or raise, to make
     the call fail (e.g. the GPU falls off the bus mid-run); return None to let it through.
+    ``processes`` — pids with a compute context on the GPU (a sequence, or a function of ``t``
+    returning one), as ``nvmlDeviceGetComputeRunningProcesses`` lists them; ``None``: the
+    driver does not list processes (NOT_SUPPORTED). Default: none.
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class FakeGPU:
         migs: Sequence[str] = (),
         fail: Callable[[float], int | None] | None = None,
         mig_name: str | None = None,
+        processes: Any = (),
     ) -> None:
         self.uuid = uuid
         self.name = name
@@ -199,10 +203,22 @@ class FakeGPU:
         self.power_mw = _as_fn(power_mw)
         self.instant_power_mw = _as_fn(instant_power_mw)
         self.fail = fail
+        self.processes = processes if processes is None or callable(processes) else tuple(processes)
         self.migs = [_Mig(u, self, mig_name or f"{name} MIG 1g.10gb") for u in migs]
 
     def __repr__(self) -> str:
         return f"FakeGPU({self.uuid!r})"
+
+
+class FakeProcessInfo:
+    """Shaped like pynvml's ``c_nvmlProcessInfo_t``: ``pid``, ``usedGpuMemory`` (bytes),
+    ``gpuInstanceId``, ``computeInstanceId``."""
+
+    def __init__(self, pid: int, used_gpu_memory: int = 0) -> None:
+        self.pid = pid
+        self.usedGpuMemory = used_gpu_memory
+        self.gpuInstanceId = 0xFFFFFFFF
+        self.computeInstanceId = 0xFFFFFFFF
 
 
 class FakeFieldValue:
@@ -418,6 +434,24 @@ class FakeNVML:
                 FakeFieldValue(fid, value=v, value_type=self.field_value_type, timestamp_us=int(t * 1e6))
             )
         return out
+
+    # ------------------------------------------------------------------ processes
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[FakeProcessInfo]:
+        gpu = self._check("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [FakeProcessInfo(int(pid)) for pid in self._processes(gpu)]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[FakeProcessInfo]:
+        gpu = self._check("nvmlDeviceGetGraphicsRunningProcesses", handle)
+        self._processes(gpu)  # NOT_SUPPORTED alike
+        return []
+
+    def _processes(self, gpu: FakeGPU) -> Any:
+        """The GPU's pids; the clock is read only for a function of time (a constant list asks
+        nothing, so listing processes does not move a clock that moves on every read)."""
+        if gpu.processes is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return gpu.processes(self._t()) if callable(gpu.processes) else gpu.processes
 
     # ------------------------------------------------------------------ MIG
 
