@@ -44,6 +44,7 @@ from .attribution.live import LiveAttributor, WindowTotals
 from .clock import Clock, SystemClock
 from .errors import ConfigError, GreenmaasError
 from .records import DeviceEnergy, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
+from .processes import ACTIVITY_S as _ACTIVITY_S
 from .processes import CHECK_S as _PROCESS_CHECK_S
 from .processes import ProcessWatch
 from .sampling.sampler import Sampler
@@ -226,6 +227,7 @@ class Meter:
         self._claims: Any = None  # this process's claims on its devices (greenmaas.claims), once started
         self._procs: Any = None  # who else uses the GPUs (greenmaas.processes.ProcessWatch), once started
         self._procs_last: float | None = None
+        self._activity_last: float | None = None
         self._lock = threading.RLock()
         self._settled = threading.Condition(threading.Lock())  # notified after every attribution pass
         self._stop = threading.Event()
@@ -581,6 +583,9 @@ class Meter:
         if not procs:
             return
         now = self.clock.monotonic()
+        if force or self._activity_last is None or now - self._activity_last >= _ACTIVITY_S:
+            self._activity_last = now
+            procs.sample_activity()
         if not force and self._procs_last is not None and now - self._procs_last < _PROCESS_CHECK_S:
             return
         self._procs_last = now

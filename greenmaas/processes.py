@@ -6,7 +6,11 @@ does not use greenmaas) draws power on the same GPU, and that power lands in thi
 idle: greenmaas cannot split a GPU between processes it does not see. It can see that they are
 there: NVML lists the processes with a context on each GPU. A meter asks at start, every
 :data:`CHECK_S` seconds and at stop; the first time it sees others on a GPU it warns, and the run
-records what it saw (``config["gpu_processes"]``), which reports repeat as a note.
+records what it saw (``config["gpu_processes"]``), which reports repeat as a note. Where NVML
+also gives each process's SM utilisation over its last sample period
+(``nvmlDeviceGetProcessUtilization``), the meter takes it every :data:`ACTIVITY_S` seconds and
+the run records what share of the SM activity seen was other processes': how much of the
+figures their work may be.
 
 NVML numbers processes as the host does. In a container (a pid namespace of its own) this
 process's pid is not among them, so which listed process is this one cannot be told: at least
@@ -21,12 +25,14 @@ import os
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-__all__ = ["CHECK_S", "ProcessWatch", "notes_for_run", "own_pid_is_hosts"]
+__all__ = ["ACTIVITY_S", "CHECK_S", "ProcessWatch", "notes_for_run", "own_pid_is_hosts"]
 
 log = logging.getLogger("greenmaas")
 
-#: Seconds between two looks at the processes on each GPU.
+#: Seconds between two looks at the processes on each GPU ...
 CHECK_S = 10.0
+#: ... and between two reads of what each did (NVML keeps the last sample period only).
+ACTIVITY_S = 1.0
 #: Other pids kept per GPU in the run's record (the count of checks goes on).
 _KEEP_PIDS = 16
 #: The host's (initial) pid namespace, as ``/proc/self/ns/pid`` names it on Linux.
@@ -45,7 +51,8 @@ def own_pid_is_hosts(read_link: Callable[[str], str] = os.readlink) -> bool | No
 class _Seen:
     """What the checks of one GPU found."""
 
-    __slots__ = ("checks", "listed", "with_others", "most_others", "pids", "first", "last", "reason", "warned")
+    __slots__ = ("checks", "listed", "with_others", "most_others", "pids", "first", "last", "reason", "warned",
+                 "periods", "sm_all", "sm_others", "last_ts", "activity")
 
     def __init__(self) -> None:
         self.checks = 0
@@ -57,6 +64,13 @@ class _Seen:
         self.last: datetime | None = None
         self.reason: str | None = None  # why the processes could not be listed (the last time)
         self.warned = False
+        # SM activity (NVML's per-process samples): sample periods seen, summed SM % of all
+        # processes and of others, the newest sample's timestamp (µs), and whether NVML gives it.
+        self.periods = 0
+        self.sm_all = 0.0
+        self.sm_others = 0.0
+        self.last_ts = 0
+        self.activity: bool | None = None
 
     def to_dict(self, comparable: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"checks": self.checks, "listed": self.listed, "with_others": self.with_others}
@@ -71,19 +85,26 @@ class _Seen:
             out["own_pid_unknown"] = True  # NVML's pids are the host's; this process's is not among them
         if self.reason is not None and self.listed < self.checks:
             out["not_listed"] = self.reason
+        if self.activity is False:
+            out["activity"] = "not given"
+        elif self.periods:
+            out["activity_periods"] = self.periods
+            if comparable:
+                out["others_sm_share"] = self.sm_others / self.sm_all if self.sm_all > 0 else 0.0
         return out
 
 
 class ProcessWatch:
     """Looks at the processes on each GPU a meter measures.
 
-    ``gpus``: ``(device id, list_processes)`` pairs, ``list_processes(device_id)`` returning the
-    pids (host numbering) or None where they cannot be listed, and raising where listing fails.
-    ``own_pid``: this process's pid as NVML would list it, or None where it cannot be known (a
-    container).
+    ``gpus``: ``(device id, source)`` pairs; ``source.processes(device_id)`` returns the pids
+    (host numbering) or None where they cannot be listed, and raises where listing fails;
+    ``source.process_activity(device_id, since_us)``, where the source has it, the samples of
+    what each did (see :meth:`greenmaas.sources.nvml.NvmlSource.process_activity`). ``own_pid``:
+    this process's pid as NVML would list it, or None where it cannot be known (a container).
     """
 
-    def __init__(self, gpus: Iterable[tuple[str, Callable[[str], list[int] | None]]], own_pid: int | None) -> None:
+    def __init__(self, gpus: Iterable[tuple[str, Any]], own_pid: int | None) -> None:
         self._gpus = list(gpus)
         self.own_pid = own_pid
         self._seen = {dev: _Seen() for dev, _ in self._gpus}
@@ -93,9 +114,8 @@ class ProcessWatch:
         """One over the GPUs of ``sampler`` whose sources can list processes (NVML's)."""
         gpus = []
         for ch in getattr(sampler, "_channels", ()):
-            fn = getattr(ch.source, "processes", None)
-            if ch.device.kind == "gpu" and callable(fn):
-                gpus.append((ch.device.id, fn))
+            if ch.device.kind == "gpu" and callable(getattr(ch.source, "processes", None)):
+                gpus.append((ch.device.id, ch.source))
         own = os.getpid() if own_pid_is_hosts() else None
         return cls(gpus, own)
 
@@ -106,11 +126,11 @@ class ProcessWatch:
         """Look once at every GPU; returns the warnings to give (a GPU's first sighting of
         others, once). Never raises: a failed listing is recorded as a reason."""
         warnings = []
-        for dev, list_processes in self._gpus:
+        for dev, source in self._gpus:
             seen = self._seen[dev]
             seen.checks += 1
             try:
-                pids = list_processes(dev)
+                pids = source.processes(dev)
             except Exception as exc:  # noqa: BLE001 - looking must never break measuring
                 seen.reason = str(exc) or type(exc).__name__
                 continue
@@ -138,6 +158,32 @@ class ProcessWatch:
                 warnings.append(self._warning(dev, others, certain))
         return warnings
 
+    def sample_activity(self) -> None:
+        """Add NVML's newest per-process SM samples of every GPU to the sums. Never raises."""
+        for dev, source in self._gpus:
+            seen = self._seen[dev]
+            read = getattr(source, "process_activity", None)
+            if seen.activity is False or not callable(read):
+                seen.activity = False
+                continue
+            try:
+                samples = read(dev, seen.last_ts)
+            except Exception:  # noqa: BLE001 - a failed read is a missing sample, not an error
+                continue
+            if samples is None:
+                seen.activity = False
+                continue
+            seen.activity = True
+            fresh = [(pid, ts, sm) for pid, ts, sm in samples if ts > seen.last_ts]
+            if not fresh:
+                continue
+            seen.periods += len({ts for _, ts, _ in fresh})
+            seen.last_ts = max(ts for _, ts, _ in fresh)
+            for pid, _, sm in fresh:
+                seen.sm_all += sm
+                if self.own_pid is not None and pid != self.own_pid:
+                    seen.sm_others += sm
+
     def _warning(self, dev: str, others: list[int], certain: int) -> str:
         listed = ", ".join(str(p) for p in others[:8]) + (", …" if len(others) > 8 else "")
         who = (f"{certain} other process(es) (pid {listed})" if self.own_pid is not None else
@@ -148,7 +194,9 @@ class ProcessWatch:
 
     def record(self) -> dict[str, Any]:
         """What the run records (``config["gpu_processes"]``): per GPU, the checks made, how
-        many listed the processes, how many found others, and which (the first few pids)."""
+        many listed the processes, how many found others, and which (the first few pids); where
+        NVML gave per-process activity, the sample periods read and (outside a container) the
+        share of the SM activity seen that was other processes'."""
         comparable = self.own_pid is not None
         return {dev: self._seen[dev].to_dict(comparable) for dev, _ in self._gpus}
 
@@ -161,11 +209,14 @@ def notes_for_run(run_id: str, host: str | None, record: dict[str, Any]) -> list
             continue
         checks, listed, others = int(r.get("checks") or 0), int(r.get("listed") or 0), int(r.get("with_others") or 0)
         where = f"{dev}" + (f" on {host}" if host else "")
+        share = r.get("others_sm_share")
         if others:
             pids = ", ".join(str(p) for p in (r.get("pids") or [])[:8])
+            activity = (f"; {share:.0%} of the SM activity in {r.get('activity_periods')} NVML samples"
+                        if isinstance(share, (int, float)) else "")
             notes.append(
                 f"run {run_id}: {where} was also used by processes greenmaas did not measure (pid {pids}; seen at "
-                f"{others} of {checks} checks): their work on it is counted in that run's spans and idle"
+                f"{others} of {checks} checks{activity}): their work on it is counted in that run's spans and idle"
             )
         elif checks and listed < checks:
             notes.append(

@@ -92,7 +92,7 @@ def test_a_gpu_used_by_this_process_alone_says_nothing(tmp_path, caplog, monkeyp
         m = run_meter(FakeGPU(processes=[ME]), clock, str(tmp_path / "g.db"), seconds=3.0)
     assert "also used by" not in caplog.text
     rec = m.run.config["gpu_processes"]["gpu:0"]
-    assert rec == {"checks": 2, "listed": 2, "with_others": 0}
+    assert rec == {"checks": 2, "listed": 2, "with_others": 0, "activity": "not given"}
     assert not [n for n in summary(str(tmp_path / "g.db"), by="model", accounting=False).notes if "processes" in n]
 
 
@@ -102,7 +102,7 @@ def test_in_a_container_only_two_or_more_make_another_certain(monkeypatch):
     listed = {"pids": [777]}
     gpu = FakeGPU(processes=lambda t: listed["pids"])
     src = NvmlSource(nvml=FakeNVML([gpu], clock=clock), visible_devices=None)
-    watch = ProcessWatch([("gpu:0", src.processes)], own_pid=None)
+    watch = ProcessWatch([("gpu:0", src)], own_pid=None)
     from datetime import datetime, timezone
 
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -160,3 +160,51 @@ def test_devices_shows_the_processes_on_each_gpu():
     r = CliRunner().invoke(cli, ["devices"], obj={"detect": lambda: Found()})
     assert r.exit_code == 0, r.output
     assert "Processes on it" in r.output and "pid 5, 6" in r.output and "cannot tell" in r.output
+
+
+def test_nvml_gives_what_each_process_did_in_its_last_sample_period():
+    clock = FakeClock()
+    clock.advance(1.0)
+    gpu = FakeGPU(activity=lambda t: {10: 40, 20: 0, 30: 25})
+    src = NvmlSource(nvml=FakeNVML([gpu, FakeGPU(uuid="GPU-2")], clock=clock), visible_devices=None)
+    samples = src.process_activity("gpu:0")
+    assert [(pid, sm) for pid, _, sm in samples] == [(10, 40), (30, 25)]  # idle processes are not sampled
+    ts = samples[0][1]
+    assert src.process_activity("gpu:0", ts) == []  # nothing newer yet (NOT_FOUND)
+    clock.advance(0.2)
+    assert src.process_activity("gpu:0", ts)[0][1] > ts
+    assert src.process_activity("gpu:1") is None  # NOT_SUPPORTED
+
+
+def test_the_run_records_the_share_of_sm_activity_that_was_other_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr("greenmaas.processes.own_pid_is_hosts", lambda: True)
+    clock = FakeClock()
+    clock.advance(1.0)
+    gpu = FakeGPU(processes=[ME, 4242], activity=lambda t: {ME: 60, 4242: 20})
+    db = tmp_path / "g.db"
+    m = run_meter(gpu, clock, str(db), seconds=5.0)
+    rec = m.run.config["gpu_processes"]["gpu:0"]
+    # Read at start and every second of the meter's clock (1, 2, … 6 s); the read at stop finds
+    # no period newer than the last one.
+    assert rec["activity_periods"] == 6
+    assert rec["others_sm_share"] == pytest.approx(0.25)
+    notes = summary(str(db), by="model", accounting=False).notes
+    assert any("25% of the SM activity in 6 NVML samples" in n for n in notes), notes
+
+
+def test_in_a_container_the_share_of_others_is_not_claimed(monkeypatch):
+    from datetime import datetime, timezone
+
+    clock = FakeClock()
+    clock.advance(1.0)
+    gpu = FakeGPU(processes=[777, 888], activity=lambda t: {777: 50, 888: 50})
+    watch = ProcessWatch([("gpu:0", NvmlSource(nvml=FakeNVML([gpu], clock=clock), visible_devices=None))],
+                         own_pid=None)
+    watch.sample_activity()
+    watch.check(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    rec = watch.record()["gpu:0"]
+    assert rec["activity_periods"] == 1 and "others_sm_share" not in rec
+    unsupported = ProcessWatch([("gpu:0", NvmlSource(nvml=FakeNVML([FakeGPU()], clock=clock),
+                                                     visible_devices=None))], own_pid=1)
+    unsupported.sample_activity()
+    assert unsupported.record()["gpu:0"]["activity"] == "not given"

@@ -44,6 +44,7 @@ __all__ = ["NvmlSource"]
 _CODES = {
     "NVML_SUCCESS": 0,
     "NVML_ERROR_NOT_SUPPORTED": 3,
+    "NVML_ERROR_NOT_FOUND": 6,
     "NVML_ERROR_NO_PERMISSION": 4,
     "NVML_ERROR_DRIVER_NOT_LOADED": 9,
     "NVML_ERROR_LIBRARY_NOT_FOUND": 12,
@@ -273,6 +274,32 @@ class NvmlSource(Source):
             listed = True
             pids.update(int(info.pid) for info in infos)
         return sorted(pids) if listed else None
+
+    def process_activity(self, device_id: str, since_us: int = 0) -> list[tuple[int, int, int]] | None:
+        """What each process did on the GPU in NVML's last sample period: ``(pid, timestamp µs,
+        SM utilisation %)`` per process that used the SMs then, for samples newer than
+        ``since_us`` (``nvmlDeviceGetProcessUtilization``; empty when there is none). None where
+        NVML does not give it (NOT_SUPPORTED, or a pynvml without it). Pids as :meth:`processes`.
+        Raises :class:`DeviceReadError` when the call fails otherwise."""
+        plan = self._plans.get(device_id)
+        if plan is None:
+            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
+        if self._closed:
+            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        nvml = self._nvml
+        fn = getattr(nvml, "nvmlDeviceGetProcessUtilization", None)
+        if plan.handle is None or plan.device.method == UNMEASURABLE or fn is None:
+            return None
+        try:
+            samples = fn(plan.handle, int(since_us))
+        except nvml.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code == _const(nvml, "NVML_ERROR_NOT_FOUND"):
+                return []
+            if code == _const(nvml, "NVML_ERROR_NOT_SUPPORTED"):
+                return None
+            raise DeviceReadError(f"{device_id}: reading its processes' activity failed: {_describe(exc)}") from exc
+        return [(int(x.pid), int(x.timeStamp), int(x.smUtil)) for x in samples or ()]
 
     # ------------------------------------------------------------------ reading power
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, overload
+from typing import Any, Callable, Mapping, Sequence, overload
 
 from .clock import FakeClock
 
-__all__ = ["FakeNVML", "FakeGPU", "FakeFieldValue", "FakeProcessInfo", "NVMLError", "stepped", "step_counter"]
+__all__ = ["FakeNVML", "FakeGPU", "FakeFieldValue", "FakeProcessInfo", "FakeProcessUtilization", "NVMLError", "stepped", "step_counter"]
 
 # ---------------------------------------------------------------------- constants (as pynvml)
 
@@ -180,7 +180,10 @@ class FakeGPU:
     the call fail (e.g. the GPU falls off the bus mid-run); return None to let it through.
     ``processes`` — pids with a compute context on the GPU (a sequence, or a function of ``t``
     returning one), as ``nvmlDeviceGetComputeRunningProcesses`` lists them; ``None``: the
-    driver does not list processes (NOT_SUPPORTED). Default: none.
+    driver does not list processes (NOT_SUPPORTED). Default: none. ``activity`` — a function of
+    ``t`` giving ``{pid: SM utilisation %}`` over the last sample period, as
+    ``nvmlDeviceGetProcessUtilization`` reports it (a sample every ``activity_period_s``);
+    ``None`` (the default): NOT_SUPPORTED.
     """
 
     def __init__(
@@ -195,6 +198,8 @@ class FakeGPU:
         fail: Callable[[float], int | None] | None = None,
         mig_name: str | None = None,
         processes: Any = (),
+        activity: Callable[[float], Mapping[int, float]] | None = None,
+        activity_period_s: float = 1.0 / 6.0,
     ) -> None:
         self.uuid = uuid
         self.name = name
@@ -204,6 +209,8 @@ class FakeGPU:
         self.instant_power_mw = _as_fn(instant_power_mw)
         self.fail = fail
         self.processes = processes if processes is None or callable(processes) else tuple(processes)
+        self.activity = activity
+        self.activity_period_s = activity_period_s
         self.migs = [_Mig(u, self, mig_name or f"{name} MIG 1g.10gb") for u in migs]
 
     def __repr__(self) -> str:
@@ -219,6 +226,19 @@ class FakeProcessInfo:
         self.usedGpuMemory = used_gpu_memory
         self.gpuInstanceId = 0xFFFFFFFF
         self.computeInstanceId = 0xFFFFFFFF
+
+
+class FakeProcessUtilization:
+    """Shaped like pynvml's ``c_nvmlProcessUtilizationSample_t``: ``pid``, ``timeStamp`` (µs),
+    ``smUtil``, ``memUtil``, ``encUtil``, ``decUtil`` (%)."""
+
+    def __init__(self, pid: int, time_stamp_us: int, sm_util: int) -> None:
+        self.pid = pid
+        self.timeStamp = time_stamp_us
+        self.smUtil = sm_util
+        self.memUtil = 0
+        self.encUtil = 0
+        self.decUtil = 0
 
 
 class FakeFieldValue:
@@ -445,6 +465,18 @@ class FakeNVML:
         gpu = self._check("nvmlDeviceGetGraphicsRunningProcesses", handle)
         self._processes(gpu)  # NOT_SUPPORTED alike
         return []
+
+    def nvmlDeviceGetProcessUtilization(self, handle: Any, timeStamp: int) -> list[FakeProcessUtilization]:
+        gpu = self._check("nvmlDeviceGetProcessUtilization", handle)
+        if gpu.activity is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        period = gpu.activity_period_s
+        t = math.floor(self._t() / period) * period  # the last sample period's end
+        ts = int(round(t * 1e6))
+        if t <= 0 or ts <= int(timeStamp):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        busy = gpu.activity(t)
+        return [FakeProcessUtilization(int(pid), ts, int(round(sm))) for pid, sm in busy.items() if sm > 0]
 
     def _processes(self, gpu: FakeGPU) -> Any:
         """The GPU's pids; the clock is read only for a function of time (a constant list asks
