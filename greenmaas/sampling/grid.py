@@ -30,6 +30,7 @@ same bits whether it is computed alone or among a million.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -49,6 +50,8 @@ _GOLDEN = (5**0.5 - 1) / 2
 _WIDE = 0.75
 _BISECT = 18
 _SCAN = 9
+#: Up to this many rows are searched one by one (:func:`_fit_row`), more as arrays.
+_ONE_BY_ONE = 8
 
 
 def time_changes(
@@ -126,6 +129,15 @@ def time_rows(LO: np.ndarray, HI: np.ndarray, RD: np.ndarray) -> tuple[np.ndarra
             slope = np.nansum(kc * (my - np.nanmean(my, axis=1)[:, None]), axis=1) / np.where(var > 0, var, 1.0)
             p0 = np.where(ok & (var > 0) & (slope > 0), slope, p0)
         k = np.round((M - ref[:, None]) / np.where(ok, p0, 1.0)[:, None])  # <= 0, NaN where unused
+        lj, hj = lo_j[rows], hi_j[rows]
+        target_wide = wide[:, -1]
+        if rows.size <= _ONE_BY_ONE:
+            # A few rows (the live meter times a change or two per flush): the same search row by
+            # row with plain floats, where numpy's per-call cost would be most of the work.
+            for i in np.nonzero(ok)[0].tolist():
+                u[rows[i]], h[rows[i]] = _fit_row(L[i], H[i], k[i], M[i], float(p0[i]), int(refcol[i]),
+                                                  float(lj[i]), float(hj[i]), bool(target_wide[i]))
+            return u, h
         a = p0 * (1.0 - _SEARCH)
         b = p0 * (1.0 + _SEARCH)
 
@@ -179,15 +191,72 @@ def time_rows(LO: np.ndarray, HI: np.ndarray, RD: np.ndarray) -> tuple[np.ndarra
         h_ref = np.where(feasible, np.maximum(phi_hi - u_ref, u_ref - phi_lo), (hr - lr) * 0.5)
         # The change itself: the reference when its bounds are narrow; else the last update of
         # the grid at or before the read that saw it.
-        lj, hj = lo_j[rows], hi_j[rows]
         last_on_grid = u_ref + np.floor((hj - u_ref) / best + 1e-9) * best
-        target_wide = wide[:, -1]
         u_fit = np.where(target_wide, np.clip(last_on_grid, lj, hj), u_ref)
         h_fit = np.where(target_wide, np.minimum(h_ref, (hj - lj) * 0.5), h_ref)
         use = ok
     u[rows] = np.where(use, u_fit, u[rows])
     h[rows] = np.where(use, h_fit, h[rows])
     return u, h
+
+
+def _fit_row(L: np.ndarray, H: np.ndarray, k: np.ndarray, M: np.ndarray, p0: float, refcol: int, lj: float,
+             hj: float, target_wide: bool) -> tuple[float, float]:
+    """The search of :func:`time_rows` for one row whose period estimate is usable, with the
+    same arithmetic in the same order on plain floats (numpy only for the window's reductions):
+    ``(u, h)`` of the change."""
+    fmin, fmax = np.fmin.reduce, np.fmax.reduce
+
+    def width(p: float) -> float:
+        shift = k * p
+        return float(fmin(H - shift)) - float(fmax(L - shift))
+
+    a, b = p0 * (1.0 - _SEARCH), p0 * (1.0 + _SEARCH)
+    c = b - _GOLDEN * (b - a)
+    d = a + _GOLDEN * (b - a)
+    fc, fd = width(c), width(d)
+    for _ in range(_ITERATIONS):
+        if fc >= fd:  # the best lies in [a, d]: d becomes the old c
+            b = d
+            new = b - _GOLDEN * (b - a)
+            d, fd = c, fc
+            c, fc = new, width(new)
+        else:
+            a = c
+            new = a + _GOLDEN * (b - a)
+            c, fc = d, fd
+            d, fd = new, width(new)
+    best = (a + b) * 0.5
+    lr, hr = float(L[refcol]), float(H[refcol])
+    if width(best) >= 0:
+        edges = []
+        for far in (p0 * (1.0 - _SEARCH), p0 * (1.0 + _SEARCH)):
+            inside, outside = best, far
+            for _ in range(_BISECT):
+                m = (inside + outside) * 0.5
+                if width(m) >= 0:
+                    inside = m
+                else:
+                    outside = m
+            edges.append(inside)
+        phi_lo = phi_hi = total = math.nan
+        for j, f in enumerate(np.linspace(0.0, 1.0, _SCAN).tolist()):
+            shift = k * (edges[0] + (edges[1] - edges[0]) * f)
+            lower, upper = float(fmax(L - shift)), float(fmin(H - shift))
+            mid = (lower + upper) * 0.5
+            phi_lo = lower if j == 0 else min(phi_lo, lower)
+            phi_hi = upper if j == 0 else max(phi_hi, upper)
+            total = mid if j == 0 else total + mid  # in order, as numpy sums the rows' column
+        u_ref = total / _SCAN
+        h_ref = max(phi_hi - u_ref, u_ref - phi_lo)
+    else:
+        centre = float(_nanmedian((M - k * best)[None, :])[0])
+        u_ref = min(max(centre, lr), hr)
+        h_ref = (hr - lr) * 0.5
+    if not target_wide:
+        return u_ref, h_ref
+    last_on_grid = u_ref + math.floor((hj - u_ref) / best + 1e-9) * best
+    return min(max(last_on_grid, lj), hj), min(h_ref, (hj - lj) * 0.5)
 
 
 def _nanmedian(x: np.ndarray) -> np.ndarray:
