@@ -33,6 +33,10 @@ def test_bench_accuracy_writes_its_report_and_live_equals_offline(tmp_path):
     regenerate = next(line for line in text.splitlines() if line.startswith("Regenerate with"))
     assert "examples/bench_accuracy.py" in regenerate and "--seconds 3" in regenerate and "--seeds 1" in regenerate
     assert "## Crashes" not in text
+    # Less regular counters: their own section, one live row per counter and workload.
+    section = text.split("## A less regular counter", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| jitter")]
+    assert len(rows) == 2 * 3, section
     # One row per (workload, behaviour) in the target table, each with live vs offline <= 1e-9.
     table = text.split(bench.TARGET_HEADER, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
     assert len(table) == 6
