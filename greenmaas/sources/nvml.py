@@ -200,11 +200,7 @@ class NvmlSource(Source):
         Raises :class:`DeviceReadError` naming the device and NVML's error when the read fails,
         and always for an ``unmeasurable`` GPU.
         """
-        plan = self._plans.get(device_id)
-        if plan is None:
-            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
-        if self._closed:
-            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        plan = self._live_plan(device_id)
         dev = plan.device
         label = f"{device_id} ({dev.name}, {dev.uuid})"
         if dev.method == COUNTER:
@@ -224,6 +220,16 @@ class NvmlSource(Source):
                 raise DeviceReadError(f"{label}: power read failed: NVML returned no valid value")
             return Reading(power_w=power_w)
         raise DeviceReadError(f"{label} has neither an energy counter nor a power reading")
+
+    def _live_plan(self, device_id: str) -> _Plan:
+        """The plan of ``device_id``; raises :class:`DeviceReadError` for an unknown device or a
+        closed source."""
+        plan = self._plans.get(device_id)
+        if plan is None:
+            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
+        if self._closed:
+            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        return plan
 
     def close(self) -> None:
         """Shut NVML down (once; later calls do nothing)."""
@@ -251,11 +257,7 @@ class NvmlSource(Source):
         the host does: in a container they are not the container's pids. None where NVML does
         not list them (NOT_SUPPORTED) or the GPU is not read. Raises :class:`DeviceReadError`
         when listing fails otherwise."""
-        plan = self._plans.get(device_id)
-        if plan is None:
-            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
-        if self._closed:
-            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        plan = self._live_plan(device_id)
         if plan.handle is None or plan.device.method == UNMEASURABLE:
             return None
         nvml = self._nvml
@@ -281,11 +283,7 @@ class NvmlSource(Source):
         ``since_us`` (``nvmlDeviceGetProcessUtilization``; empty when there is none). None where
         NVML does not give it (NOT_SUPPORTED, or a pynvml without it). Pids as :meth:`processes`.
         Raises :class:`DeviceReadError` when the call fails otherwise."""
-        plan = self._plans.get(device_id)
-        if plan is None:
-            raise DeviceReadError(f"{device_id}: no such device in this NVML source")
-        if self._closed:
-            raise DeviceReadError(f"{device_id}: the NVML source is closed")
+        plan = self._live_plan(device_id)
         nvml = self._nvml
         fn = getattr(nvml, "nvmlDeviceGetProcessUtilization", None)
         if plan.handle is None or plan.device.method == UNMEASURABLE or fn is None:
