@@ -10,8 +10,9 @@ with one draw per *class* of work (span kind and name: every forward pass of one
 alike). The idle level and the draws are fitted, with non-negativity, to the energies of the last
 :data:`FIT_WINDOW` intervals (least squares, :func:`scipy.optimize.nnls`). Where the source gives
 trusted instantaneous power samples (the ``instant`` field, changing on most reads, agreeing with
-the counter), the mean of the samples inside a stretch of constant work replaces the model there,
-scaled by their measured bias against the counter.
+the counter), the mean of the samples inside a stretch of constant work (scaled by their measured
+bias against the counter) replaces the model there, the model counting as :data:`_SHRINK`
+samples beside them.
 
 Inside each interval the modelled energies are then rescaled to the counter's energy exactly, so
 conservation holds to rounding. The correction goes to the draws, not to idle: the idle level is
@@ -73,6 +74,9 @@ _UNSAMPLED_S = 0.001
 _DRAW_EPS = 1e-9
 #: Weight of one power sample's equation relative to one interval's energy.
 _SAMPLE_WEIGHT = 0.3
+#: Where samples give a stretch's power, the fitted model counts as this many samples beside them
+#: (a stretch with one noisy sample leans on the fit; one with many, on its samples).
+_SHRINK = 3.0
 #: Intervals shaped together (at most), and the most class-count cells a chunk may hold.
 _CHUNK = 256
 _CHUNK_CELLS = 2_000_000
@@ -368,6 +372,7 @@ class DeviceShaper:
 
         # Power samples inside the interval, and whether they can be trusted as shape.
         seg_samples: np.ndarray | None = None
+        seg_n = np.zeros(nseg)  # samples per stretch
         ratio = None
         sample_rows: list[tuple[dict[str, float], float, int]] = []
         if self.use_samples and reads is not None and reads[1].size and energy > 0:
@@ -401,6 +406,7 @@ class DeviceShaper:
                     sums = np.bincount(seg, weights=pw, minlength=nseg)
                     n = np.bincount(seg, minlength=nseg)
                     seg_samples = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
+                    seg_n = n
                     # How the samples read against the counter (the field's bias), where they
                     # cover every stretch of the interval: independent of the model.
                     covered = (n > 0) | (seg_len < _UNSAMPLED_S)
@@ -420,7 +426,7 @@ class DeviceShaper:
         if seg_samples is not None and bias is not None:
             # Samples give the shape where work runs (a stretch's own samples); idle keeps the
             # fitted level (every quiet stretch measures it better than a few samples here).
-            measured = seg_samples / bias
+            measured = (seg_n * (seg_samples / bias) + _SHRINK * power) / (seg_n + _SHRINK)
             power = np.where(~np.isnan(measured) & busy, measured, power)
         modelled = power * seg_len
         predicted = float(modelled.sum())
