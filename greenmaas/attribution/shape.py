@@ -622,7 +622,8 @@ class DeviceShaper:
         else:
             sby = sby - idle_known * sb
             draw0 = np.where(sbb > 0, np.maximum(0.0, sby / np.where(sbb > 0, sbb, 1.0)), 0.0)
-            draw = np.maximum(0.0, (sby + prior2 * draw0) / (sbb + prior2))
+            den = sbb + prior2  # 0 where the class ran no time in its window: no draw to fit
+            draw = np.where(den > 0, np.maximum(0.0, (sby + prior2 * draw0) / np.where(den > 0, den, 1.0)), 0.0)
             idle = np.full(n, idle_known)
             general = np.zeros(n, dtype=bool)
             fallback = idle
