@@ -15,7 +15,9 @@ they arrive) and an offline re-attribution (which times them all at once) comput
 numbers. Per change it
 
 1. decides whether the counter steps (most changes come after two or more reads of the same
-   value) or moves on every read (RAPL, a replayed counter: the read itself is the knot);
+   value) or moves on every read (RAPL, a replayed counter: the read itself is the knot; its
+   uncertainty is the read interval before it where some change in the window did wait for a
+   second read, i.e. a grid read about as slowly as it publishes);
 2. for a stepping counter, estimates the period from the window's span and the median spacing,
    numbers each change on the grid (missed updates just skip a number), and searches the period
    that leaves the widest common phase (the bounds, shifted by ``k * period``, intersected);
@@ -95,7 +97,12 @@ def time_rows(LO: np.ndarray, HI: np.ndarray, RD: np.ndarray) -> tuple[np.ndarra
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (the first changes)
         steps = _nanmedian(np.where(valid, RD, np.nan)) > 1.5
         u = np.where(steps, lo_j * 0.5 + hi_j * 0.5, hi_j)
-        h = np.where(steps, half, 0.0)
+        # A counter that moves on (nearly) every read is taken at the read that saw it move. One
+        # that never held a value across two reads may count continuously (RAPL): the read is its
+        # time. One that did hold one publishes on a grid read about as slowly as it publishes:
+        # its update lies anywhere since the read before, and the stated ± says so.
+        held = np.any(valid & (RD > 1.5), axis=1)
+        h = np.where(steps, half, np.where(held, hi_j - lo_j, 0.0))
         fit = steps & (nvalid >= 3)
         if not fit.any():
             return u, h

@@ -62,3 +62,27 @@ def test_a_regular_grid_is_timed_within_what_is_stated():
     err = np.abs(got - u)[64:]  # once the window is full
     assert np.median(err) < 0.0002 and np.quantile(err, 0.9) < 0.0005
     assert np.mean(err <= half[64:] + 1e-12) > 0.99
+
+
+def test_a_counter_read_about_as_slowly_as_it_publishes_states_the_read_interval():
+    # A 100 ms grid read every 70–130 ms: most changes are seen on the next read (the counter looks
+    # as if it moved on every read) but some reads repeat a value. Each update is taken at the
+    # read that saw it, and may lie anywhere since the read before: that is its stated ±.
+    rng = np.random.default_rng(3)
+    reads = np.cumsum(rng.uniform(0.07, 0.13, 400)) + 5.0
+    grid = 5.0371 + 0.1 * np.arange(500)
+    seen = np.searchsorted(grid, reads, side="right")  # updates published by each read
+    changed = np.flatnonzero(np.diff(seen) > 0) + 1
+    lo, hi = reads[changed - 1], reads[changed]
+    gaps = np.diff(np.concatenate(([0], changed)))  # reads since the previous change
+    u, h = time_changes(lo, hi, gaps.astype(float))
+    assert np.any(gaps > 1)  # the counter held a value over two reads now and then
+    ok = np.median(gaps) <= 1.5
+    np.testing.assert_array_equal(u[64:], hi[64:])
+    np.testing.assert_allclose(h[64:], (hi - lo)[64:])
+    truth = grid[seen[changed] - 1]  # the last update before the read that saw the change
+    assert ok and np.all(np.abs(truth - u)[64:] <= h[64:] + 1e-12)
+    # A counter that moves between every two reads and never holds a value (RAPL): the read.
+    u2, h2 = time_changes(lo, hi, np.ones(lo.size))
+    np.testing.assert_array_equal(u2, hi)
+    assert not np.any(h2)
