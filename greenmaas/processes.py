@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
@@ -116,8 +117,10 @@ class ProcessWatch:
         for ch in getattr(sampler, "_channels", ()):
             if ch.device.kind == "gpu" and callable(getattr(ch.source, "processes", None)):
                 gpus.append((ch.device.id, ch.source))
-        own = os.getpid() if own_pid_is_hosts() else None
-        return cls(gpus, own)
+        hosts = own_pid_is_hosts()
+        if hosts is None:  # no /proc: outside Linux, pids are the system's own (no pid namespaces)
+            hosts = not sys.platform.startswith("linux")
+        return cls(gpus, os.getpid() if hosts else None)
 
     def __bool__(self) -> bool:
         return bool(self._gpus)

@@ -208,3 +208,19 @@ def test_in_a_container_the_share_of_others_is_not_claimed(monkeypatch):
                                                      visible_devices=None))], own_pid=1)
     unsupported.sample_activity()
     assert unsupported.record()["gpu:0"]["activity"] == "not given"
+
+
+def test_without_proc_the_pid_is_the_systems_outside_linux(monkeypatch):
+    clock = FakeClock()
+    src = NvmlSource(nvml=FakeNVML([FakeGPU()], clock=clock), visible_devices=None)
+
+    class Sampler:
+        _channels = [type("Ch", (), {"source": src, "device": src.devices()[0]})()]
+
+    monkeypatch.setattr("greenmaas.processes.own_pid_is_hosts", lambda: None)
+    monkeypatch.setattr("greenmaas.processes.sys.platform", "win32")
+    assert ProcessWatch.for_sampler(Sampler).own_pid == ME
+    monkeypatch.setattr("greenmaas.processes.sys.platform", "linux")
+    assert ProcessWatch.for_sampler(Sampler).own_pid is None
+    monkeypatch.setattr("greenmaas.processes.own_pid_is_hosts", lambda: True)
+    assert ProcessWatch.for_sampler(Sampler).own_pid == ME
