@@ -406,7 +406,7 @@ class DeviceShaper:
                     sums = np.bincount(seg, weights=pw, minlength=nseg)
                     n = np.bincount(seg, minlength=nseg)
                     seg_samples = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
-                    seg_n = n
+                    seg_n = n.astype(np.float64)
                     # How the samples read against the counter (the field's bias), where they
                     # cover every stretch of the interval: independent of the model.
                     covered = (n > 0) | (seg_len < _UNSAMPLED_S)
