@@ -453,9 +453,10 @@ def _note_runs(out: Summary, sel: Selection) -> None:
     several runs measured at once, and GPUs that processes greenmaas did not measure used too."""
     from ..processes import notes_for_run
 
-    _note_unfinished(out, sel)
-    _note_shared(out, sel)
-    for run_id in sorted(_selected_runs(sel)):
+    selected = _selected_runs(sel)
+    _note_unfinished(out, sel, selected)
+    _note_shared(out, sel, selected)
+    for run_id in sorted(selected):
         run = sel.runs.get(run_id) or {}
         for text in notes_for_run(run_id, run.get("host"), (run.get("config") or {}).get("gpu_processes") or {}):
             _note(out, text)
@@ -468,7 +469,7 @@ def _selected_runs(sel: Selection) -> set[str]:
     return selected
 
 
-def _note_shared(out: Summary, sel: Selection) -> None:
+def _note_shared(out: Summary, sel: Selection, selected: set[str]) -> None:
     """Say where a selected run measured a device while another run on its host measured the
     same one (see :mod:`greenmaas.claims`): each counted the whole device among its own spans."""
     from ..claims import claim_key
@@ -489,7 +490,6 @@ def _note_shared(out: Summary, sel: Selection) -> None:
             key = claim_key(d)
             if key is not None:
                 by_key.setdefault((str(run.get("host")), key), []).append((run_id, str(d.get("id"))))
-    selected = _selected_runs(sel)
     for (host, _key), users in sorted(by_key.items()):
         if len(users) < 2 or not any(r in selected for r, _ in users):
             continue
@@ -516,10 +516,9 @@ def _note_shared(out: Summary, sel: Selection) -> None:
                        "process's work on it")
 
 
-def _note_unfinished(out: Summary, sel: Selection) -> None:
+def _note_unfinished(out: Summary, sel: Selection, selected: set[str]) -> None:
     """Name the selected runs that were interrupted (a killed process included, see
     :func:`greenmaas.ledger.liveness.run_status`), with their last heartbeat."""
-    selected = _selected_runs(sel)
     for run_id in sorted(selected):
         run = sel.runs.get(run_id) or {}
         status, beat = run.get("status"), run.get("heartbeat")
