@@ -64,17 +64,13 @@ def _processes_text(row: dict) -> str | None:
 def _list_processes(source: Any, row: dict[str, Any]) -> None:
     """Add a GPU's ``processes`` (pids as the host numbers them, or None) and why not, where its
     source can list them (NVML)."""
-    fn = getattr(source, "processes", None)
-    if row["kind"] != "gpu" or not callable(fn):
+    from greenmaas.processes import list_processes
+
+    if row["kind"] != "gpu" or not callable(getattr(source, "processes", None)):
         return
-    try:
-        pids = fn(row["id"])
-    except Exception as exc:  # noqa: BLE001 - a listing that fails is shown, not raised
-        row["processes"], row["processes_note"] = None, str(exc)
-        return
-    row["processes"] = pids
-    if pids is None:
-        row["processes_note"] = "NVML does not list the processes on this GPU"
+    row["processes"], reason = list_processes(source, row["id"])
+    if reason is not None:
+        row["processes_note"] = reason
 
 
 def _pair(row: dict, a: str, b: str) -> str:

@@ -225,7 +225,7 @@ class Meter:
         self._id_prefix = self.run_id[:12]
         self._attr: LiveAttributor | None = None
         self._claims: Any = None  # this process's claims on its devices (greenmaas.claims), once started
-        self._procs: Any = None  # who else uses the GPUs (greenmaas.processes.ProcessWatch), once started
+        self._procs: ProcessWatch | None = None  # who else uses the GPUs, once started
         self._procs_last: float | None = None
         self._activity_last: float | None = None
         self._lock = threading.RLock()
@@ -300,12 +300,8 @@ class Meter:
                 "and charges each one's spans for the other's work; measure it with one meter",
                 h.device, h.pid if h.pid is not None else "?", h.run_id or "?",
             )
-        try:
-            self._procs = ProcessWatch.for_sampler(self.sampler)
-            self._check_processes()
-        except Exception as exc:  # seeing other processes must not stop measuring
-            self._error(f"processes on the GPUs not looked at: {exc}")
-            self._procs = None
+        self._procs = ProcessWatch.for_sampler(self.sampler)
+        self._check_processes()
         config = {
             "policy": self.policy,
             "periods_s": {c.device.id: c.period_s for c in self.sampler._channels},
@@ -382,11 +378,8 @@ class Meter:
                     (datetime.now(timezone.utc), f"{self.dropped_spans} span(s) dropped at intake (see max_pending)")
                 )
             if self._procs:
-                try:
-                    self._check_processes(force=True)
-                    extra["gpu_processes"] = self._procs.record()
-                except Exception as exc:
-                    self._error(f"processes on the GPUs not recorded: {exc}")
+                self._check_processes(force=True)
+                extra["gpu_processes"] = self._procs.record()
             if self.rollups.rolled_classes:
                 extra["rollups"] = {
                     "classes": list(self.rollups.rolled_classes),
@@ -578,7 +571,8 @@ class Meter:
 
     def _check_processes(self, force: bool = False) -> None:
         """Look at the processes on the GPUs (:mod:`greenmaas.processes`) when due, warning at
-        the first sighting of others on each."""
+        the first sighting of others on each. Never raises (:class:`ProcessWatch` records a
+        listing that fails as its reason; the rest is arithmetic)."""
         procs = self._procs
         if not procs:
             return
@@ -618,10 +612,7 @@ class Meter:
         while not self._stop.wait(max(min(wait, last + every() - _time.monotonic()), 0.0)):
             self._heartbeat()
             self._sync_writer_errors()
-            try:
-                self._check_processes()
-            except Exception as exc:
-                self._error(f"processes on the GPUs not looked at: {exc}")
+            self._check_processes()
             now = _time.monotonic()
             if now < last + every():
                 continue

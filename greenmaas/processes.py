@@ -26,7 +26,7 @@ import sys
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-__all__ = ["ACTIVITY_S", "CHECK_S", "ProcessWatch", "notes_for_run", "own_pid_is_hosts"]
+__all__ = ["ACTIVITY_S", "CHECK_S", "NOT_LISTED", "ProcessWatch", "list_processes", "notes_for_run", "own_pid_is_hosts"]
 
 log = logging.getLogger("greenmaas")
 
@@ -47,6 +47,20 @@ def own_pid_is_hosts(read_link: Callable[[str], str] = os.readlink) -> bool | No
         return read_link("/proc/self/ns/pid") == _INIT_PID_NS
     except OSError:
         return None
+
+
+#: Why a GPU's processes are not known, where its driver does not list them.
+NOT_LISTED = "NVML does not list the processes on this GPU"
+
+
+def list_processes(source: Any, device_id: str) -> tuple[list[int] | None, str | None]:
+    """The pids on a GPU (``source.processes``) and, where they are not known, why: the driver
+    does not list them, or listing failed. Never raises."""
+    try:
+        pids = source.processes(device_id)
+    except Exception as exc:  # noqa: BLE001 - looking must never break measuring
+        return None, str(exc) or type(exc).__name__
+    return pids, (NOT_LISTED if pids is None else None)
 
 
 class _Seen:
@@ -132,13 +146,9 @@ class ProcessWatch:
         for dev, source in self._gpus:
             seen = self._seen[dev]
             seen.checks += 1
-            try:
-                pids = source.processes(dev)
-            except Exception as exc:  # noqa: BLE001 - looking must never break measuring
-                seen.reason = str(exc) or type(exc).__name__
-                continue
+            pids, reason = list_processes(source, dev)
             if pids is None:
-                seen.reason = "NVML does not list the processes on this GPU"
+                seen.reason = reason
                 continue
             seen.listed += 1
             if self.own_pid is not None:
