@@ -576,6 +576,7 @@ def build_report(args, cases: list[dict], wall_s: float,
     import scipy
 
     rows, crashes = summarise(cases)
+    other_rows = {name: summarise(cs) for name, cs in (others or {}).items()}
     diag = diagnose(cases)
     live_rows = [r for r in rows if r.method == "live"]
     max_lo = max((r.live_offline for r in live_rows if r.live_offline is not None), default=float("nan"))
@@ -613,7 +614,7 @@ def build_report(args, cases: list[dict], wall_s: float,
         f"including none; live = offline (≤ {TARGET_LIVE_OFFLINE:g} relative).",
         f"- Greenmaas live meets them in **{met} of {len(tgt)}** (workload, power behaviour, read "
         f"period) rows at 10–20 ms on a regular counter; the table below says which.",
-        *_imperfect_headline(others or {}),
+        *_imperfect_headline(other_rows),
         f"- Live vs offline: largest relative difference over every request of every case "
         f"**{max_lo:.1e}** (target ≤ {TARGET_LIVE_OFFLINE:g})"
         + (" — met" if max_lo <= TARGET_LIVE_OFFLINE else " — **NOT met**, see below")
@@ -746,8 +747,8 @@ def build_report(args, cases: list[dict], wall_s: float,
             f"| {r.n} | {_pct(r.median)} | {_pct(r.p90)} | {_spct(r.sum_err)} | {cov} |"
         )
     more_crashes: list[dict] = []
-    if others:
-        section, more_crashes = imperfect_section(others)
+    if other_rows:
+        section, more_crashes = imperfect_section(other_rows)
         L += ["", *section]
     crashes = crashes + more_crashes
     L += [
@@ -768,11 +769,12 @@ def build_report(args, cases: list[dict], wall_s: float,
     return "\n".join(L), rows, crashes
 
 
-def _imperfect_headline(others: dict[str, list[dict]]) -> list[str]:
-    """A headline line per less regular counter: rows meeting the targets, worst p90, ±J coverage."""
+def _imperfect_headline(others: dict[str, tuple[list[Row], list[dict]]]) -> list[str]:
+    """A headline line per less regular counter (its :func:`summarise` rows): rows meeting the
+    targets, worst p90, ±J coverage."""
     out = []
-    for name, cs in others.items():
-        live = [r for r in summarise(cs)[0] if r.method == "live" and r.period_ms in TARGET_PERIODS_MS]
+    for name, (rows, _) in others.items():
+        live = [r for r in rows if r.method == "live" and r.period_ms in TARGET_PERIODS_MS]
         if not live:
             continue
         met = sum(1 for r in live if verdict(r) == "MET")
@@ -785,8 +787,9 @@ def _imperfect_headline(others: dict[str, list[dict]]) -> list[str]:
     return out
 
 
-def imperfect_section(others: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
-    """The section on counters less regular than the main tables': greenmaas live, counter only."""
+def imperfect_section(others: dict[str, tuple[list[Row], list[dict]]]) -> tuple[list[str], list[dict]]:
+    """The section on counters less regular than the main tables' (their :func:`summarise`
+    rows and crashes): greenmaas live, counter only."""
     L = [
         "## A less regular counter",
         "",
@@ -800,8 +803,7 @@ def imperfect_section(others: dict[str, list[dict]]) -> tuple[list[str], list[di
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     crashes: list[dict] = []
-    for name, cs in others.items():
-        rows, bad = summarise(cs)
+    for name, (rows, bad) in others.items():
         crashes += bad
         for r in rows:
             if r.method != "live":

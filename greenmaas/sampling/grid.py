@@ -234,7 +234,6 @@ def _fit_row(L: np.ndarray, H: np.ndarray, k: np.ndarray, M: np.ndarray, p0: flo
             c, fc = d, fd
             d, fd = new, width(new)
     best = (a + b) * 0.5
-    lr, hr = float(L[refcol]), float(H[refcol])
     if width(best) >= 0:
         edges = []
         for far in (p0 * (1.0 - _SEARCH), p0 * (1.0 + _SEARCH)):
@@ -257,6 +256,7 @@ def _fit_row(L: np.ndarray, H: np.ndarray, k: np.ndarray, M: np.ndarray, p0: flo
         u_ref = total / _SCAN
         h_ref = max(phi_hi - u_ref, u_ref - phi_lo)
     else:
+        lr, hr = float(L[refcol]), float(H[refcol])
         centre = float(_nanmedian((M - k * best)[None, :])[0])
         u_ref = min(max(centre, lr), hr)
         h_ref = (hr - lr) * 0.5
