@@ -479,7 +479,6 @@ class LiveAttributor:
         self._intake()
         lim = math.inf if force else min(self.limit(), now - self.settle_margin_s)
         states = [st for st in list(self._states.values()) if st.span.start is not None]
-        nodes = _nodes(states)
 
         plans: list[tuple[str, Timeline, _Device, float, tuple | None]] = []
         watermarks: list[float] = []
@@ -508,8 +507,14 @@ class LiveAttributor:
             return self._finalise(timelines, force), []
         t_lo = min(watermarks)
         t_hi = max(p[3] for p in plans)
+        # Only spans alive in the window compete in it: the others (closed before it, waiting
+        # for their figures to settle, or not started yet) would give no interval, and building
+        # their nodes each pass cost more than the attribution on a busy server. A child lies
+        # within its parent's life or has no interval here, so no parent it cuts is left out.
+        states = [st for st in states
+                  if st.span.start < t_hi and (st.span.end is None or st.span.end > t_lo)]  # type: ignore[operator]
         leaves = self._leaf_set(states)
-        work = competing(nodes, t_lo, max(t_hi, t_lo), self.policy, leaves) if t_hi > t_lo else None
+        work = competing(_nodes(states), t_lo, max(t_hi, t_lo), self.policy, leaves) if t_hi > t_lo else None
 
         totals: list[WindowTotals] = []
         for dev, tl, d, target, knots in plans:
@@ -581,13 +586,21 @@ class LiveAttributor:
         """Spans every one of whose devices has been attributed past their end."""
         wms = {dev: d.wm for dev, d in self._devices.items()}
         done: list[_State] = []
+        # How far every device of a device set has been attributed (-inf: one not yet; +inf:
+        # none measured), once per set: a span is final once that reaches its end.
+        reach_of: dict[tuple[str, ...] | None, float] = {}
         for st in list(self._states.values()):
             s = st.span
-            if s.end is None or s.start is None:
+            end = s.end
+            if end is None or s.start is None:
                 continue
             if not force:
-                devs = timelines if s.devices is None else [x for x in s.devices if x in timelines]
-                if any(wms.get(x) is None or wms[x] < s.end for x in devs):  # type: ignore[operator]
+                key = s.devices
+                attributed = reach_of.get(key)
+                if attributed is None:
+                    devs = timelines if key is None else [x for x in key if x in timelines]
+                    attributed = reach_of[key] = min((_reach(wms.get(x)) for x in devs), default=math.inf)
+                if end > attributed:
                     continue
             done.append(st)
         out = Finished()
@@ -665,6 +678,10 @@ _NOT_LEAF = frozenset({"batch", "share"})
 _key_of = operator.attrgetter("kind", "name", "model", "phase", "status", "request_id", "tenant", "devices", "parent")
 #: Leaf classes remembered before unused ones are forgotten.
 _MAX_KEYS = 8192
+
+
+def _reach(wm: float | None) -> float:
+    return -math.inf if wm is None else wm
 
 
 def _nodes(states: list[_State]) -> list[Node]:

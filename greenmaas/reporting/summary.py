@@ -237,8 +237,6 @@ def summary(
     ``sci`` need them one by one, or the accounting changes within an hour; ``in_sql=False``
     always loads every span (the reference the tests compare the SQL sums with).
     """
-    import pandas as pd
-
     if by not in GROUPS:
         raise ConfigError(f"cannot group by {by!r}; expected one of {', '.join(GROUPS)}")
     if sci is not None and sci not in SCI_UNITS:
@@ -253,6 +251,8 @@ def summary(
         done = _summary_in_sql(ledger_or_url, by, lo, hi, model, idle, accounting, run)
         if done is not None:
             return done
+    import pandas as pd
+
     if accounting is False:
         sel = load_selection(ledger_or_url, lo, hi, model, idle=idle, run=run)
         sources: list[AccountingSource] = []
