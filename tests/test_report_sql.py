@@ -172,3 +172,24 @@ def test_by_host_job_and_rank(tmp_path):
         for group, runs in expected.items():
             for key in ("spans", "energy_j", "carbon_g", "hardware_cost", "cost", "uncertainty_j"):
                 assert rows[group][key] == pytest.approx(sum(by_run[r][key] for r in runs)), (by, group, key)
+
+
+def test_a_report_summed_in_sql_never_loads_pandas(ledger):
+    """What keeps ``greenmaas report`` quick on a large ledger: the command summed in SQL and
+    priced with arrays, pandas (a fifth of a second to import) never imported."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from greenmaas_cli.main import cli\n"
+        "for by in ('model', 'phase', 'day', 'tenant', 'run', 'name', 'host', 'job', 'rank'):\n"
+        "    try:\n"
+        f"        cli(['report', '--ledger', {str(ledger)!r}, '--by', by, '--format', 'json'], standalone_mode=False)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        "print('PANDAS' if 'pandas' in sys.modules else 'NO-PANDAS', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "NO-PANDAS"

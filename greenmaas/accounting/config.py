@@ -449,7 +449,6 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
     if (energy < 0).any():
         row = out.index[int(np.argmax(energy < 0))]
         raise AccountingError(f"cannot price spans: row {row!r} has negative energy_j {energy[energy < 0][0]!r}")
-    kwh = energy * config.pue / J_PER_KWH
     if n:
         start_ns, end_ns = to_epoch_ns(out["start"]), to_epoch_ns(out["end"])
         bad = end_ns < start_ns
@@ -458,17 +457,9 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
             raise AccountingError(f"cannot price spans: row {row!r} ends before it starts")
     else:
         start_ns = end_ns = np.empty(0, dtype=np.int64)
+    carbon, market, energy_cost, intensity = energy_prices(energy, start_ns, end_ns, config)
 
-    if config.series is not None:
-        intensity = config.series.mean_intensity_g_per_kwh(start_ns, end_ns) if n else np.empty(0)
-    else:
-        assert config.location is not None
-        intensity = np.full(n, config.location.intensity_g_per_kwh)
-    nan = np.full(n, np.nan)
-    market = kwh * config.market_intensity_g_per_kwh if config.market_intensity_g_per_kwh is not None else nan
-    energy_cost = kwh * config.tariff.mean_price_per_kwh(start_ns, end_ns) if (config.tariff and n) else nan
-
-    hardware_cost = nan
+    hardware_cost = np.full(n, np.nan)
     if config.hardware_prices and n and "device_seconds" in out.columns and "device_kind" in out.columns:
         seconds = pd.to_numeric(out["device_seconds"], errors="coerce").to_numpy(dtype=np.float64)
         if (seconds < 0).any():
@@ -484,7 +475,7 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
         # Unknown energy means unknown energy cost, not a cost of zero.
         cost = np.where(np.isnan(energy) & (config.tariff is not None), np.nan, cost)
 
-    out["carbon_g"] = kwh * intensity
+    out["carbon_g"] = carbon
     out["carbon_market_g"] = market
     out["energy_cost"] = energy_cost
     out["hardware_cost"] = hardware_cost
@@ -493,6 +484,25 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
     out["intensity_g_per_kwh"] = intensity
     out["intensity_source"] = pd.Series([config.intensity_source] * n, index=out.index, dtype=object)
     return out
+
+
+def energy_prices(energy_j: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
+                  config: AccountingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Carbon (location- and market-based, g) and electricity cost of IT energy ``energy_j`` (J,
+    NaN: unknown) spread over ``[start_ns, end_ns)`` (epoch ns, checked by the caller), after
+    the PUE; and the effective intensity (g/kWh). NaN where there is no such figure (no market
+    intensity, no tariff). Arrays, no DataFrame: :func:`price` and the reports' sums use it."""
+    n = energy_j.size
+    kwh = energy_j * config.pue / J_PER_KWH
+    if config.series is not None:
+        intensity = config.series.mean_intensity_g_per_kwh(start_ns, end_ns) if n else np.empty(0)
+    else:
+        assert config.location is not None
+        intensity = np.full(n, config.location.intensity_g_per_kwh)
+    nan = np.full(n, np.nan)
+    market = kwh * config.market_intensity_g_per_kwh if config.market_intensity_g_per_kwh is not None else nan
+    energy_cost = kwh * config.tariff.mean_price_per_kwh(start_ns, end_ns) if (config.tariff and n) else nan
+    return kwh * intensity, market, energy_cost, intensity
 
 
 def price_records(records: "list[SpanRecord]", config: AccountingConfig) -> None:
@@ -515,16 +525,8 @@ def price_records(records: "list[SpanRecord]", config: AccountingConfig) -> None
     end_ns = np.fromiter((_datetime_ns(r.end) for r in records), dtype=np.int64, count=n)
     if (energy < 0).any() or (end_ns < start_ns).any():
         raise AccountingError("cannot price spans: negative energy or a span ending before it starts")
-    kwh = energy * config.pue / J_PER_KWH
-    if config.series is not None:
-        intensity = config.series.mean_intensity_g_per_kwh(start_ns, end_ns)
-    else:
-        assert config.location is not None
-        intensity = np.full(n, config.location.intensity_g_per_kwh)
-    carbon = (kwh * intensity).tolist()
-    nan = [math.nan] * n
-    market = (kwh * config.market_intensity_g_per_kwh).tolist() if config.market_intensity_g_per_kwh is not None else nan
-    cost = (kwh * config.tariff.mean_price_per_kwh(start_ns, end_ns)).tolist() if config.tariff else nan
+    carbon_a, market_a, cost_a, _ = energy_prices(energy, start_ns, end_ns, config)
+    carbon, market, cost = carbon_a.tolist(), market_a.tolist(), cost_a.tolist()
     for i, record in enumerate(records):
         if all(d.method == UNMEASURABLE for d in record.devices):  # also true with no devices
             record.carbon_g = record.carbon_market_g = record.cost = None

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib.metadata
 import importlib.util
 import json
 import re
@@ -150,6 +149,8 @@ def codecarbon_version() -> str:
             return match.group(1)
     except (AccountingError, OSError):
         pass
+    import importlib.metadata  # only here: importing it costs a command's start ~10 ms
+
     try:
         return importlib.metadata.version("codecarbon")
     except importlib.metadata.PackageNotFoundError:

@@ -352,15 +352,34 @@ class Tariff:
 
     def _steps(self, s: np.ndarray, e: np.ndarray) -> StepFunction:
         """The tariff as a step function of UTC time covering ``[min(s), max(e)]``."""
-        import pandas as pd
-
         lo = (int(np.min(s)) // _GRID_NS) * _GRID_NS
         hi = (int(np.max(e)) // _GRID_NS + 1) * _GRID_NS
         grid = np.arange(lo, hi + 1, _GRID_NS, dtype=np.int64)
-        local = pd.DatetimeIndex(grid.view("datetime64[ns]"), tz="UTC").tz_convert(self.timezone)
-        prices = self._week_per_kwh[np.asarray(local.day_of_week), np.asarray(local.hour)]
+        weekday, hour = _local_week_hours(grid, self.timezone)
+        prices = self._week_per_kwh[weekday, hour]
         keep = np.concatenate(([True], prices[1:] != prices[:-1]))
         return StepFunction(grid[keep], prices[keep], name="tariff")
+
+
+def _local_week_hours(grid_ns: np.ndarray, zone: str) -> tuple[np.ndarray, np.ndarray]:
+    """Day of the week (Monday 0) and hour of the UTC instants ``grid_ns`` (epoch ns) on the
+    clocks of ``zone`` (the IANA database through :mod:`zoneinfo`)."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    seconds = grid_ns // 1_000_000_000
+    if zone == "UTC":
+        local = seconds
+    else:
+        tz = ZoneInfo(zone)
+        offsets = [
+            int(datetime.fromtimestamp(t, tz=timezone.utc).astimezone(tz).utcoffset().total_seconds())  # type: ignore[union-attr]
+            for t in seconds.tolist()
+        ]
+        local = seconds + np.asarray(offsets, dtype=np.int64)
+    days = local // 86_400
+    # 1970-01-01 was a Thursday (3, Monday being 0).
+    return (days + 3) % 7, (local % 86_400) // 3600
 
 
 def parse_tariff(spec: str | Mapping[str, Any] | Tariff, *, timezone: str | None = None) -> Tariff:

@@ -64,18 +64,18 @@ def to_epoch_ns(values: Any) -> np.ndarray:
     Series or DatetimeIndex of them. Naive values are UTC. An int64 numpy array is taken to be
     epoch nanoseconds already and returned as is. Always returns a 1-d array.
     """
-    import pandas as pd
-
     if isinstance(values, np.ndarray) and values.dtype == np.int64:
         return np.atleast_1d(values)
-
-    if isinstance(values, datetime) and not isinstance(values, pd.Timestamp):
+    # A plain datetime (a pandas Timestamp, a subclass, keeps its nanoseconds below).
+    if type(values) is datetime:
         return np.array([_datetime_ns(values)], dtype=np.int64)
     if isinstance(values, str):  # one time a person wrote: the package's own parser
         try:
             return np.array([_datetime_ns(parse_time(values))], dtype=np.int64)
         except ConfigError as exc:
             raise AccountingError(f"cannot read timestamps {_short(values)}: {exc}") from None
+    import pandas as pd
+
     scalar = isinstance(values, (str, pd.Timestamp, np.datetime64))
     try:
         converted = pd.to_datetime([values] if scalar else values, utc=True)

@@ -38,11 +38,12 @@ likewise: their recorded ± J of ``idle_j``, else the method's stated figure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .frames import opened
 from ..errors import ConfigError
@@ -252,7 +253,7 @@ def device_kinds(runs: Mapping[str, dict]) -> dict[tuple[str, str], dict]:
     return out
 
 
-def _kinds(described: dict, run_ids: "pd.Series", devices: "pd.Series") -> list[str]:
+def _kinds(described: dict, run_ids: Iterable[str], devices: Iterable[str]) -> list[str]:
     """Device kind of each (run, device): as the run described it, else the id's prefix."""
     out = []
     for run_id, device in zip(run_ids, devices):
@@ -383,38 +384,82 @@ def priced_spans(
 
 
 def load_runs_and_windows(conn, lo, hi, *, idle: bool,
-                          run: str | None = None) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame | None"]:
+                          run: str | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]] | None]:
     """The runs (as :class:`Selection` holds them) and, with ``idle``, the measured device windows
-    starting in ``[lo, hi)`` with their own ± J: what a report summed in SQL
-    (:mod:`greenmaas.reporting.rollup`) still reads row by row. Not priced."""
-    import pandas as pd
-
+    starting in ``[lo, hi)``: what a report summed in SQL (:mod:`greenmaas.reporting.rollup`)
+    still reads row by row, as dicts (no DataFrame: such a report never loads pandas). A window
+    has :data:`WINDOW_COLUMNS` (times its run's where it has none), ``kind``, and its own ± J as
+    :func:`load_selection` gives it (``self_uncertainty_j``, ``uncertainty_source``). Not priced."""
     from ..ledger import query
 
     runs = _runs(conn)
     if not idle:
         return runs, None
-    windows = ledger_frame(query.device_windows(conn, WINDOW_COLUMNS, lo, hi, run), WINDOW_COLUMNS)
-    # A window without times takes its run's.
-    starts = pd.to_datetime(windows["run_id"].map({k: r["start"] for k, r in runs.items()}), utc=True)
-    ends = pd.to_datetime(windows["run_id"].map({k: r["end"] for k, r in runs.items()}), utc=True)
-    windows["start"] = windows["start"].fillna(starts)
-    windows["end"] = windows["end"].fillna(ends).fillna(windows["start"])
-    windows["kind"] = _kinds(device_kinds(runs), windows["run_id"], windows["device"])
-    stated = windows["idle_j"] * _stated_fraction(windows["method"])
-    _own_uncertainty(windows, windows["uncertainty_j"], stated)
+    described = device_kinds(runs)
+    windows = []
+    for values in query.device_windows(conn, WINDOW_COLUMNS, lo, hi, run):
+        w = dict(zip(WINDOW_COLUMNS, values))
+        r = runs.get(w["run_id"]) or {}
+        if w["start"] is None:
+            w["start"] = r.get("start")
+        if w["end"] is None:
+            w["end"] = r.get("end") if r.get("end") is not None else w["start"]
+        for c in ("total_j", "attributed_j", "idle_j", "gap_s", "idle_s", "uncertainty_j"):
+            w[c] = _number(w[c])
+        (w["kind"],) = _kinds(described, [w["run_id"]], [w["device"]])
+        fraction = METHOD_UNCERTAINTY.get(w["method"])
+        stated = w["idle_j"] * fraction if fraction is not None else math.nan
+        recorded = w["uncertainty_j"]
+        w["self_uncertainty_j"] = recorded if recorded == recorded else stated
+        w["uncertainty_source"] = RECORDED if recorded == recorded else (STATED if stated == stated else None)
+        windows.append(w)
     return runs, windows
 
 
-def price_windows(windows: "pd.DataFrame", sources: list[AccountingSource], index: dict[str, int]) -> None:
-    """Priced columns on idle device windows, as :func:`priced_selection` gives them; in place."""
-    import pandas as pd
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
-    empty = Selection(pd.DataFrame(columns=["run_id", "span_id", "start", "end", "self_energy_j"]),
-                      pd.DataFrame(columns=["span_id", "run_id", "self_device_s", "kind"]), windows, {})
-    empty.spans["self_energy_j"] = empty.spans["self_energy_j"].astype("float64")
-    empty.devices["self_device_s"] = empty.devices["self_device_s"].astype("float64")
-    _price_selection(empty, sources, index)
+
+def price_windows(windows: list[dict[str, Any]], sources: list[AccountingSource], index: dict[str, int]) -> None:
+    """Priced fields on idle device windows (from :func:`load_runs_and_windows`), as
+    :func:`priced_selection` prices its windows: ``carbon_g``, ``carbon_market_g``,
+    ``energy_cost``, ``hardware_cost`` (NaN where there is no such figure), ``cost`` and
+    ``currency``; in place."""
+    import numpy as np
+
+    from ..accounting.config import energy_prices
+    from ..accounting.timeseries import _datetime_ns
+    from ..errors import AccountingError
+
+    by_source: dict[int, list[dict[str, Any]]] = {}
+    for w in windows:
+        by_source.setdefault(index[w["run_id"]], []).append(w)
+    for i, part in by_source.items():
+        config = sources[i].config
+        if any(w["start"] is None or w["end"] is None for w in part):
+            bad = next(w for w in part if w["start"] is None or w["end"] is None)
+            raise AccountingError(f"cannot price the idle window of {bad['device']} in run {bad['run_id']}: "
+                                  "no time recorded for it or its run")
+        energy = np.asarray([w["idle_j"] for w in part], dtype=np.float64)
+        start = np.asarray([_datetime_ns(w["start"]) for w in part], dtype=np.int64)
+        end = np.asarray([_datetime_ns(w["end"]) for w in part], dtype=np.int64)
+        if (energy < 0).any() or (end < start).any():
+            bad = next(w for w, e, a, b in zip(part, energy, start, end) if e < 0 or b < a)
+            raise AccountingError(f"cannot price the idle window of {bad['device']} in run {bad['run_id']}: "
+                                  "negative energy, or it ends before it starts")
+        carbon, market, energy_cost, _ = energy_prices(energy, start, end, config)
+        prices = config.hardware_prices
+        for k, w in enumerate(part):
+            w["carbon_g"], w["carbon_market_g"], w["energy_cost"] = (
+                float(carbon[k]), float(market[k]), float(energy_cost[k]))
+            price = prices.get(w["kind"]) if prices else None
+            idle_s = w["idle_s"] if w["idle_s"] == w["idle_s"] else 0.0
+            w["hardware_cost"] = idle_s / 3600.0 * price.per_hour if price is not None else math.nan
+            e, h = w["energy_cost"], w["hardware_cost"]
+            # Unknown energy under a tariff is an unknown cost, not the hardware share alone.
+            known = (e == e or h == h) and not (w["idle_j"] != w["idle_j"] and config.tariff is not None)
+            w["cost"] = ((e if e == e else 0.0) + (h if h == h else 0.0)) if known else math.nan
+            w["currency"] = config.currency if known else None
 
 
 def _runs(conn) -> dict[str, dict[str, Any]]:

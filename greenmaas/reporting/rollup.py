@@ -111,8 +111,6 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     rows alone (no period, per-group facts or devices: a report by request, page by page).
     ``regroup`` (with ``by="run"``) merges the runs' groups into the groups it maps them to (a
     run's host, job or rank), once priced."""
-    import pandas as pd
-
     from ..ledger import query
     from .pricing import _kinds
 
@@ -167,8 +165,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
             groups[grp].duration_s -= seconds
     described = device_kinds(runs)
     device_rows = list(read_devices(conn, by, none, lo, hi, model, run=run, **narrow))
-    kinds = _kinds(described, pd.Series([d.run_id for d in device_rows], dtype=object),
-                   pd.Series([d.device for d in device_rows], dtype=object))
+    kinds = _kinds(described, [d.run_id for d in device_rows], [d.device for d in device_rows])
     for d, kind in zip(device_rows, kinds):
         g = groups[d.grp]
         if facts and (d.run_id, d.device) not in g.devices:
@@ -304,14 +301,19 @@ def hour_rates(config: "AccountingConfig", hours: list[str]) -> dict[str, tuple[
     """Per UTC hour (``YYYY-MM-DD HH``): carbon, market-based carbon and electricity cost of one
     kWh of IT energy used in it, under ``config`` (NaN where there is no such figure)."""
     import numpy as np
-    import pandas as pd
 
-    from ..accounting.config import price
+    from ..accounting.config import energy_prices
 
-    t = pd.to_datetime([f"{h}:00:00" for h in hours], utc=True)
-    per_kwh = price(pd.DataFrame({"start": t, "end": t, "energy_j": np.full(len(t), _J_PER_KWH)}), config)
-    return {h: (c, m, e) for h, c, m, e in zip(hours, per_kwh["carbon_g"], per_kwh["carbon_market_g"],
-                                                 per_kwh["energy_cost"])}
+    t = np.asarray([_hour_ns(h) for h in hours], dtype=np.int64)
+    carbon, market, cost, _ = energy_prices(np.full(len(t), _J_PER_KWH), t, t, config)
+    return {h: (c, m, e) for h, c, m, e in zip(hours, carbon.tolist(), market.tolist(), cost.tolist())}
+
+
+def _hour_ns(hour: str) -> int:
+    """The start of a summaries' hour (``YYYY-MM-DD HH``, UTC) in epoch ns."""
+    from ..accounting.timeseries import _datetime_ns
+
+    return _datetime_ns(datetime.strptime(hour, "%Y-%m-%d %H").replace(tzinfo=timezone.utc))
 
 
 def priced_crossing(crossing: list, sources: list[AccountingSource], index: dict[str, int]):
@@ -319,20 +321,27 @@ def priced_crossing(crossing: list, sources: list[AccountingSource], index: dict
     by one with their run's accounting: per source, ``(source index, groups, priced frame)``
     (carbon_g, carbon_market_g, energy_cost of each span's whole energy). Unmeasured spans are
     left out."""
-    import pandas as pd
+    import numpy as np
 
-    from ..accounting.config import price
+    from ..accounting.config import energy_prices
+    from ..accounting.timeseries import _datetime_ns
+    from ..errors import AccountingError
 
-    frame = pd.DataFrame.from_records([tuple(r) for r in crossing], columns=["grp", "run_id", "start", "end",
-                                                                            "energy_j"])
-    frame = frame[frame["energy_j"].notna()]
-    frame["start"] = pd.to_datetime(frame["start"], utc=True)
-    frame["end"] = pd.to_datetime(frame["end"], utc=True)
-    source_of = frame["run_id"].map(index)
+    by_source: dict[int, list[tuple]] = {}
+    for grp, run_id, start, end, energy_j in crossing:
+        if energy_j is not None:
+            by_source.setdefault(index[run_id], []).append((grp, start, end, energy_j))
     for i, src in enumerate(sources):
-        part = frame[source_of == i]
-        if not part.empty:
-            yield i, part["grp"], price(part[["start", "end", "energy_j"]], src.config)
+        part = by_source.get(i)
+        if not part:
+            continue
+        energy = np.asarray([float(r[3]) for r in part], dtype=np.float64)
+        start_ns = np.asarray([_datetime_ns(r[1]) for r in part], dtype=np.int64)
+        end_ns = np.asarray([_datetime_ns(r[2]) for r in part], dtype=np.int64)
+        if (energy < 0).any() or (end_ns < start_ns).any():
+            raise AccountingError("cannot price spans: negative energy or a span ending before it starts")
+        carbon, market, cost, _ = energy_prices(energy, start_ns, end_ns, src.config)
+        yield i, [r[0] for r in part], {"carbon_g": carbon, "carbon_market_g": market, "energy_cost": cost}
 
 
 def _price_energy(groups, cells, sources, crossing, index) -> None:

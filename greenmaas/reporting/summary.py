@@ -50,6 +50,7 @@ Extra columns plug in through :class:`ExtraColumn`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -291,7 +292,7 @@ def summary(
     if by == "request":
         _serving_columns(out, ledger_or_url, lo, hi, model, run)
     _note_stated(out)
-    _note_runs(out, sel)
+    _note_runs(out, sel.runs, _selected_runs(sel))
     _describe(out, sel, sources)
     return out
 
@@ -396,8 +397,7 @@ def request_rows(
     from .pricing import _resolve_accounting, _sources_for, load_runs_and_windows, price_windows
     from .requests import page_rows
     from .rollup import supported
-
-    import pandas as pd
+    from ..accounting.timeseries import _datetime_ns
 
     lo, hi = to_utc(since), to_utc(until, upper=True)
     if run is not None:
@@ -411,8 +411,8 @@ def request_rows(
         if priced and runs:
             starts = [r["start"] for r in runs.values() if r["start"] is not None]
             ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
-            lo_ns = int(pd.Timestamp(min(starts)).value) - 86_400 * 10**9
-            hi_ns = int(pd.Timestamp(max(ends)).value) + 86_400 * 10**9
+            lo_ns = _datetime_ns(min(starts, key=_datetime_ns)) - 86_400 * 10**9
+            hi_ns = _datetime_ns(max(ends, key=_datetime_ns)) + 86_400 * 10**9
             if not all(supported(src.config, lo_ns, hi_ns) for src in sources):
                 rows = summary(ledger, by="request", since=since, until=until, model=model, run=run,
                                accounting=accounting).rows
@@ -435,29 +435,26 @@ def request_rows(
         for first, last in query.request_pages(conn, page, lo, hi, model, run):
             yield from rows_of((first, last))
         yield from rows_of(query.NO_REQUEST)
-    if windows is not None and len(windows):
-        used_runs = sorted(set(windows["run_id"]))
+    if windows:
+        used_runs = sorted({w["run_id"] for w in windows})
         window_sources, window_index = _sources_for(runs, used_runs, resolved) if priced else ([], {})
         if priced:
             price_windows(windows, window_sources, window_index)
-        w = windows.assign(self_energy_j=windows["idle_j"], top_duration_s=0.0, request_id=None)
-        out = Summary(by="request", rows=[], priced=priced)
-        (row,) = _rows(w, pd.Series(IDLE, index=w.index), priced=priced, market=market, extra=[], sci=None,
-                       out=out, idle=True)
+        row = _idle_row(windows, priced=priced, market=market)
         row.update({k: None for k in SERVING_COLUMNS})
         yield row
 
 
-def _note_runs(out: Summary, sel: Selection) -> None:
-    """What a reader must know of the selected runs themselves: interrupted ones, devices that
-    several runs measured at once, and GPUs that processes greenmaas did not measure used too."""
+def _note_runs(out: Summary, runs: dict[str, dict[str, Any]], selected: set[str]) -> None:
+    """What a reader must know of the ``selected`` runs themselves (ids; ``runs`` as
+    :class:`Selection` holds them): interrupted ones, devices that several runs measured at once,
+    and GPUs that processes greenmaas did not measure used too."""
     from ..processes import notes_for_run
 
-    selected = _selected_runs(sel)
-    _note_unfinished(out, sel, selected)
-    _note_shared(out, sel, selected)
+    _note_unfinished(out, runs, selected)
+    _note_shared(out, runs, selected)
     for run_id in sorted(selected):
-        run = sel.runs.get(run_id) or {}
+        run = runs.get(run_id) or {}
         for text in notes_for_run(run_id, run.get("host"), (run.get("config") or {}).get("gpu_processes") or {}):
             _note(out, text)
 
@@ -469,7 +466,7 @@ def _selected_runs(sel: Selection) -> set[str]:
     return selected
 
 
-def _note_shared(out: Summary, sel: Selection, selected: set[str]) -> None:
+def _note_shared(out: Summary, runs: dict[str, dict[str, Any]], selected: set[str]) -> None:
     """Say where a selected run measured a device while another run on its host measured the
     same one (see :mod:`greenmaas.claims`): each counted the whole device among its own spans."""
     from ..claims import claim_key
@@ -483,7 +480,7 @@ def _note_shared(out: Summary, sel: Selection, selected: set[str]) -> None:
         return start, end
 
     by_key: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (host, key) -> (run, device id)
-    for run_id, run in sel.runs.items():
+    for run_id, run in runs.items():
         if run.get("start") is None:
             continue
         for d in run.get("devices") or ():
@@ -495,32 +492,32 @@ def _note_shared(out: Summary, sel: Selection, selected: set[str]) -> None:
             continue
         together: set[str] = set()
         for i, (a, _) in enumerate(users):
-            a0, a1 = span_of(sel.runs[a])
+            a0, a1 = span_of(runs[a])
             for b, _ in users[i + 1:]:
-                b0, b1 = span_of(sel.runs[b])
+                b0, b1 = span_of(runs[b])
                 if a0 < b1 and b0 < a1 and (a in selected or b in selected):
                     together |= {a, b}
         if together:
-            runs = sorted(together)
-            names = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+            ids = sorted(together)
+            names = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
             device = next(d for r, d in users if r in together)
-            _note(out, f"{device} on {host} was measured by {len(runs)} runs at once ({names}): each counted the "
+            _note(out, f"{device} on {host} was measured by {len(ids)} runs at once ({names}): each counted the "
                        "whole device's energy among its own spans, so this report counts it more than once")
     for run_id in sorted(selected):
-        for h in (sel.runs.get(run_id) or {}).get("config", {}).get("shared_devices") or ():
+        for h in (runs.get(run_id) or {}).get("config", {}).get("shared_devices") or ():
             other = h.get("run_id")
-            if other in sel.runs:
+            if other in runs:
                 continue  # in this ledger: said above
             _note(out, f"run {run_id} measured {h.get('device')} while another process on its host did too "
                        f"(pid {h.get('pid')}, run {other or 'unknown'}, not in this ledger): its spans carry that "
                        "process's work on it")
 
 
-def _note_unfinished(out: Summary, sel: Selection, selected: set[str]) -> None:
+def _note_unfinished(out: Summary, runs: dict[str, dict[str, Any]], selected: set[str]) -> None:
     """Name the selected runs that were interrupted (a killed process included, see
     :func:`greenmaas.ledger.liveness.run_status`), with their last heartbeat."""
     for run_id in sorted(selected):
-        run = sel.runs.get(run_id) or {}
+        run = runs.get(run_id) or {}
         status, beat = run.get("status"), run.get("heartbeat")
         if status == "interrupted":
             when = f" (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC)" if beat is not None else ""
@@ -657,6 +654,38 @@ def _rows(frame: "pd.DataFrame", key: "pd.Series", *, priced: bool, market: bool
                 row[c] = as_float(v)
         rows.append(row)
     return rows
+
+
+def _idle_row(windows: list[dict[str, Any]], *, priced: bool, market: bool) -> dict[str, Any]:
+    """The ``(idle)`` row of a report from device windows (:func:`~greenmaas.reporting.pricing.load_runs_and_windows`,
+    priced by :func:`~greenmaas.reporting.pricing.price_windows` when ``priced``): what
+    :func:`_rows` gives for them, without pandas (a report summed in SQL never loads it)."""
+
+    def total(values: Iterable[float]) -> float | None:  # a sum of what is known; None if nothing is
+        known = [v for v in values if v == v]
+        return math.fsum(known) if known else None
+
+    weakest: dict[int, str] = {}
+    for w in windows:
+        weakest[method_rank(w["method"])] = w["method"]  # the last of a rank, as _rows takes it
+    sources = {w["uncertainty_source"] for w in windows}
+    label = ("mixed" if {RECORDED, STATED} <= sources else RECORDED if RECORDED in sources
+             else STATED if STATED in sources else None)
+    row: dict[str, Any] = {
+        "group": IDLE, "spans": 0, "duration_s": 0.0,
+        "energy_j": total(w["idle_j"] for w in windows),
+        "method": weakest[max(weakest)] if weakest else None,
+        "uncertainty_j": total(w["self_uncertainty_j"] for w in windows),
+        "uncertainty_source": label,
+    }
+    if priced:
+        for c in ("carbon_g", *(["carbon_market_g"] if market else []), *_MONEY):
+            row[c] = total(w[c] for w in windows)
+        currencies = {w["currency"] for w in windows if w["currency"] is not None}
+        row["currency"] = next(iter(currencies)) if len(currencies) == 1 else None
+        if len(currencies) > 1:  # nothing converts currencies; a sum across them means nothing
+            row.update({c: None for c in _MONEY}, currency="mixed")
+    return row
 
 
 def _sci_columns(agg: "pd.DataFrame", g: Any, unit: str, out: Summary, idle: bool) -> None:
@@ -802,8 +831,7 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
                     run: str | None = None) -> Summary | None:
     """:func:`summary` from sums the ledger computes (see :mod:`greenmaas.reporting.rollup`); None where
     the accounting needs pricing span by span."""
-    import pandas as pd
-
+    from ..accounting.timeseries import _datetime_ns
     from .frames import opened
     from .pricing import _resolve_accounting, _sources_for, load_runs_and_windows, price_windows
     from .rollup import rollup, supported
@@ -816,8 +844,8 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
         if priced and runs:
             starts = [r["start"] for r in runs.values() if r["start"] is not None]
             ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
-            lo_ns = int(pd.Timestamp(min(starts)).value) - 86_400 * 10**9
-            hi_ns = int(pd.Timestamp(max(ends)).value) + 86_400 * 10**9
+            lo_ns = _datetime_ns(min(starts, key=_datetime_ns)) - 86_400 * 10**9
+            hi_ns = _datetime_ns(max(ends, key=_datetime_ns)) + 86_400 * 10**9
             if not all(supported(src.config, lo_ns, hi_ns) for src in all_sources):
                 return None
         regroup = _run_regroup(runs, by) if by in RUN_GROUPS else None
@@ -825,7 +853,7 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
                       market=True, sources=all_sources, index=all_index, run=run, regroup=regroup)
 
     out = Summary(by=by, rows=done.rows, sci=None, priced=priced, run=run)
-    window_runs = set(windows["run_id"]) if windows is not None else set()
+    window_runs = {w["run_id"] for w in windows} if windows is not None else set()
     sources: list[AccountingSource] = []
     index: dict[str, int] = {}
     if priced:
@@ -834,19 +862,15 @@ def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accountin
     for r in out.rows if priced and not market else ():
         del r["carbon_market_g"]
     out.rows.sort(key=lambda r: (r["energy_j"] is None, -(r["energy_j"] or 0.0), str(r["group"])))
-    if windows is not None and len(windows):
+    if windows:
         if priced:
             price_windows(windows, sources, index)
-        w = windows.assign(self_energy_j=windows["idle_j"], top_duration_s=0.0, request_id=None)
-        (row,) = _rows(w, pd.Series(IDLE, index=w.index), priced=priced, market=market, extra=[], sci=None,
-                       out=out, idle=True)
-        out.rows.append(row)
+        out.rows.append(_idle_row(windows, priced=priced, market=market))
     _note_stated(out)
-    spans = pd.DataFrame({"run_id": sorted(done.run_ids)}, dtype=object)
-    _note_runs(out, Selection(spans, pd.DataFrame(), windows, runs))
+    _note_runs(out, runs, done.run_ids | window_runs)
 
     _describe_sources(out, sources)
-    methods = set(done.methods) | (set(windows["method"]) if windows is not None else set())
+    methods = set(done.methods) | ({w["method"] for w in windows} if windows is not None else set())
     out.methods = [
         {"method": m, "uncertainty": METHOD_UNCERTAINTY.get(m), "spans": int(done.methods.get(m, {}).get("spans", 0)),
          "energy_j": done.methods[m]["energy_j"] if m in done.methods else None,

@@ -205,3 +205,21 @@ def test_cost_is_additive_over_adjacent_windows(a, d1, d2, power_kw, zone):
 
 def test_energy_price_str_round_trips():
     assert parse_energy_price(str(EnergyPrice(0.3, "EUR"))) == EnergyPrice(0.3, "EUR")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata",
+                                  "Australia/Lord_Howe", "Pacific/Chatham"])
+def test_local_hours_match_the_time_zone_database_across_changes_of_offset(zone):
+    """Day and hour on the zone's clocks, at every quarter hour of two years (every change of
+    offset in them, half-hour and 45-minute ones included), as pandas' conversion gives them."""
+    import numpy as np
+    import pandas as pd
+
+    from greenmaas.accounting.tariff import _GRID_NS, _local_week_hours
+
+    lo = (1_640_995_200 * 10**9 // _GRID_NS) * _GRID_NS  # 2022-01-01
+    grid = np.arange(lo, lo + 2 * 366 * 86_400 * 10**9, _GRID_NS, dtype=np.int64)
+    local = pd.DatetimeIndex(grid.view("datetime64[ns]"), tz="UTC").tz_convert(zone)
+    weekday, hour = _local_week_hours(grid, zone)
+    assert np.array_equal(weekday, np.asarray(local.day_of_week))
+    assert np.array_equal(hour, np.asarray(local.hour))
