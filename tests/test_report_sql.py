@@ -176,14 +176,15 @@ def test_by_host_job_and_rank(tmp_path):
 
 def test_a_report_summed_in_sql_never_loads_pandas(ledger):
     """What keeps ``greenmaas report`` quick on a large ledger: the command summed in SQL and
-    priced with arrays, pandas (a fifth of a second to import) never imported."""
+    priced with arrays, pandas (a fifth of a second to import) never imported; by request too,
+    page by page."""
     import subprocess
     import sys
 
     script = (
         "import sys\n"
         "from greenmaas_cli.main import cli\n"
-        "for by in ('model', 'phase', 'day', 'tenant', 'run', 'name', 'host', 'job', 'rank'):\n"
+        "for by in ('model', 'phase', 'day', 'tenant', 'run', 'name', 'host', 'job', 'rank', 'request'):\n"
         "    try:\n"
         f"        cli(['report', '--ledger', {str(ledger)!r}, '--by', by, '--format', 'json'], standalone_mode=False)\n"
         "    except SystemExit as exc:\n"

@@ -3,9 +3,8 @@ regulator documents and standard exports. It reads the ledger through
 :mod:`greenmaas.ledger.query` and prices through :mod:`greenmaas.accounting`.
 
 * :mod:`~greenmaas.reporting.summary` — energy, carbon and cost per group (``summary``), and per
-  request a page at a time (``request_rows``); :mod:`~greenmaas.reporting.rollup` and
-  :mod:`~greenmaas.reporting.requests` price the ledger's sums, :mod:`~greenmaas.reporting.pricing`
-  span by span (the reference); :mod:`~greenmaas.reporting.listings` lists runs and device totals.
+  request a page at a time (``request_rows``); :mod:`~greenmaas.reporting.rollup` prices the
+  ledger's sums, :mod:`~greenmaas.reporting.pricing` span by span (the reference); :mod:`~greenmaas.reporting.listings` lists runs and device totals.
 * :mod:`~greenmaas.reporting.modelcard` — model-card text; :mod:`~greenmaas.reporting.frames` —
   ``read_ledger`` DataFrames.
 * :func:`html_report` — one self-contained HTML page (tables and inline SVG plots).

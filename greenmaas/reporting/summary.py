@@ -395,9 +395,7 @@ def request_rows(
     from .frames import opened
     from ..ledger import query
     from .pricing import _resolve_accounting, _sources_for, load_runs_and_windows, price_windows
-    from .requests import page_rows
-    from .rollup import supported
-    from ..accounting.timeseries import _datetime_ns
+    from .rollup import rollup
 
     lo, hi = to_utc(since), to_utc(until, upper=True)
     if run is not None:
@@ -408,25 +406,21 @@ def request_rows(
         runs, windows = load_runs_and_windows(conn, lo, hi, idle=idle, run=run)
         resolved = _resolve_accounting(accounting) if priced else None
         sources, index = _sources_for(runs, sorted(runs), resolved) if priced else ([], {})
-        if priced and runs:
-            starts = [r["start"] for r in runs.values() if r["start"] is not None]
-            ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
-            lo_ns = _datetime_ns(min(starts, key=_datetime_ns)) - 86_400 * 10**9
-            hi_ns = _datetime_ns(max(ends, key=_datetime_ns)) + 86_400 * 10**9
-            if not all(supported(src.config, lo_ns, hi_ns) for src in sources):
-                rows = summary(ledger, by="request", since=since, until=until, model=model, run=run,
-                               accounting=accounting).rows
-                idle_rows = [r for r in rows if r["group"] == IDLE]
-                yield from sorted((r for r in rows if r["group"] not in (IDLE, NONE)), key=lambda r: str(r["group"]))
-                yield from (r for r in rows if r["group"] == NONE)
-                yield from idle_rows
-                return
+        if priced and not _hourly(runs, sources):
+            rows = summary(ledger, by="request", since=since, until=until, model=model, run=run,
+                           accounting=accounting).rows
+            idle_rows = [r for r in rows if r["group"] == IDLE]
+            yield from sorted((r for r in rows if r["group"] not in (IDLE, NONE)), key=lambda r: str(r["group"]))
+            yield from (r for r in rows if r["group"] == NONE)
+            yield from idle_rows
+            return
         used = query.runs_with_spans(conn, lo, hi, model, run)
         market = any(sources[index[r]].config.market_intensity_g_per_kwh is not None for r in used if r in index)
 
         def rows_of(requests) -> list[dict[str, Any]]:
-            rows = page_rows(conn, NONE, lo, hi, model, run, requests, runs, priced=priced, sources=sources,
-                             index=index)
+            rows = rollup(conn, "request", NONE, lo, hi, model, runs, priced=priced, market=True, sources=sources,
+                          index=index, run=run, requests=requests, facts=False).rows
+            rows.sort(key=lambda r: r["group"])
             for r in rows if priced and not market else ():
                 del r["carbon_market_g"]
             _add_serving(rows, query.serving_requests(conn, lo, hi, model, run, requests))
@@ -827,27 +821,36 @@ def _describe(out: Summary, sel: Selection, sources: list[AccountingSource]) -> 
 # ----------------------------------------------------------------------------------- in SQL
 
 
+def _hourly(runs: dict[str, dict[str, Any]], sources: list[AccountingSource]) -> bool:
+    """Whether every source's intensity and tariff hold still within each UTC hour over the runs'
+    times (a day either side), so the ledger's hourly sums can be priced hour by hour."""
+    from ..accounting.timeseries import _datetime_ns
+    from .rollup import supported
+
+    starts = [r["start"] for r in runs.values() if r["start"] is not None]
+    if not starts:
+        return True
+    ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
+    lo_ns = _datetime_ns(min(starts, key=_datetime_ns)) - 86_400 * 10**9
+    hi_ns = _datetime_ns(max(ends, key=_datetime_ns)) + 86_400 * 10**9
+    return all(supported(src.config, lo_ns, hi_ns) for src in sources)
+
+
 def _summary_in_sql(ledger_or_url, by: str, lo, hi, model, idle: bool, accounting: Any,
                     run: str | None = None) -> Summary | None:
     """:func:`summary` from sums the ledger computes (see :mod:`greenmaas.reporting.rollup`); None where
     the accounting needs pricing span by span."""
-    from ..accounting.timeseries import _datetime_ns
     from .frames import opened
     from .pricing import _resolve_accounting, _sources_for, load_runs_and_windows, price_windows
-    from .rollup import rollup, supported
+    from .rollup import rollup
 
     priced = accounting is not False
     with opened(ledger_or_url) as ledger, ledger.read() as conn:
         runs, windows = load_runs_and_windows(conn, lo, hi, idle=idle, run=run)
         resolved = _resolve_accounting(accounting) if priced else None
         all_sources, all_index = _sources_for(runs, sorted(runs), resolved) if priced else ([], {})
-        if priced and runs:
-            starts = [r["start"] for r in runs.values() if r["start"] is not None]
-            ends = [r["end"] or r["start"] for r in runs.values() if r["start"] is not None]
-            lo_ns = _datetime_ns(min(starts, key=_datetime_ns)) - 86_400 * 10**9
-            hi_ns = _datetime_ns(max(ends, key=_datetime_ns)) + 86_400 * 10**9
-            if not all(supported(src.config, lo_ns, hi_ns) for src in all_sources):
-                return None
+        if priced and not _hourly(runs, all_sources):
+            return None
         regroup = _run_regroup(runs, by) if by in RUN_GROUPS else None
         done = rollup(conn, "run" if regroup is not None else by, NONE, lo, hi, model, runs, priced=priced,
                       market=True, sources=all_sources, index=all_index, run=run, regroup=regroup)
