@@ -811,6 +811,15 @@ class Meter:
             link_id=s.link.span_id if s.link is not None else None,
         )
 
+    def final_energy_j(self, span: Span) -> float | None:
+        """A span's final energy (J, every device), as ``span.result.energy_j`` gives it once
+        final, without building the result; None while it is not final (or was dropped)."""
+        attr = self._attr
+        rec = attr.record(span) if attr is not None else None
+        if rec is None:
+            return None
+        return sum({d.device: d.energy_j for d in rec.devices}.values())
+
     def _result_of(self, s: Span) -> SpanResult:
         """A span's result: from its ledger record once final, else from the running sums."""
         attr = self._attr

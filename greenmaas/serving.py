@@ -229,8 +229,12 @@ class ServedRequest:
         # final, every one is, and reading them waits no more. Until then the phases say 0
         # (a lower bound) rather than wait once per share.
         if self.shares and (final or self.shares[-1][1].result.final):
+            energy_of = getattr(self.span._meter, "final_energy_j", None)
             for ph, share in self.shares:
-                phase[ph] += share.result.energy_j
+                # A final share's energy straight from its record (a request of n passes has n
+                # shares: building each one's full result cost more than the rest of the read).
+                e = energy_of(share) if energy_of is not None else None
+                phase[ph] += e if e is not None else share.result.energy_j
         return RequestEnergy(
             request_id=self.request_id,
             prompt_tokens=self.prompt_tokens,

@@ -64,6 +64,9 @@ def test_iterations_split_by_tokens_with_prefill_cost_and_books_close():
         assert got.prefill_j == pytest.approx(want["prefill"], rel=1e-9)
         assert got.decode_j == pytest.approx(want["decode"], rel=1e-9)
         assert got.energy_j == pytest.approx(want["prefill"] + want["decode"], rel=1e-9)
+    for req, got in ((a, ea), (b, eb)):  # read from the shares' records: their results, to the bit
+        for ph, value in (("prefill", got.prefill_j), ("decode", got.decode_j)):
+            assert value == sum((sh.result.energy_j for p, sh in req.shares if p == ph), 0.0)
     assert (ea.prompt_tokens, ea.output_tokens) == (8, 1 + 1 + 3)
     assert (eb.prompt_tokens, eb.output_tokens) == (4, 1 + 3 + 2)
     assert ea.ttft_s == pytest.approx(0.05 + 0.02)
