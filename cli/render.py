@@ -173,8 +173,10 @@ def render_stream(rows: Iterator[dict], columns: Sequence[Column], fmt: str) -> 
         raise click.UsageError(f"rows cannot be streamed as {fmt!r}")
     encode = json.JSONEncoder(default=_json_default).encode
     separator = "[\n  "
+    keys = tuple(raw)
     for r in rows:
-        out.write(separator + encode({k: r.get(k) for k in raw}))
+        # A row that holds exactly the columns, in order (a report's rows do), is written as is.
+        out.write(separator + encode(r if tuple(r) == keys else {k: r.get(k) for k in raw}))
         separator = ",\n  "
     out.write("[]\n" if separator.startswith("[") else "\n]\n")
 

@@ -364,7 +364,7 @@ def rollup_spans(conn, by: str, none: str, lo=None, hi=None, model=None, run=Non
         .group_by(g, s.c.run_id, s.c.method, hour)
         .order_by(g)
     )
-    return conn.execute(query)
+    return conn.execute(query).all()
 
 
 def rollup_crossing(conn, by: str, none: str, lo=None, hi=None, model=None, run=None, requests=None,
@@ -407,7 +407,7 @@ def rollup_devices(conn, by: str, none: str, lo=None, hi=None, model=None, run=N
         .where(*conditions)
         .group_by(g, s.c.run_id, d.c.device, d.c.method, s.c.method, measured, recorded)
     )
-    return conn.execute(query)
+    return conn.execute(query).all()
 
 
 def runs_with_spans(conn, lo=None, hi=None, model=None, run=None) -> list[str]:

@@ -54,7 +54,7 @@ def supported(config: "AccountingConfig", lo_ns: int, hi_ns: int) -> bool:
     return True
 
 
-@dataclass
+@dataclass(slots=True)
 class _Group:
     spans: int = 0
     duration_s: float = 0.0
@@ -127,69 +127,75 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
     cells = []  # (group, source index, hour, energy_j) for pricing
     narrow: dict[str, Any] = {} if summaries else {"requests": requests, "bounds": facts}
     ranks: dict[str, int] = {}
-    for r in read_spans(conn, by, none, lo, hi, model, run=run, **narrow):
-        g = groups.get(r.grp)
+    # Rows unpacked by position (a report by request reads one or two per request: attribute
+    # access on each row cost as much as the sums).
+    for (grp, run_id, method, hour, spans, duration_s, energy_j, energy_n, own_u, own_u_n, first,
+         last) in read_spans(conn, by, none, lo, hi, model, run=run, **narrow):
+        g = groups.get(grp)
         if g is None:
-            g = groups[r.grp] = _Group()
-        g.spans += r.spans
-        g.duration_s += r.duration_s or 0.0
-        if r.energy_n:
-            g.energy_j += r.energy_j
-            g.energy_n += r.energy_n
-        rank = ranks.get(r.method)
+            g = groups[grp] = _Group()
+        g.spans += spans
+        g.duration_s += duration_s or 0.0
+        if energy_n:
+            g.energy_j += energy_j
+            g.energy_n += energy_n
+        rank = ranks.get(method)
         if rank is None:
-            rank = ranks[r.method] = method_rank(r.method)
+            rank = ranks[method] = method_rank(method)
         if rank > g.rank:
-            g.rank, g.method = rank, r.method
-        if r.own_u_n:
-            g.u += r.own_u
+            g.rank, g.method = rank, method
+        if own_u_n:
+            g.u += own_u
             g.recorded = True
         if facts:
-            first, last = _utc(r.first), _utc(r.last)
+            first, last = _utc(first), _utc(last)
             g.first = first if g.first is None else min(g.first, first)
             g.last = last if g.last is None else max(g.last, last)
-        g.runs.add(r.run_id)
-        g.methods.add(r.method)
-        m = methods.setdefault(r.method, {"spans": 0, "energy_j": None, "uncertainty_j": None})
-        m["spans"] += r.spans
-        if r.energy_n:
-            m["energy_j"] = (m["energy_j"] or 0.0) + r.energy_j
-        if r.own_u_n:
-            m["uncertainty_j"] = (m["uncertainty_j"] or 0.0) + r.own_u
-        if priced and r.hour is not None and r.energy_n:
+        g.runs.add(run_id)
+        g.methods.add(method)
+        m = methods.get(method)
+        if m is None:
+            m = methods[method] = {"spans": 0, "energy_j": None, "uncertainty_j": None}
+        m["spans"] += spans
+        if energy_n:
+            m["energy_j"] = (m["energy_j"] or 0.0) + energy_j
+        if own_u_n:
+            m["uncertainty_j"] = (m["uncertainty_j"] or 0.0) + own_u
+        if priced and hour is not None and energy_n:
             assert index is not None  # given whenever priced
-            cells.append((r.grp, index[r.run_id], r.hour, r.energy_j))
+            cells.append((grp, index[run_id], hour, energy_j))
 
     if summaries:  # their time counts every span: take off what nests in the same group
         for grp, _run_id, seconds in query.summary_nested(conn, by, none, lo, hi, model, run=run):
             groups[grp].duration_s -= seconds
     described = device_kinds(runs)
-    device_rows = list(read_devices(conn, by, none, lo, hi, model, run=run, **narrow))
-    kinds = _kinds(described, [d.run_id for d in device_rows], [d.device for d in device_rows])
-    for d, kind in zip(device_rows, kinds):
-        g = groups[d.grp]
-        if facts and (d.run_id, d.device) not in g.devices:
-            g.devices.append((d.run_id, d.device))
-        fraction = METHOD_UNCERTAINTY.get(d.method)
-        if d.stated_n and fraction is not None:
-            g.u += d.stated_j * fraction
+    device_rows = [tuple(d) for d in read_devices(conn, by, none, lo, hi, model, run=run, **narrow)]
+    kinds = _kinds(described, [d[1] for d in device_rows], [d[2] for d in device_rows])
+    for (grp, run_id, device, method, span_method, measured, _recorded, _rows, device_s, stated_j,
+         stated_n), kind in zip(device_rows, kinds):
+        g = groups[grp]
+        if facts and (run_id, device) not in g.devices:
+            g.devices.append((run_id, device))
+        fraction = METHOD_UNCERTAINTY.get(method)
+        if stated_n and fraction is not None:
+            g.u += stated_j * fraction
             g.stated = True
-            m = methods[d.span_method]
-            m["uncertainty_j"] = (m["uncertainty_j"] or 0.0) + d.stated_j * fraction
+            m = methods[span_method]
+            m["uncertainty_j"] = (m["uncertainty_j"] or 0.0) + stated_j * fraction
         if not priced:
             continue
         assert sources is not None and index is not None  # given whenever priced
-        src = sources[index[d.run_id]]
+        src = sources[index[run_id]]
         config = src.config
         prices, embodied = config.hardware_prices, config.embodied
         if kind in embodied:
-            g.embodied_g += d.device_s * embodied[kind].amortised_g(1.0)
+            g.embodied_g += device_s * embodied[kind].amortised_g(1.0)
         if kind in prices:
-            h = d.device_s / 3600.0 * prices[kind].per_hour
+            h = device_s / 3600.0 * prices[kind].per_hour
             g.hardware_cost += h
             g.hardware_cost_n += 1
             # Unknown energy under a tariff is an unknown cost, not the hardware share alone.
-            if config.tariff is None or d.measured:
+            if config.tariff is None or measured:
                 _add_cost(g, src, h)
 
     if priced:

@@ -353,16 +353,23 @@ def _serving_columns(out: Summary, ledger_or_url: Any, lo, hi, model, run=None) 
 def _add_serving(rows: list[dict[str, Any]], found: Iterable[Any]) -> None:
     """:func:`_serving_columns` on ``rows``, from what :func:`~greenmaas.ledger.query.serving_requests` found."""
     per: dict[str, dict[str, Any]] = {}
-    for r in found:
-        d = per.setdefault(str(r.request_id), {"prompt_tokens": None, "output_tokens": None, "prefill_j": None,
-                                               "decode_j": None, "ttft_s": None, "runs": 0})
+    for request_id, _run_id, prompt, output, prefill, decode, start, first_token in found:
+        key = str(request_id)
+        d = per.get(key)
+        if d is None:
+            d = per[key] = {"prompt_tokens": None, "output_tokens": None, "prefill_j": None, "decode_j": None,
+                            "ttft_s": None, "runs": 0}
         d["runs"] += 1
-        for k in ("prompt_tokens", "output_tokens", "prefill_j", "decode_j"):
-            v = getattr(r, k)
-            if v is not None:
-                d[k] = (d[k] or 0) + (int(v) if k.endswith("tokens") else float(v))
-        if r.first_token_mono is not None and r.start_mono is not None:
-            d["ttft_s"] = float(r.first_token_mono) - float(r.start_mono)
+        if prompt is not None:
+            d["prompt_tokens"] = (d["prompt_tokens"] or 0) + int(prompt)
+        if output is not None:
+            d["output_tokens"] = (d["output_tokens"] or 0) + int(output)
+        if prefill is not None:
+            d["prefill_j"] = (d["prefill_j"] or 0) + float(prefill)
+        if decode is not None:
+            d["decode_j"] = (d["decode_j"] or 0) + float(decode)
+        if first_token is not None and start is not None:
+            d["ttft_s"] = float(first_token) - float(start)
     for row in rows:
         got = per.get(row["group"])
         if got is None:
