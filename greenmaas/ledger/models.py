@@ -1,7 +1,9 @@
 """The ledger schema: every table greenmaas stores, in one place.
 
-SQLAlchemy 2.0 declarative models. The same schema serves SQLite (the default, one file) and
-PostgreSQL. Times are timezone-aware UTC ``datetime`` objects in Python; SQLite, which has no
+SQLAlchemy Core tables, declared as classes whose columns are attributes (``Span.start``), in
+:data:`Base.metadata`. The ledger reads and writes rows, never objects, so the ORM is not used
+(importing it and mapping the classes was a sixth of every command's start). The same schema
+serves SQLite (the default, one file) and PostgreSQL. Times are timezone-aware UTC ``datetime`` objects in Python; SQLite, which has no
 time zones, stores them as naive UTC text and :class:`UTCDateTime` puts the zone back on read.
 Units are in the column names (``energy_j``, ``duration_s``, ``power_w``, ``carbon_g``).
 
@@ -14,21 +16,24 @@ ledger and a new one are the same). A ledger written by a newer greenmaas is ref
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
-    PrimaryKeyConstraint,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
+    PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -48,6 +53,10 @@ __all__ = [
     "SpanNesting",
     "SpanCrossing",
 ]
+
+#: What a table class's column attributes are to a type checker (``Column`` itself types a class's
+#: attribute as an ORM mapping would, which these classes are not).
+_Col = ColumnElement[Any]
 
 #: Version of the tables below. Ledgers with a higher version are refused; lower ones are upgraded
 #: (see :mod:`greenmaas.ledger.migrations`). 2: raw reads, monotonic span times, uncertainty,
@@ -90,8 +99,38 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
-class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+class Base:
+    """A ledger table: a subclass naming ``__tablename__`` gets ``__table__``, made of its
+    ``Column`` attributes in the order written, those of the mixins it derives from first
+    (copied: a column belongs to one table), and ``__leading__`` before them all; its
+    ``__table_args__`` (indexes, constraints) follow."""
+
+    metadata: ClassVar[MetaData] = MetaData()
+    __tablename__: ClassVar[str]
+    __table__: ClassVar[Table]
+    __table_args__: ClassVar[tuple[Any, ...]] = ()
+    __leading__: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__tablename__" not in cls.__dict__:
+            return  # a mixin: its columns go to the tables that derive from it
+        columns: dict[str, Column[Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Column):
+                    column = value if klass is cls else value._copy()
+                    column.name = column.key = name
+                    columns[name] = column
+        ordered = [columns[n] for n in cls.__leading__] + [c for n, c in columns.items() if n not in cls.__leading__]
+        cls.__table__ = Table(cls.__tablename__, cls.metadata, *ordered, *cls.__table_args__)
+        for column in ordered:
+            setattr(cls, column.key, column)
+
+    @classmethod
+    def __clause_element__(cls) -> Table:
+        """The table, wherever a statement takes a class (``select(Span)``, ``update(Run)``)."""
+        return cls.__table__
 
 
 class Meta(Base):
@@ -100,8 +139,8 @@ class Meta(Base):
 
     __tablename__ = "meta"
 
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
+    key: _Col = Column(String(64), primary_key=True)
+    value: _Col = Column(Text, nullable=False)
 
 
 class Run(Base):
@@ -109,19 +148,19 @@ class Run(Base):
 
     __tablename__ = "runs"
 
-    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int] = mapped_column(Integer)
-    start: Mapped[datetime]
-    end: Mapped[datetime | None]
-    status: Mapped[str] = mapped_column(String(16))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    devices: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    greenmaas_version: Mapped[str | None] = mapped_column(String(32))
+    run_id: _Col = Column(String(64), primary_key=True)
+    host: _Col = Column(String(255), nullable=False)
+    pid: _Col = Column(Integer, nullable=False)
+    start: _Col = Column(UTCDateTime(), nullable=False)
+    end: _Col = Column(UTCDateTime(), nullable=True)
+    status: _Col = Column(String(16), nullable=False)
+    config: _Col = Column(JSON, default=dict, nullable=False)
+    devices: _Col = Column(JSON, default=list, nullable=False)
+    greenmaas_version: _Col = Column(String(32), nullable=True)
     # Schema 2. The run's last sign of life (UTC, its last sample time), written at least once a
     # second while it runs: a ``running`` run whose heartbeat stopped was interrupted (see
     # :mod:`greenmaas.ledger.liveness`). NULL for runs recorded before schema 2.
-    heartbeat: Mapped[datetime | None]
+    heartbeat: _Col = Column(UTCDateTime(), nullable=True)
 
 
 class Span(Base):
@@ -142,41 +181,41 @@ class Span(Base):
         Index("ix_spans_request_id", "request_id"),
     )
 
-    span_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)
-    parent_id: Mapped[str | None] = mapped_column(String(64))  # no FK: children finish first
-    kind: Mapped[str] = mapped_column(String(32))
-    name: Mapped[str] = mapped_column(NAME_TEXT)
-    model: Mapped[str | None] = mapped_column(NAME_TEXT)
-    phase: Mapped[str | None] = mapped_column(String(32))
-    request_id: Mapped[str | None] = mapped_column(NAME_TEXT)
-    tenant: Mapped[str | None] = mapped_column(String(64))  # pseudonym, never the raw identity
-    start: Mapped[datetime] = mapped_column(index=True)
-    end: Mapped[datetime] = mapped_column(index=True)
-    duration_s: Mapped[float] = mapped_column(Float)
-    weight: Mapped[float] = mapped_column(Float, default=1.0)
-    tokens_in: Mapped[int | None] = mapped_column(Integer)
-    tokens_out: Mapped[int | None] = mapped_column(Integer)
-    items: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
-    attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    energy_j: Mapped[float | None] = mapped_column(Float)
-    self_energy_j: Mapped[float | None] = mapped_column(Float)
-    method: Mapped[str] = mapped_column(String(16))
-    carbon_g: Mapped[float | None] = mapped_column(Float)
-    carbon_market_g: Mapped[float | None] = mapped_column(Float)
-    cost: Mapped[float | None] = mapped_column(Float)
-    currency: Mapped[str | None] = mapped_column(String(8))
+    span_id: _Col = Column(String(64), primary_key=True)
+    run_id: _Col = Column(String(64), ForeignKey("runs.run_id"), index=True, nullable=False)
+    parent_id: _Col = Column(String(64), nullable=True)  # no FK: children finish first
+    kind: _Col = Column(String(32), nullable=False)
+    name: _Col = Column(NAME_TEXT, nullable=False)
+    model: _Col = Column(NAME_TEXT, nullable=True)
+    phase: _Col = Column(String(32), nullable=True)
+    request_id: _Col = Column(NAME_TEXT, nullable=True)
+    tenant: _Col = Column(String(64), nullable=True)  # pseudonym, never the raw identity
+    start: _Col = Column(UTCDateTime(), index=True, nullable=False)
+    end: _Col = Column(UTCDateTime(), index=True, nullable=False)
+    duration_s: _Col = Column(Float, nullable=False)
+    weight: _Col = Column(Float, default=1.0, nullable=False)
+    tokens_in: _Col = Column(Integer, nullable=True)
+    tokens_out: _Col = Column(Integer, nullable=True)
+    items: _Col = Column(Integer, nullable=True)
+    status: _Col = Column(String(16), nullable=False)
+    attrs: _Col = Column(JSON, default=dict, nullable=False)
+    energy_j: _Col = Column(Float, nullable=True)
+    self_energy_j: _Col = Column(Float, nullable=True)
+    method: _Col = Column(String(16), nullable=False)
+    carbon_g: _Col = Column(Float, nullable=True)
+    carbon_market_g: _Col = Column(Float, nullable=True)
+    cost: _Col = Column(Float, nullable=True)
+    currency: _Col = Column(String(8), nullable=True)
     # Schema 2. Monotonic seconds on the recording process's clock (the clock of ``reads.t_mono``),
     # exactly as the meter saw them, so the run can be re-attributed offline.
-    start_mono: Mapped[float | None] = mapped_column(Float)
-    end_mono: Mapped[float | None] = mapped_column(Float)
-    link_id: Mapped[str | None] = mapped_column(String(64))  # a batch share's request span
+    start_mono: _Col = Column(Float, nullable=True)
+    end_mono: _Col = Column(Float, nullable=True)
+    link_id: _Col = Column(String(64), nullable=True)  # a batch share's request span
     # ± J of ``energy_j`` (inclusive, like it); NULL where none was stated or recorded before schema 2.
-    uncertainty_j: Mapped[float | None] = mapped_column(Float)
+    uncertainty_j: _Col = Column(Float, nullable=True)
     # Schema 3. Spans this row stands for: 1, or a rollup's count (greenmaas.aggregate); NULL in
     # rows stored before schema 3, read as 1.
-    count: Mapped[int | None] = mapped_column(Integer)
+    count: _Col = Column(Integer, nullable=True)
 
 
 class SpanDevice(Base):
@@ -188,16 +227,14 @@ class SpanDevice(Base):
 
     __tablename__ = "span_devices"
 
-    span_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("spans.span_id", ondelete="CASCADE"), primary_key=True
-    )
-    device: Mapped[str] = mapped_column(String(64), primary_key=True)
-    energy_j: Mapped[float | None] = mapped_column(Float)
-    self_j: Mapped[float | None] = mapped_column(Float)
-    method: Mapped[str] = mapped_column(String(16))
-    gap_s: Mapped[float] = mapped_column(Float, default=0.0)
-    self_device_s: Mapped[float] = mapped_column(Float, default=0.0)
-    uncertainty_j: Mapped[float | None] = mapped_column(Float)  # ± J of energy_j (schema 2)
+    span_id: _Col = Column(String(64), ForeignKey("spans.span_id", ondelete="CASCADE"), primary_key=True)
+    device: _Col = Column(String(64), primary_key=True)
+    energy_j: _Col = Column(Float, nullable=True)
+    self_j: _Col = Column(Float, nullable=True)
+    method: _Col = Column(String(16), nullable=False)
+    gap_s: _Col = Column(Float, default=0.0, nullable=False)
+    self_device_s: _Col = Column(Float, default=0.0, nullable=False)
+    uncertainty_j: _Col = Column(Float)  # ± J of energy_j (schema 2, nullable=True)
 
 
 class Sample(Base):
@@ -206,13 +243,13 @@ class Sample(Base):
     __tablename__ = "samples"
     __table_args__ = (Index("ix_samples_run_device_t", "run_id", "device", "t"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"))
-    device: Mapped[str] = mapped_column(String(64))
-    t: Mapped[datetime]
-    energy_j: Mapped[float | None] = mapped_column(Float)
-    power_w: Mapped[float | None] = mapped_column(Float)
-    method: Mapped[str] = mapped_column(String(16))
+    id: _Col = Column(Integer, primary_key=True, autoincrement=True)
+    run_id: _Col = Column(String(64), ForeignKey("runs.run_id"), nullable=False)
+    device: _Col = Column(String(64), nullable=False)
+    t: _Col = Column(UTCDateTime(), nullable=False)
+    energy_j: _Col = Column(Float, nullable=True)
+    power_w: _Col = Column(Float, nullable=True)
+    method: _Col = Column(String(16), nullable=False)
 
 
 class DeviceTotal(Base):
@@ -224,18 +261,18 @@ class DeviceTotal(Base):
 
     __tablename__ = "device_totals"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"), index=True)
-    device: Mapped[str] = mapped_column(String(64))
-    method: Mapped[str] = mapped_column(String(16))
-    start: Mapped[datetime | None]
-    end: Mapped[datetime | None]
-    total_j: Mapped[float | None] = mapped_column(Float)
-    attributed_j: Mapped[float | None] = mapped_column(Float)
-    idle_j: Mapped[float | None] = mapped_column(Float)
-    gap_s: Mapped[float] = mapped_column(Float, default=0.0)
-    idle_s: Mapped[float] = mapped_column(Float, default=0.0)
-    uncertainty_j: Mapped[float | None] = mapped_column(Float)  # ± J of idle_j (schema 2)
+    id: _Col = Column(Integer, primary_key=True, autoincrement=True)
+    run_id: _Col = Column(String(64), ForeignKey("runs.run_id"), index=True, nullable=False)
+    device: _Col = Column(String(64), nullable=False)
+    method: _Col = Column(String(16), nullable=False)
+    start: _Col = Column(UTCDateTime(), nullable=True)
+    end: _Col = Column(UTCDateTime(), nullable=True)
+    total_j: _Col = Column(Float, nullable=True)
+    attributed_j: _Col = Column(Float, nullable=True)
+    idle_j: _Col = Column(Float, nullable=True)
+    gap_s: _Col = Column(Float, default=0.0, nullable=False)
+    idle_s: _Col = Column(Float, default=0.0, nullable=False)
+    uncertainty_j: _Col = Column(Float)  # ± J of idle_j (schema 2, nullable=True)
 
 
 class Read(Base):
@@ -250,15 +287,15 @@ class Read(Base):
     __tablename__ = "reads"
     __table_args__ = (Index("ix_reads_run_device_t", "run_id", "device", "t_mono"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.run_id"))
-    device: Mapped[str] = mapped_column(String(64))
-    t_mono: Mapped[float] = mapped_column(Float)
-    energy_j: Mapped[float | None] = mapped_column(Float)
-    power_w: Mapped[float | None] = mapped_column(Float)
-    max_energy_j: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(Text)
-    t_start_mono: Mapped[float | None] = mapped_column(Float)
+    id: _Col = Column(Integer, primary_key=True, autoincrement=True)
+    run_id: _Col = Column(String(64), ForeignKey("runs.run_id"), nullable=False)
+    device: _Col = Column(String(64), nullable=False)
+    t_mono: _Col = Column(Float, nullable=False)
+    energy_j: _Col = Column(Float, nullable=True)
+    power_w: _Col = Column(Float, nullable=True)
+    max_energy_j: _Col = Column(Float, nullable=True)
+    error: _Col = Column(Text, nullable=True)
+    t_start_mono: _Col = Column(Float, nullable=True)
 
 
 # ------------------------------------------------------------------------------ summaries (schema 4)
@@ -276,16 +313,16 @@ SUMMARY_KEY = ("run_id", "hour", "method", "kind", "model", "phase", "tenant", "
 
 class _SummaryKey:
     """The span values a summary row is keyed by (:data:`SUMMARY_KEY`): '' where the span's is NULL.
-    First in their tables (``sort_order``), as the schema 4 revision creates them."""
+    First in their tables (a mixin's columns come first), as the schema 4 revision creates them."""
 
-    run_id: Mapped[str] = mapped_column(String(64), sort_order=-10)
-    hour: Mapped[str] = mapped_column(String(13), sort_order=-10)
-    method: Mapped[str] = mapped_column(String(16), sort_order=-10)
-    kind: Mapped[str] = mapped_column(String(32), sort_order=-10)
-    model: Mapped[str] = mapped_column(NAME_TEXT, sort_order=-10)
-    phase: Mapped[str] = mapped_column(String(32), sort_order=-10)
-    tenant: Mapped[str] = mapped_column(String(64), sort_order=-10)
-    name: Mapped[str] = mapped_column(NAME_TEXT, sort_order=-10)
+    run_id: _Col = Column(String(64), nullable=False)
+    hour: _Col = Column(String(13), nullable=False)
+    method: _Col = Column(String(16), nullable=False)
+    kind: _Col = Column(String(32), nullable=False)
+    model: _Col = Column(NAME_TEXT, nullable=False)
+    phase: _Col = Column(String(32), nullable=False)
+    tenant: _Col = Column(String(64), nullable=False)
+    name: _Col = Column(NAME_TEXT, nullable=False)
 
 
 class SpanHour(_SummaryKey, Base):
@@ -303,16 +340,16 @@ class SpanHour(_SummaryKey, Base):
     __tablename__ = "span_hours"
     __table_args__ = (PrimaryKeyConstraint(*SUMMARY_KEY, name="pk_span_hours"),)
 
-    spans: Mapped[int] = mapped_column(Integer, default=0)
-    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
-    hour_j: Mapped[float] = mapped_column(Float, default=0.0)
-    hour_n: Mapped[int] = mapped_column(Integer, default=0)
-    cross_j: Mapped[float] = mapped_column(Float, default=0.0)
-    cross_n: Mapped[int] = mapped_column(Integer, default=0)
-    own_u: Mapped[float] = mapped_column(Float, default=0.0)
-    own_u_n: Mapped[int] = mapped_column(Integer, default=0)
-    first: Mapped[datetime | None]
-    last: Mapped[datetime | None]
+    spans: _Col = Column(Integer, default=0, nullable=False)
+    duration_s: _Col = Column(Float, default=0.0, nullable=False)
+    hour_j: _Col = Column(Float, default=0.0, nullable=False)
+    hour_n: _Col = Column(Integer, default=0, nullable=False)
+    cross_j: _Col = Column(Float, default=0.0, nullable=False)
+    cross_n: _Col = Column(Integer, default=0, nullable=False)
+    own_u: _Col = Column(Float, default=0.0, nullable=False)
+    own_u_n: _Col = Column(Integer, default=0, nullable=False)
+    first: _Col = Column(UTCDateTime(), nullable=True)
+    last: _Col = Column(UTCDateTime(), nullable=True)
 
 
 class SpanHourDevice(_SummaryKey, Base):
@@ -327,14 +364,14 @@ class SpanHourDevice(_SummaryKey, Base):
                              name="pk_span_hour_devices"),
     )
 
-    device: Mapped[str] = mapped_column(String(64))
-    device_method: Mapped[str] = mapped_column(String(16))
-    measured: Mapped[int] = mapped_column(Integer)
-    recorded: Mapped[int] = mapped_column(Integer)
-    rows: Mapped[int] = mapped_column(Integer, default=0)
-    device_s: Mapped[float] = mapped_column(Float, default=0.0)
-    stated_j: Mapped[float] = mapped_column(Float, default=0.0)
-    stated_n: Mapped[int] = mapped_column(Integer, default=0)
+    device: _Col = Column(String(64), nullable=False)
+    device_method: _Col = Column(String(16), nullable=False)
+    measured: _Col = Column(Integer, nullable=False)
+    recorded: _Col = Column(Integer, nullable=False)
+    rows: _Col = Column(Integer, default=0, nullable=False)
+    device_s: _Col = Column(Float, default=0.0, nullable=False)
+    stated_j: _Col = Column(Float, default=0.0, nullable=False)
+    stated_n: _Col = Column(Integer, default=0, nullable=False)
 
 
 _NEST_SIDE = ("hour", "kind", "model", "phase", "tenant", "name")
@@ -351,20 +388,20 @@ class SpanNesting(Base):
                              name="pk_span_nesting"),
     )
 
-    run_id: Mapped[str] = mapped_column(String(64))
-    c_hour: Mapped[str] = mapped_column(String(13))
-    c_kind: Mapped[str] = mapped_column(String(32))
-    c_model: Mapped[str] = mapped_column(NAME_TEXT)
-    c_phase: Mapped[str] = mapped_column(String(32))
-    c_tenant: Mapped[str] = mapped_column(String(64))
-    c_name: Mapped[str] = mapped_column(NAME_TEXT)
-    p_hour: Mapped[str] = mapped_column(String(13))
-    p_kind: Mapped[str] = mapped_column(String(32))
-    p_model: Mapped[str] = mapped_column(NAME_TEXT)
-    p_phase: Mapped[str] = mapped_column(String(32))
-    p_tenant: Mapped[str] = mapped_column(String(64))
-    p_name: Mapped[str] = mapped_column(NAME_TEXT)
-    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    run_id: _Col = Column(String(64), nullable=False)
+    c_hour: _Col = Column(String(13), nullable=False)
+    c_kind: _Col = Column(String(32), nullable=False)
+    c_model: _Col = Column(NAME_TEXT, nullable=False)
+    c_phase: _Col = Column(String(32), nullable=False)
+    c_tenant: _Col = Column(String(64), nullable=False)
+    c_name: _Col = Column(NAME_TEXT, nullable=False)
+    p_hour: _Col = Column(String(13), nullable=False)
+    p_kind: _Col = Column(String(32), nullable=False)
+    p_model: _Col = Column(NAME_TEXT, nullable=False)
+    p_phase: _Col = Column(String(32), nullable=False)
+    p_tenant: _Col = Column(String(64), nullable=False)
+    p_name: _Col = Column(NAME_TEXT, nullable=False)
+    duration_s: _Col = Column(Float, default=0.0, nullable=False)
 
 
 class SpanCrossing(_SummaryKey, Base):
@@ -373,8 +410,9 @@ class SpanCrossing(_SummaryKey, Base):
 
     __tablename__ = "span_crossings"
     __table_args__ = (Index("ix_span_crossings_run_hour", "run_id", "hour"),)
+    __leading__ = ("id",)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, sort_order=-20)
-    start: Mapped[datetime]
-    end: Mapped[datetime]
-    energy_j: Mapped[float | None] = mapped_column(Float)
+    id: _Col = Column(Integer, primary_key=True, autoincrement=True)
+    start: _Col = Column(UTCDateTime(), nullable=False)
+    end: _Col = Column(UTCDateTime(), nullable=False)
+    energy_j: _Col = Column(Float, nullable=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, GreenmaasError, LedgerError
 from ..records import RUN_STATUSES, DeviceTotals, ReadRecord, RunRecord, SampleRecord, SpanRecord
@@ -53,9 +53,6 @@ from .models import (
     SpanDevice,
     UTCDateTime,
 )
-
-if TYPE_CHECKING:
-    from sqlalchemy import Table
 
 __all__ = [
     "Ledger",
@@ -637,7 +634,7 @@ class Ledger:
                         "greenmaas_version": __version__,
                     }
                     conn.execute(
-                        cast("Table", Meta.__table__).insert(),
+                        Meta.__table__.insert(),
                         [{"key": k, "value": v} for k, v in meta.items()],
                     )
                     migrations.stamp(conn, SCHEMA_VERSION)
@@ -798,7 +795,7 @@ class Ledger:
             "heartbeat": run.start,
         }
         with self._writing() as conn:
-            conn.execute(cast("Table", Run.__table__).insert(), [row])
+            conn.execute(Run.__table__.insert(), [row])
         self._summaries.start_run(run.run_id)
 
     def heartbeat(self, run_id: str, t: datetime) -> None:

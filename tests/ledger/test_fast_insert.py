@@ -20,7 +20,6 @@ from fast_insert_cases import T0, reads, run, samples, spans, totals, typed_writ
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import StatementError
-from sqlalchemy.orm import Session
 
 import greenmaas.ledger.store as store
 from greenmaas.analysis import TABLES, read_ledger
@@ -79,13 +78,13 @@ def frames(path) -> dict[str, pd.DataFrame]:
 
 
 def orm(path) -> dict[str, list]:
-    """Every table read back as ORM objects (the models' types turn values back into Python)."""
+    """Every table read back through its column types (which turn values back into Python)."""
     out = {}
-    with Ledger.open(path, readonly=True) as led, Session(led.engine) as session:
+    with Ledger.open(path, readonly=True) as led, led.engine.connect() as conn:
         for table, model in ORM.items():
             cols = [c.key for c in model.__table__.c]
-            query = select(model).order_by(*model.__table__.primary_key)
-            out[table] = [repr({c: getattr(r, c) for c in cols}) for r in session.scalars(query)]
+            query = select(model.__table__).order_by(*model.__table__.primary_key)
+            out[table] = [repr({c: r._mapping[c] for c in cols}) for r in conn.execute(query)]
     return out
 
 
