@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import math
 import queue
 import signal
@@ -339,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     app, engine, meter = build_app(args)
+    # What a server does once its model is loaded: move everything loaded so far (torch, the
+    # web stack, the weights' Python objects) out of the collector's reach. Python's full
+    # collections stop every thread for as long as they scan every live object (a tenth of a
+    # second with torch imported, on this example's machines); a server that keeps objects a
+    # little while per request (greenmaas does, until a request's energy settles) triggers them
+    # every few seconds, and its slowest responses wait for them.
+    gc.collect()
+    gc.freeze()
     # Idle connections are kept well past a client's own keep-alive (httpx: 5 s), so a client
     # never sends on a connection the server is closing at that very moment.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,

@@ -37,7 +37,7 @@ import threading
 import uuid
 import weakref
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .attribution.engine import POLICIES
 from .attribution.live import LiveAttributor, WindowTotals
@@ -243,6 +243,7 @@ class Meter:
         self._config = dict(config or {})
         self._finalizer: weakref.finalize | None = None
         self._on_stop: list = []
+        self._on_final: list = []  # callbacks given the spans each flush finalises, with their records
         self.max_queue = max_queue
         self.handle_signals = handle_signals
         self._signal_handlers: dict[int, Any] = {}  # signal -> (our handler, the previous one)
@@ -499,6 +500,13 @@ class Meter:
         """
         return Batch(self, list(requests), weights=weights, name=name, model=model, **tags)
 
+    def on_final(self, fn: Callable[[list[Span], list[Any]], None]) -> None:
+        """Call ``fn(spans, records)`` on the meter's flush thread with the spans each flush
+        finalises and their ledger records, before their results read as final (e.g. for a
+        serving engine to sum a request's shares as they settle). It must be quick and must
+        not raise; an error is recorded in :attr:`errors` and the flush goes on."""
+        self._on_final.append(fn)
+
     def on_stop(self, fn) -> None:
         """Call ``fn()`` at the start of :meth:`stop`, before the last attribution (e.g. to let
         pending CUDA events resolve)."""
@@ -653,6 +661,11 @@ class Meter:
             n = len(done.spans)
             for r in self._share_rows.route(done.spans, records[:n], force) + records[n:]:
                 self._submit(r)
+            for fn in self._on_final if n else ():
+                try:
+                    fn(done.spans, records[:n])
+                except Exception as exc:  # a listener never stops attribution
+                    self._error(f"a final-figures listener failed: {exc}")
             for s, r in zip(done.spans, records):
                 attr.set_record(s, r)
             attr.forget(done.spans)
@@ -810,15 +823,6 @@ class Meter:
             end_mono=s.end,
             link_id=s.link.span_id if s.link is not None else None,
         )
-
-    def final_energy_j(self, span: Span) -> float | None:
-        """A span's final energy (J, every device), as ``span.result.energy_j`` gives it once
-        final, without building the result; None while it is not final (or was dropped)."""
-        attr = self._attr
-        rec = attr.record(span) if attr is not None else None
-        if rec is None:
-            return None
-        return sum({d.device: d.energy_j for d in rec.devices}.values())
 
     def _result_of(self, s: Span) -> SpanResult:
         """A span's result: from its ledger record once final, else from the running sums."""

@@ -192,10 +192,15 @@ class RequestEnergy:
 
 
 class ServedRequest:
-    """One request as the engine sees it: its span, its progress and its shares.
+    """One request as the engine sees it: its span, its progress and its energy by phase.
 
     Made by :meth:`ServingMeter.admit`; the engine reads ``prompt_tokens``, ``prefilled``
-    (prompt tokens processed so far), ``output_tokens`` and ``first_token_at`` (monotonic s)."""
+    (prompt tokens processed so far), ``output_tokens`` and ``first_token_at`` (monotonic s).
+    ``passes`` counts the forward passes it took part in; ``phase_j`` holds the energy of its
+    shares of them whose figures are final, by phase (J, NaN where a share was dropped). The
+    shares themselves are not kept: a server keeps thousands of recent requests, and holding a
+    span and a record per pass of each made the interpreter's full garbage collections, which
+    stop every thread, take a tenth of a second."""
 
     def __init__(self, serving: "ServingMeter", span: Span, prompt_tokens: int,
                  context: contextvars.Context | None = None) -> None:
@@ -207,7 +212,8 @@ class ServedRequest:
         self.first_token_at: float | None = None
         self.finished = False
         self._context = context  # where the span was opened, when admit opened it
-        self.shares: list[tuple[str, Span]] = []
+        self.passes = 0
+        self.phase_j: dict[str, float] = {PREFILL: 0.0, DECODE: 0.0}
 
     @property
     def request_id(self) -> str | None:
@@ -223,18 +229,11 @@ class ServedRequest:
         """The request's figures once its span has closed (see :class:`RequestEnergy`). May wait
         up to the meter's ``result_wait_s`` for them to settle: not on an event loop's thread."""
         r = self.span.result
-        phase = {PREFILL: 0.0, DECODE: 0.0}
         final = r.final
-        # Shares end before their request and settle in order of their ends: once the last is
-        # final, every one is, and reading them waits no more. Until then the phases say 0
-        # (a lower bound) rather than wait once per share.
-        if self.shares and (final or self.shares[-1][1].result.final):
-            energy_of = getattr(self.span._meter, "final_energy_j", None)
-            for ph, share in self.shares:
-                # A final share's energy straight from its record (a request of n passes has n
-                # shares: building each one's full result cost more than the rest of the read).
-                e = energy_of(share) if energy_of is not None else None
-                phase[ph] += e if e is not None else share.result.energy_j
+        # Shares end before their request, so once the request is final every share's energy
+        # is in (the meter hands final shares over before it marks their request final); until
+        # then the phases are what is final so far, a lower bound.
+        phase = dict(self.phase_j)
         return RequestEnergy(
             request_id=self.request_id,
             prompt_tokens=self.prompt_tokens,
@@ -361,6 +360,10 @@ class ServingMeter:
         # middleware's figures endpoint); bounded.
         self._by_span: collections.OrderedDict[Span, ServedRequest] = collections.OrderedDict()
         self.keep_requests = keep_requests
+        # Shares served and not yet final, by id() of their span (alive until final: the meter's
+        # attributor holds them): the request and phase their energy goes to.
+        self._shares: dict[int, tuple[ServedRequest, str]] = {}
+        meter.on_final(self._finalised)
 
     # ------------------------------------------------------------------ requests
 
@@ -438,7 +441,7 @@ class ServingMeter:
         span = request.span
         span.tokens_out = request.output_tokens
         attrs = dict(span.attrs)
-        attrs["iterations"] = len(request.shares)
+        attrs["iterations"] = request.passes
         if request.ttft_s is not None:
             attrs["ttft_s"] = request.ttft_s
         span.attrs = attrs
@@ -449,9 +452,14 @@ class ServingMeter:
 
     def _served(self, it: Iteration) -> None:
         end = it.batch.span.end
+        pending = self._shares
         for w, share in zip(it.work, it.batch.members):
             req = w.request
-            req.shares.append((w.phase, share))
+            req.passes += 1
+            if share.dropped:  # never measured: the phase's energy is unknown
+                req.phase_j[w.phase] = math.nan
+            else:
+                pending[id(share)] = (req, w.phase)
             if w.phase == PREFILL:
                 # Tokens found in a prefix cache count as processed (context past what this
                 # request prefilled itself): the pass that reaches the prompt's end yields a token.
@@ -468,6 +476,22 @@ class ServingMeter:
             self.recent.append((it.batch.span, p, d))
             if len(self.recent) > self.keep:
                 del self.recent[: len(self.recent) - self.keep]
+
+    def _finalised(self, spans: list[Span], records: list[Any]) -> None:
+        """The meter finalised ``spans`` (with their ``records``): add each share's energy to
+        its request's phase (on the meter's flush thread, before their figures read as final)."""
+        pending = self._shares
+        if not pending:
+            return
+        for span, record in zip(spans, records):
+            if span.kind != "share":
+                continue
+            got = pending.pop(id(span), None)
+            if got is None:
+                continue
+            req, phase = got
+            # As span.result.energy_j reads it once final: every device's energy, summed.
+            req.phase_j[phase] += sum({d.device: d.energy_j for d in record.devices}.values())
 
     def calibrate(self) -> "Calibration":
         """:func:`calibrate` over the recent iterations whose energy is final (reading their

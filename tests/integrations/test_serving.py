@@ -64,9 +64,8 @@ def test_iterations_split_by_tokens_with_prefill_cost_and_books_close():
         assert got.prefill_j == pytest.approx(want["prefill"], rel=1e-9)
         assert got.decode_j == pytest.approx(want["decode"], rel=1e-9)
         assert got.energy_j == pytest.approx(want["prefill"] + want["decode"], rel=1e-9)
-    for req, got in ((a, ea), (b, eb)):  # read from the shares' records: their results, to the bit
-        for ph, value in (("prefill", got.prefill_j), ("decode", got.decode_j)):
-            assert value == sum((sh.result.energy_j for p, sh in req.shares if p == ph), 0.0)
+    assert (a.passes, b.passes) == (5, 5)
+    assert not serving._shares  # every share handed to its request: none held any more
     assert (ea.prompt_tokens, ea.output_tokens) == (8, 1 + 1 + 3)
     assert (eb.prompt_tokens, eb.output_tokens) == (4, 1 + 3 + 2)
     assert ea.ttft_s == pytest.approx(0.05 + 0.02)
@@ -284,3 +283,35 @@ def test_a_requests_shares_are_one_row_per_phase_and_report_the_same(tmp_path, r
     for rid, e in live.items():
         for key in ("energy_j", "prefill_j", "decode_j", "ttft_s"):
             assert rows[rid][key] == pytest.approx(getattr(e, key), rel=1e-9), (rid, key)
+
+
+def test_served_requests_keep_no_pass_spans_once_final():
+    """A server keeps its recent requests (``keep_requests``); each must not keep a span and a
+    record per forward pass it took part in, or the interpreter's full collections (which stop
+    every thread) grow with them. Shares are freed once final; their energy stays, by phase."""
+    import gc
+    import weakref
+
+    meter, clock = make_meter()
+    serving = ServingMeter(meter, model="m")
+    reqs = [serving.admit(f"r{i}", prompt_tokens=4) for i in range(3)]
+    shares = []
+    for step in range(6):
+        work = [serving.prefill(r) if step == 0 else serving.decode(r) for r in reqs]
+        it = serving.iteration(work)
+        with it:
+            run_for(meter, clock, 0.01)
+        shares += [weakref.ref(m) for m in it.batch.members]
+        del it
+    for r in reqs:
+        serving.finish(r)
+    run_for(meter, clock, 0.3)
+    got = [r.energy() for r in reqs]
+    gc.collect()
+    assert all(e.final for e in got)
+    assert sum(ref() is not None for ref in shares) == 0
+    for e in got:
+        assert e.prefill_j > 0 and e.decode_j > 0
+        assert e.energy_j == pytest.approx(e.prefill_j + e.decode_j, rel=1e-9)
+    assert [r.passes for r in reqs] == [6, 6, 6]
+    meter.stop()
