@@ -339,8 +339,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000", help="span counts, comma-separated")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ingest", type=int, default=200_000, help="spans written through the writer")
-    ap.add_argument("--request-json-max", type=int, default=100_000, metavar="N",
-                    help="time `--by request --format json` (every span, one by one) up to N spans only")
+    ap.add_argument("--request-json-max", type=int, default=1_000_000, metavar="N",
+                    help="time `--by request --format json` on ledgers of up to N spans only (its target is at 1 M)")
     ap.add_argument("--postgres", metavar="URL", default=os.environ.get(ENV_POSTGRES) or None,
                     help=f"also benchmark PostgreSQL in this database (default ${ENV_POSTGRES})")
     ap.add_argument("--postgres-sizes", default="1000000", help="span counts on PostgreSQL, comma-separated")
