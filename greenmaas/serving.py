@@ -307,6 +307,9 @@ class Iteration:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            # Before the shares close: from then on the meter may finalise them at any moment.
+            self.serving._expect(self)
         self.batch.__exit__(exc_type, exc, tb)
         if exc_type is None:
             self.serving._served(self)
@@ -450,16 +453,20 @@ class ServingMeter:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def _expect(self, it: Iteration) -> None:
+        """Note where the energy of ``it``'s shares goes once final (see :meth:`_finalised`)."""
+        pending = self._shares
+        for w, share in zip(it.work, it.batch.members):
+            if share.dropped:  # never measured: the phase's energy is unknown
+                w.request.phase_j[w.phase] = math.nan
+            else:
+                pending[id(share)] = (w.request, w.phase)
+
     def _served(self, it: Iteration) -> None:
         end = it.batch.span.end
-        pending = self._shares
         for w, share in zip(it.work, it.batch.members):
             req = w.request
             req.passes += 1
-            if share.dropped:  # never measured: the phase's energy is unknown
-                req.phase_j[w.phase] = math.nan
-            else:
-                pending[id(share)] = (req, w.phase)
             if w.phase == PREFILL:
                 # Tokens found in a prefix cache count as processed (context past what this
                 # request prefilled itself): the pass that reaches the prompt's end yields a token.
@@ -490,8 +497,7 @@ class ServingMeter:
             if got is None:
                 continue
             req, phase = got
-            # As span.result.energy_j reads it once final: every device's energy, summed.
-            req.phase_j[phase] += sum({d.device: d.energy_j for d in record.devices}.values())
+            req.phase_j[phase] += record.energy_j  # what span.result.energy_j reads once final
 
     def calibrate(self) -> "Calibration":
         """:func:`calibrate` over the recent iterations whose energy is final (reading their
