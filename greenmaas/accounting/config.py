@@ -489,9 +489,13 @@ def price(df: "pd.DataFrame", config: AccountingConfig) -> "pd.DataFrame":
 def energy_prices(energy_j: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
                   config: AccountingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Carbon (location- and market-based, g) and electricity cost of IT energy ``energy_j`` (J,
-    NaN: unknown) spread over ``[start_ns, end_ns)`` (epoch ns, checked by the caller), after
-    the PUE; and the effective intensity (g/kWh). NaN where there is no such figure (no market
-    intensity, no tariff). Arrays, no DataFrame: :func:`price` and the reports' sums use it."""
+    NaN: unknown) spread over ``[start_ns, end_ns)`` (epoch ns), after the PUE; and the
+    effective intensity (g/kWh). NaN where there is no such figure (no market intensity, no
+    tariff). Arrays, no DataFrame: :func:`price` and the reports' sums use it. Raises
+    AccountingError for negative energy or an interval ending before it starts (callers that
+    can name the row check first)."""
+    if (energy_j < 0).any() or (end_ns < start_ns).any():
+        raise AccountingError("cannot price spans: negative energy or a span ending before it starts")
     n = energy_j.size
     kwh = energy_j * config.pue / J_PER_KWH
     if config.series is not None:
@@ -523,8 +527,6 @@ def price_records(records: "list[SpanRecord]", config: AccountingConfig) -> None
     energy = np.fromiter((r.energy_j for r in records), dtype=np.float64, count=n)
     start_ns = np.fromiter((_datetime_ns(r.start) for r in records), dtype=np.int64, count=n)
     end_ns = np.fromiter((_datetime_ns(r.end) for r in records), dtype=np.int64, count=n)
-    if (energy < 0).any() or (end_ns < start_ns).any():
-        raise AccountingError("cannot price spans: negative energy or a span ending before it starts")
     carbon_a, market_a, cost_a, _ = energy_prices(energy, start_ns, end_ns, config)
     carbon, market, cost = carbon_a.tolist(), market_a.tolist(), cost_a.tolist()
     for i, record in enumerate(records):

@@ -331,7 +331,6 @@ def priced_crossing(crossing: list, sources: list[AccountingSource], index: dict
 
     from ..accounting.config import energy_prices
     from ..accounting.timeseries import _datetime_ns
-    from ..errors import AccountingError
 
     by_source: dict[int, list[tuple]] = {}
     for grp, run_id, start, end, energy_j in crossing:
@@ -344,8 +343,6 @@ def priced_crossing(crossing: list, sources: list[AccountingSource], index: dict
         energy = np.asarray([float(r[3]) for r in part], dtype=np.float64)
         start_ns = np.asarray([_datetime_ns(r[1]) for r in part], dtype=np.int64)
         end_ns = np.asarray([_datetime_ns(r[2]) for r in part], dtype=np.int64)
-        if (energy < 0).any() or (end_ns < start_ns).any():
-            raise AccountingError("cannot price spans: negative energy or a span ending before it starts")
         carbon, market, cost, _ = energy_prices(energy, start_ns, end_ns, src.config)
         yield i, [r[0] for r in part], {"carbon_g": carbon, "carbon_market_g": market, "energy_cost": cost}
 
