@@ -169,7 +169,7 @@ def rollup(conn, by: str, none: str, lo, hi, model, runs: dict[str, dict], *, pr
         for grp, _run_id, seconds in query.summary_nested(conn, by, none, lo, hi, model, run=run):
             groups[grp].duration_s -= seconds
     described = device_kinds(runs)
-    device_rows = [tuple(d) for d in read_devices(conn, by, none, lo, hi, model, run=run, **narrow)]
+    device_rows = read_devices(conn, by, none, lo, hi, model, run=run, **narrow)
     kinds = _kinds(described, [d[1] for d in device_rows], [d[2] for d in device_rows])
     for (grp, run_id, device, method, span_method, measured, _recorded, _rows, device_s, stated_j,
          stated_n), kind in zip(device_rows, kinds):
